@@ -1,0 +1,115 @@
+"""`python -m service`: settings from env and flags, a fail-fast model check, then uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.config
+import os
+import sys
+import tempfile
+from typing import Any
+
+from pydantic import ValidationError
+
+from service.config import Settings
+
+# CLI flag -> Settings field; every flag also exists as an MNIST_* environment variable.
+_FLAGS: dict[str, dict[str, Any]] = {
+    "host": {},
+    "port": {"type": int},
+    "workers": {"type": int},
+    "model_repository": {},
+    "model_name": {},
+    "model_version": {},
+    "device": {},
+    "max_batch_size": {"type": int},
+    "max_batch_wait_ms": {"type": float},
+    "max_queue_size": {"type": int},
+    "request_timeout_s": {"type": float},
+    "max_files": {"type": int},
+    "max_file_bytes": {"type": int},
+    "max_request_bytes": {"type": int},
+    "max_image_pixels": {"type": int},
+    "torch_threads": {"type": int},
+    "preprocess_threads": {"type": int},
+    "drain_timeout_s": {"type": float},
+    "log_level": {"choices": ["debug", "info", "warning", "error"]},
+}
+_SWITCHES = ("batching", "optimize", "log_json", "half_precision")
+
+
+def parse_args(argv: list[str] | None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Serve the MNIST model over HTTP. Every flag has an MNIST_<FLAG> env var.",
+    )
+    for field, extra in _FLAGS.items():
+        description = Settings.model_fields[field].description
+        parser.add_argument("--" + field.replace("_", "-"), dest=field, help=description, **extra)
+    for field in _SWITCHES:
+        parser.add_argument(
+            "--" + field.replace("_", "-"),
+            dest=field,
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help=Settings.model_fields[field].description,
+        )
+    args = parser.parse_args(argv)
+    return {k: v for k, v in vars(args).items() if v is not None}
+
+
+def _fail(message: str, code: int = 2) -> int:
+    sys.stderr.write(f"error: {message}\n")
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    overrides = parse_args(argv)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        return _fail(f"invalid setting {where}: {first['msg']}")
+
+    import uvicorn
+
+    from service.app import create_app, load_classifier
+    from service.logging_config import build_log_config
+    from service.model import ModelLoadError
+
+    log_config = build_log_config(settings.log_level, settings.log_json)
+    logging.config.dictConfig(log_config)
+    try:
+        classifier = load_classifier(settings)
+    except ModelLoadError as exc:
+        return _fail(str(exc), 1)
+    try:
+        settings.api_key_list()
+    except OSError as exc:
+        return _fail(f"cannot read API keys file: {exc}")
+
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": log_config,
+        "access_log": False,
+        "timeout_graceful_shutdown": settings.drain_timeout_s,
+        "server_header": False,
+    }
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings, classifier), **common)
+        return 0
+    # Several processes: each builds its own app (model + batcher) from the environment.
+    del classifier
+    for field, value in overrides.items():
+        os.environ["MNIST_" + field.upper()] = str(value)
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mnist-metrics-")
+    uvicorn.run("service.app:create_app", factory=True, workers=settings.workers, **common)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""HTTP routes: thin protocol adapters over the DataPlane."""

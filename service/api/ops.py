@@ -1,0 +1,50 @@
+"""Operational routes: liveness, readiness and Prometheus metrics (never behind API keys)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from service.api.deps import MetricsDep
+from service.schemas.rest import HealthResponse
+
+router = APIRouter(tags=["health"])
+
+
+def readiness(request: Request) -> tuple[bool, str | None]:
+    """Ready when the model is loaded and warm, the batch loop runs, and not shutting down."""
+    state = request.app.state
+    if getattr(state, "shutting_down", False):
+        return False, "shutting down"
+    plane = getattr(state, "dataplane", None)
+    if plane is None:
+        return False, "model not loaded"
+    if not plane.batcher.alive:
+        return False, "inference loop stopped"
+    return True, None
+
+
+@router.get("/v2/health/live", response_model=HealthResponse)
+async def get_liveness() -> JSONResponse:
+    """200 while the process is up."""
+    return JSONResponse({"live": True})
+
+
+@router.get(
+    "/v2/health/ready",
+    response_model=HealthResponse,
+    responses={503: {"model": HealthResponse, "description": "Not ready"}},
+)
+async def get_readiness(request: Request) -> JSONResponse:
+    """200 when the model is loaded, warmed and serving; 503 otherwise."""
+    ready, reason = readiness(request)
+    if ready:
+        return JSONResponse({"ready": True})
+    return JSONResponse({"ready": False, "reason": reason}, status_code=503)
+
+
+@router.get("/metrics", response_class=Response, include_in_schema=True)
+async def get_metrics(metrics: MetricsDep) -> Response:
+    """Prometheus exposition of request, batching and model metrics."""
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)

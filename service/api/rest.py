@@ -1,0 +1,198 @@
+"""/v1 routes: predict from multipart uploads or base64 JSON, and describe the served model."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any
+
+import numpy as np
+import orjson
+import torch
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+
+from service.api.deps import DataPlaneDep, SettingsDep, require_api_key
+from service.dataplane import NamedFile
+from service.errors import InvalidInput, PayloadTooLarge
+from service.model import Classifier
+from service.preprocess import to_png
+from service.schemas.rest import (
+    ErrorResponse,
+    ModelsResponse,
+    PredictBase64Request,
+    PredictResponse,
+)
+from service.uploads import UploadLimits, read_multipart
+
+router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(require_api_key)])
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {
+        400: "Invalid input: bad image, bad field or bad JSON",
+        401: "Missing or wrong API key",
+        413: "Too many files, too many bytes, or too many pixels",
+        415: "Not an image (or not multipart/form-data)",
+        503: "Model not ready, shutting down, or queue full (see Retry-After)",
+        504: "Request deadline passed",
+    }
+    return {c: {"model": ErrorResponse, "description": text[c]} for c in codes}
+
+
+_MULTIPART_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "One or more image files (PNG, JPEG, BMP, GIF, "
+                            "WebP, TIFF), each in a part named 'files'.",
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _json(content: Any) -> Response:
+    return Response(orjson.dumps(content), media_type="application/json")
+
+
+def render_predictions(
+    filenames: list[str],
+    probs: torch.Tensor,
+    model: Classifier,
+    top_k: int | None,
+    pixels: np.ndarray | None,
+) -> dict[str, Any]:
+    rows = probs.tolist()
+    digits = probs.argmax(dim=1).tolist()
+    predictions = []
+    for i, (name, row, digit) in enumerate(zip(filenames, rows, digits, strict=True)):
+        item: dict[str, Any] = {
+            "index": i,
+            "filename": name,
+            "digit": digit,
+            "confidence": row[digit],
+            "probabilities": row,
+        }
+        if top_k:
+            order = sorted(range(10), key=row.__getitem__, reverse=True)[:top_k]
+            item["top_k"] = [{"digit": d, "probability": row[d]} for d in order]
+        if pixels is not None:
+            item["processed_image"] = base64.b64encode(to_png(pixels[i])).decode("ascii")
+        predictions.append(item)
+    return {"model": {"name": model.name, "version": model.version}, "predictions": predictions}
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    responses=_errors(400, 401, 413, 415, 503, 504),
+    openapi_extra=_MULTIPART_BODY,
+    summary="Predict digits from uploaded image files",
+)
+async def predict_digits(
+    request: Request,
+    plane: DataPlaneDep,
+    settings: SettingsDep,
+    top_k: Annotated[int | None, Query(ge=1, le=10, description="Also list the k best")] = None,
+    return_image: Annotated[
+        bool, Query(description="Include the 28x28 image the model saw, as base64 PNG")
+    ] = False,
+) -> Response:
+    """Predict one digit per uploaded file (multipart parts named `files`), in upload order."""
+    limits = UploadLimits(settings.max_files, settings.max_file_bytes, settings.max_request_bytes)
+    uploads = await read_multipart(
+        request.headers.get("content-type"),
+        request.headers.get("content-length"),
+        request.stream(),
+        limits,
+    )
+    files = [NamedFile(u.filename, u.data) for u in uploads]
+    request.state.images = len(files)
+    pixels, probs, model = await plane.predict_files(files)
+    body = render_predictions(
+        [f.filename for f in files], probs, model, top_k, pixels if return_image else None
+    )
+    return _json(body)
+
+
+@router.post(
+    "/predict/base64",
+    response_model=PredictResponse,
+    responses=_errors(400, 401, 413, 415, 503, 504),
+    summary="Predict digits from base64-encoded images in JSON",
+)
+async def predict_digits_base64(
+    body: PredictBase64Request, request: Request, plane: DataPlaneDep, settings: SettingsDep
+) -> Response:
+    """Same as /v1/predict for clients that cannot send multipart: images as base64 strings."""
+    if len(body.images) > settings.max_files:
+        raise PayloadTooLarge(f"too many files: at most {settings.max_files} per request")
+    files = []
+    for i, image in enumerate(body.images):
+        try:
+            data = base64.b64decode(image.data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidInput(f"images[{i}].data is not valid base64") from exc
+        files.append(NamedFile(image.filename or f"image{i}", data))
+    request.state.images = len(files)
+    pixels, probs, model = await plane.predict_files(files)
+    return _json(
+        render_predictions(
+            [f.filename for f in files],
+            probs,
+            model,
+            body.top_k,
+            pixels if body.return_image else None,
+        )
+    )
+
+
+@router.get("/models", response_model=ModelsResponse, responses=_errors(401, 503))
+async def list_models(plane: DataPlaneDep, settings: SettingsDep) -> Response:
+    """The served model with its card summary, the versions available, and the limits."""
+    clf = plane.classifier
+    card = clf.card
+    return _json(
+        {
+            "served": {
+                "name": card.name,
+                "version": card.version,
+                "device": str(clf.device),
+                "platform": card.platform,
+                "accuracy": card.metrics.accuracy if card.metrics else None,
+                "parameters": card.parameters,
+                "mflops": card.mflops,
+                "input": card.input.model_dump(mode="json"),
+                "output": card.output.model_dump(mode="json"),
+                "created_at": card.created_at.isoformat(),
+                "sha256": card.sha256,
+            },
+            "available_versions": plane.available_versions(),
+            "limits": {
+                "max_files": settings.max_files,
+                "max_file_bytes": settings.max_file_bytes,
+                "max_request_bytes": settings.max_request_bytes,
+                "max_image_pixels": settings.max_image_pixels,
+                "max_image_frames": settings.max_image_frames,
+                "request_timeout_s": settings.request_timeout_s,
+            },
+            "batching": {
+                "enabled": settings.batching,
+                "max_batch_size": settings.max_batch_size,
+                "max_batch_wait_ms": settings.max_batch_wait_ms,
+                "max_queue_size": settings.max_queue_size,
+            },
+        }
+    )

@@ -1,0 +1,170 @@
+"""create_app(settings): the FastAPI application, its lifespan and its error handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from service import __version__
+from service.api import ops, rest
+from service.batching import Batcher
+from service.config import Settings
+from service.dataplane import DataPlane, _warmup_sizes
+from service.errors import register_error_handlers
+from service.metrics import Metrics
+from service.middleware import RequestContextMiddleware
+from service.model import Classifier, resolve_device, resolve_version
+
+logger = logging.getLogger(__name__)
+
+
+def load_classifier(settings: Settings) -> Classifier:
+    """Resolve the version and device from settings and load the model (raises ModelLoadError)."""
+    folder = resolve_version(settings.model_repository, settings.model_name, settings.model_version)
+    return Classifier.load(
+        folder,
+        resolve_device(settings.device),
+        half=settings.half_precision,
+        optimize=settings.optimize,
+        warmup_batch_sizes=_warmup_sizes(settings),
+    )
+
+
+def create_app(settings: Settings | None = None, classifier: Classifier | None = None) -> FastAPI:
+    """Build the app. The lifespan loads the model (unless one is handed in) and runs the
+    batcher; nothing is loaded at import time. Works with `uvicorn --factory`."""
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        import torch
+
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        clf = classifier or await asyncio.to_thread(load_classifier, settings)
+        batcher = Batcher(
+            clf,
+            max_batch_size=settings.max_batch_size,
+            max_batch_wait_ms=settings.max_batch_wait_ms,
+            max_queue_size=settings.max_queue_size,
+            request_timeout_s=settings.request_timeout_s,
+            enabled=settings.batching,
+            observer=metrics,
+        )
+        await batcher.start()
+        plane = DataPlane(settings, clf, batcher, metrics)
+        app.state.dataplane = plane
+        app.state.shutting_down = False
+        loop = asyncio.get_running_loop()
+        hup_installed = _install_sighup(loop, app)
+        _flag_shutdown_on_signals(app)
+        logger.info(
+            "ready: %s v%s on %s (batching=%s, max_batch_size=%d)",
+            clf.name, clf.version, clf.device, settings.batching, settings.max_batch_size,
+        )  # fmt: skip
+        try:
+            yield
+        finally:
+            app.state.shutting_down = True
+            if hup_installed:
+                loop.remove_signal_handler(signal.SIGHUP)
+            drained = await batcher.drain(settings.drain_timeout_s)
+            if not drained:
+                logger.warning("drain timeout: failing %d queued images", batcher.queued_images)
+            await batcher.stop(timeout_s=0)
+            plane.close()
+            app.state.dataplane = None
+            logger.info("stopped")
+
+    app = FastAPI(
+        title="mnist-serving",
+        version=__version__,
+        summary="Handwritten-digit model server: REST, KServe V2 / Open Inference Protocol.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.dataplane = None
+    app.state.shutting_down = False
+    app.state.api_keys = settings.api_key_list()
+    register_error_handlers(app)
+    app.include_router(ops.router)
+    app.include_router(rest.router)
+    from service.api import v2
+
+    app.include_router(v2.router)
+    if settings.admin_key:
+        from service.api import admin
+
+        app.include_router(admin.router)
+    from service.api import web
+
+    app.include_router(web.router)
+    static = Path(__file__).parent / "static"
+    if static.is_dir():
+        from fastapi.staticfiles import StaticFiles
+
+        app.mount("/static", StaticFiles(directory=static), name="static")
+    if settings.cors_origins.strip():
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=[o.strip() for o in settings.cors_origins.split(",") if o.strip()],
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    return app
+
+
+def _install_sighup(loop: asyncio.AbstractEventLoop, app: FastAPI) -> bool:
+    """SIGHUP reloads the newest version (or the pinned one) without dropping requests."""
+
+    def on_hup() -> None:
+        plane: DataPlane | None = app.state.dataplane
+        if plane is None:
+            return
+        logger.info("SIGHUP: reloading model")
+        task = loop.create_task(plane.reload(plane.settings.model_version))
+        task.add_done_callback(_log_reload)
+        app.state.reload_task = task
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return False  # not the main thread (e.g. TestClient) or not a Unix loop
+    return True
+
+
+def _flag_shutdown_on_signals(app: FastAPI) -> None:
+    """Turn readiness to 503 the moment SIGTERM/SIGINT arrives, before uvicorn drains."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+
+        def handler(signum: int, frame: object, previous: object = previous) -> None:
+            app.state.shutting_down = True
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(sig, handler)
+
+
+def _log_reload(task: asyncio.Task[Classifier]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is None:
+        metrics_model = task.result()
+        logger.info("reload finished: serving v%s", metrics_model.version)

@@ -1,0 +1,276 @@
+"""Batcher: coalesces concurrent requests into one forward pass on a single inference thread."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from service.errors import (
+    InferenceFailed,
+    InferenceTimeout,
+    ModelNotReady,
+    Overloaded,
+    ShuttingDown,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class Predictor(Protocol):
+    """What the batcher needs from a model: rows of pixels in, rows of probabilities out."""
+
+    def predict_batch(self, pixels: torch.Tensor) -> torch.Tensor: ...
+
+
+class BatchObserver(Protocol):
+    def observe_batch(self, size: int, queue_wait_s: float, forward_s: float) -> None: ...
+    def set_queue_depth(self, images: int) -> None: ...
+
+
+@dataclass(eq=False)
+class _Item:
+    rows: torch.Tensor
+    future: asyncio.Future[tuple[torch.Tensor, Any]]
+    enqueued_at: float
+    deadline: float
+    counted: bool = True
+    done: bool = field(default=False)
+
+
+class Batcher:
+    """Dynamic batching in front of a `Predictor`.
+
+    A lone request goes straight to the model; while a forward pass runs, new requests queue
+    up and leave together in the next one (up to `max_batch_size` images). The batch waits up
+    to `max_batch_wait_ms` for more only while other requests are still being decoded.
+    """
+
+    def __init__(
+        self,
+        model: Predictor,
+        *,
+        max_batch_size: int = 64,
+        max_batch_wait_ms: float = 2.0,
+        max_queue_size: int = 1024,
+        request_timeout_s: float = 10.0,
+        enabled: bool = True,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self.model = model
+        self.max_batch_size = max_batch_size
+        self.max_batch_wait_s = max_batch_wait_ms / 1000
+        self.max_queue_size = max_queue_size
+        self.request_timeout_s = request_timeout_s
+        self.enabled = enabled
+        self.observer = observer
+        self._queue: asyncio.Queue[_Item] | None = None
+        self._task: asyncio.Task[None] | None = None
+        # NOTE: one thread serialises access to the device and keeps torch's own intra-op
+        # pool as the only parallelism inside a forward pass.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._queued_images = 0
+        self._incoming = 0
+        self._arrived = asyncio.Event()
+        self._accepting = False
+        self._busy = False
+
+    # -------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        # NOTE: the queue must be created inside the running loop it will be used from.
+        self._queue = asyncio.Queue()
+        self._arrived = asyncio.Event()
+        self._accepting = True
+        self._task = asyncio.create_task(self._run(), name="batcher")
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def idle(self) -> bool:
+        return self._queued_images == 0 and not self._busy and self._incoming == 0
+
+    @property
+    def queued_images(self) -> int:
+        return self._queued_images
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until queued and in-flight work is done; True when it finished in time."""
+        deadline = time.monotonic() + timeout_s
+        while not self.idle and time.monotonic() < deadline and self.alive:
+            await asyncio.sleep(0.01)
+        return self.idle
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop accepting, give queued work up to `timeout_s`, then fail what is left."""
+        self.stop_accepting()
+        await self.drain(timeout_s)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._task, timeout=1.0)
+        if self._queue is not None:
+            while not self._queue.empty():
+                item = self._queue.get_nowait()
+                if not item.future.done():
+                    item.future.set_exception(ShuttingDown())
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -------------------------------------------------------------- clients
+
+    @contextlib.contextmanager
+    def incoming(self, images: int = 1) -> Any:
+        """Announce work that is still being decoded, so a forming batch can wait for it."""
+        self._incoming += images
+        try:
+            yield
+        finally:
+            self._incoming -= images
+            self._arrived.set()
+
+    async def submit(self, pixels: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Probabilities for `pixels` ([N,28,28] in [0,1]) and the model that produced them."""
+        if not self._accepting:
+            raise ShuttingDown()
+        if not self.alive or self._queue is None:
+            raise ModelNotReady("the inference loop is not running")
+        n = int(pixels.shape[0])
+        if n == 0:
+            raise InferenceFailed("empty batch submitted")
+        if self._queued_images + n > self.max_queue_size:
+            raise Overloaded(
+                f"server is at capacity ({self._queued_images} images queued); retry shortly"
+            )
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        chunks = torch.split(pixels, self.max_batch_size) if self.enabled else (pixels,)
+        items = []
+        for chunk in chunks:
+            item = _Item(chunk, loop.create_future(), now, now + self.request_timeout_s)
+            items.append(item)
+            self._queue.put_nowait(item)
+            self._queued_images += int(chunk.shape[0])
+        self._report_depth()
+        self._arrived.set()
+        try:
+            async with asyncio.timeout(self.request_timeout_s):
+                results = [await item.future for item in items]
+        except TimeoutError:
+            raise InferenceTimeout(
+                f"no result within the {self.request_timeout_s:g} s request deadline"
+            ) from None
+        finally:
+            for item in items:
+                if not item.future.done():
+                    item.future.cancel()
+                self._release(item)
+        probs = torch.cat([r[0] for r in results]) if len(results) > 1 else results[0][0]
+        return probs, results[-1][1]
+
+    # -------------------------------------------------------------- the loop
+
+    def _release(self, item: _Item) -> None:
+        # A cancelled or timed-out client frees its queue slot at once.
+        if item.counted:
+            item.counted = False
+            self._queued_images -= int(item.rows.shape[0])
+            self._report_depth()
+
+    def _report_depth(self) -> None:
+        if self.observer is not None:
+            self.observer.set_queue_depth(self._queued_images)
+
+    async def _collect(self) -> list[_Item]:
+        assert self._queue is not None
+        first = await self._queue.get()
+        batch, size = [first], int(first.rows.shape[0])
+        limit = self.max_batch_size if self.enabled else size
+        started = time.monotonic()
+        while size < limit:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                # Wait only for work we know is coming: never when the model would sit idle.
+                remaining = started + self.max_batch_wait_s - time.monotonic()
+                if self._incoming <= 0 or remaining <= 0:
+                    break
+                self._arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                continue
+            rows = int(item.rows.shape[0])
+            if size + rows > limit:
+                # Keep it for the next batch; the queue is FIFO so put it back at the front.
+                self._queue._queue.appendleft(item)  # type: ignore[attr-defined]
+                break
+            batch.append(item)
+            size += rows
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            now = time.monotonic()
+            live: list[_Item] = []
+            for item in batch:
+                if item.future.done():
+                    continue  # cancelled by its client
+                if now > item.deadline:
+                    item.future.set_exception(InferenceTimeout("request expired in the queue"))
+                    continue
+                live.append(item)
+            if not live:
+                continue
+            model = self.model  # a reload swaps self.model; this batch keeps its model
+            x = torch.cat([item.rows for item in live]) if len(live) > 1 else live[0].rows
+            queue_wait = now - min(item.enqueued_at for item in live)
+            self._busy = True
+            t0 = time.monotonic()
+            try:
+                out = await loop.run_in_executor(self._executor, model.predict_batch, x)
+                if out.shape[0] != x.shape[0]:
+                    raise RuntimeError(f"model returned {out.shape[0]} rows for {x.shape[0]}")
+            except Exception as exc:
+                logger.error("batch of %d images failed", x.shape[0], exc_info=exc)
+                for item in live:
+                    if not item.future.done():
+                        item.future.set_exception(InferenceFailed("inference failed"))
+                continue
+            finally:
+                self._busy = False
+            forward = time.monotonic() - t0
+            logger.debug(
+                "batch size=%d queue_wait=%.2fms forward=%.2fms",
+                x.shape[0], queue_wait * 1000, forward * 1000,
+            )  # fmt: skip
+            if self.observer is not None:
+                self.observer.observe_batch(int(x.shape[0]), queue_wait, forward)
+            offset = 0
+            for item in live:
+                rows = int(item.rows.shape[0])
+                if not item.future.done():
+                    item.future.set_result((out[offset : offset + rows], model))
+                offset += rows
+
+
+def make_predictor(fn: Callable[[torch.Tensor], torch.Tensor]) -> Predictor:
+    """Wrap a plain function as a Predictor (tests, benchmarks)."""
+
+    class _Fn:
+        def predict_batch(self, pixels: torch.Tensor) -> torch.Tensor:
+            return fn(pixels)
+
+    return _Fn()

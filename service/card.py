@@ -1,0 +1,153 @@
+"""The model card: the one contract between `training/` and `service/`.
+
+Training writes it next to `model.pt`; the service refuses to start unless it
+validates and the model's sha256 matches. Normalisation constants live only here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CARD_FILE = "card.json"
+MODEL_FILE = "model.pt"
+LABELS = [str(d) for d in range(10)]
+
+
+class CardError(Exception):
+    """The card is missing, malformed, or does not match its model file."""
+
+
+class Normalization(BaseModel):
+    """x_model = (pixel / 255 - mean) / std, per channel (one channel here)."""
+
+    model_config = ConfigDict(extra="forbid")
+    mean: float
+    std: float = Field(gt=0)
+
+
+class InputSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "input"
+    shape: list[int] = Field(default_factory=lambda: [-1, 1, 28, 28])
+    dtype: Literal["float32"] = "float32"
+    value_range: tuple[float, float] = (0.0, 255.0)
+    normalization: Normalization
+    preprocessing: str = (
+        "grayscale, light ink on a dark background; the digit is fitted into a 20x20 box "
+        "keeping its aspect ratio and centred by centre of mass in a 28x28 canvas"
+    )
+
+    @field_validator("shape")
+    @classmethod
+    def _mnist_shape(cls, shape: list[int]) -> list[int]:
+        if shape[1:] != [1, 28, 28] or len(shape) != 4:
+            raise ValueError(f"input shape must be [-1, 1, 28, 28], got {shape}")
+        return shape
+
+
+class OutputSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "output"
+    shape: list[int] = Field(default_factory=lambda: [-1, 10])
+    kind: Literal["logits", "log_probabilities", "probabilities"] = "logits"
+    temperature: float = Field(default=1.0, gt=0)
+    labels: list[str] = Field(default_factory=lambda: list(LABELS))
+
+    @model_validator(mode="after")
+    def _ten_labels(self) -> OutputSpec:
+        if self.shape != [-1, 10] or len(self.labels) != 10:
+            raise ValueError("output must be [-1, 10] with ten labels")
+        return self
+
+
+class Metrics(BaseModel):
+    """Measured on the MNIST test set with the exported (reloaded) file."""
+
+    model_config = ConfigDict(extra="forbid")
+    accuracy: float = Field(ge=0, le=1)
+    per_class_accuracy: list[float] = Field(default_factory=list)
+    confusion_matrix: list[list[int]] = Field(default_factory=list)
+    nll: float | None = None
+    ece: float | None = None
+    ece_uncalibrated: float | None = None
+    validation_accuracy: float | None = None
+    test_size: int | None = None
+
+
+class ModelCard(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    version: str = Field(pattern=r"^[0-9]+$")
+    platform: str = "pytorch_torchscript"
+    created_at: datetime
+    description: str = ""
+    versions: dict[str, str] = Field(default_factory=dict)
+    input: InputSpec
+    output: OutputSpec
+    metrics: Metrics | None = None
+    training: dict[str, object] = Field(default_factory=dict)
+    dataset: dict[str, object] = Field(default_factory=dict)
+    parameters: int | None = None
+    mflops: float | None = None
+    export: dict[str, object] = Field(default_factory=dict)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    @classmethod
+    def read(cls, version_dir: Path) -> ModelCard:
+        """Parse and validate `card.json` in a version folder."""
+        path = Path(version_dir) / CARD_FILE
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise CardError(f"model card not found: {path}") from exc
+        except (OSError, ValueError) as exc:
+            raise CardError(f"model card {path} is not valid JSON: {exc}") from exc
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "card"
+            raise CardError(f"model card {path} is invalid at {where}: {first['msg']}") from exc
+
+    def write(self, version_dir: Path) -> Path:
+        path = Path(version_dir) / CARD_FILE
+        path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        return path
+
+    def verify(self, version_dir: Path) -> Path:
+        """Check that model.pt exists and matches the recorded sha256; return its path."""
+        model_path = Path(version_dir) / MODEL_FILE
+        if not model_path.is_file():
+            raise CardError(f"model file not found: {model_path}")
+        digest = sha256_file(model_path)
+        if digest != self.sha256:
+            raise CardError(
+                f"checksum mismatch for {model_path}: card says {self.sha256[:12]}..., "
+                f"file is {digest[:12]}..."
+            )
+        return model_path
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def list_versions(repository: Path, name: str) -> list[int]:
+    """Numeric version folders of a model that hold a card, oldest first."""
+    root = Path(repository) / name
+    if not root.is_dir():
+        return []
+    return sorted(
+        int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / CARD_FILE).is_file()
+    )

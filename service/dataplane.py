@@ -1,0 +1,186 @@
+"""DataPlane: the one inference path shared by the /v1 and /v2 routes.
+
+Routes hand it image files or pixel arrays; it decodes them on a thread pool (off the event
+loop, in parallel with inference), submits them to the batcher and returns probabilities
+with the model version that produced them. It also owns hot reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.batching import Batcher
+from service.card import list_versions
+from service.config import Settings
+from service.errors import InvalidImage, ServiceError
+from service.metrics import Metrics
+from service.model import Classifier, ModelLoadError, resolve_version
+from service.preprocess import ImageLimits, preprocess
+
+logger = logging.getLogger(__name__)
+
+#: Files this small are decoded inline: a thread hop costs more than the decode itself.
+_INLINE_BYTES = 4096
+
+
+@dataclass
+class NamedFile:
+    filename: str
+    data: bytes
+
+
+class ReloadRefused(ServiceError):
+    status_code = 409
+    code = "reload_refused"
+
+
+class DataPlane:
+    def __init__(
+        self,
+        settings: Settings,
+        classifier: Classifier,
+        batcher: Batcher,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.batcher = batcher
+        self.metrics = metrics
+        self.limits = ImageLimits(
+            max_bytes=settings.max_file_bytes,
+            max_pixels=settings.max_image_pixels,
+            max_frames=settings.max_image_frames,
+        )
+        self._pool = ThreadPoolExecutor(
+            max_workers=settings.preprocess_threads, thread_name_prefix="preprocess"
+        )
+        self._reload_lock = asyncio.Lock()
+        self.classifier = classifier
+        self.ready = True
+
+    @property
+    def classifier(self) -> Classifier:
+        return self._classifier
+
+    @classifier.setter
+    def classifier(self, value: Classifier) -> None:
+        self._classifier = value
+        self.batcher.model = value  # the batch loop picks it up at its next batch
+        if self.metrics is not None:
+            self.metrics.set_model(value.name, value.version, str(value.device))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ---------------------------------------------------------------- images
+
+    def _decode_one(self, data: bytes) -> np.ndarray:
+        return preprocess(data, self.limits)
+
+    async def decode_images(self, files: list[NamedFile]) -> np.ndarray:
+        """[N,28,28] float32 pixels, or one ServiceError naming every file that failed."""
+        loop = asyncio.get_running_loop()
+        outcomes: list[np.ndarray | BaseException] = []
+        if len(files) == 1 and len(files[0].data) <= _INLINE_BYTES:
+            try:
+                outcomes.append(self._decode_one(files[0].data))
+            except ServiceError as exc:
+                outcomes.append(exc)
+        else:
+            tasks = [loop.run_in_executor(self._pool, self._decode_one, f.data) for f in files]
+            outcomes = list(await asyncio.gather(*tasks, return_exceptions=True))
+        failures = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, BaseException)]
+        if failures:
+            raise _combine(files, failures)
+        return np.stack(outcomes)  # type: ignore[arg-type]
+
+    # ---------------------------------------------------------------- inference
+
+    async def infer(self, pixels: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, Classifier]:
+        """Probabilities [N,10] for [N,28,28] pixels in [0,1], through the batcher."""
+        tensor = torch.as_tensor(pixels, dtype=torch.float32)
+        probs, model = await self.batcher.submit(tensor)
+        if self.metrics is not None:
+            self.metrics.images.labels(model.name, model.version).inc(len(probs))
+        return probs, model
+
+    async def predict_files(self, files: list[NamedFile]) -> tuple[np.ndarray, torch.Tensor, Any]:
+        started = time.perf_counter()
+        with self.batcher.incoming(len(files)):
+            pixels = await self.decode_images(files)
+        if self.metrics is not None:
+            self.metrics.preprocess_latency.observe(time.perf_counter() - started)
+        probs, model = await self.infer(pixels)
+        return pixels, probs, model
+
+    # ---------------------------------------------------------------- versions
+
+    def available_versions(self) -> list[str]:
+        return [
+            str(v) for v in list_versions(self.settings.model_repository, self.settings.model_name)
+        ]
+
+    async def reload(self, version: str | None = None) -> Classifier:
+        """Load and warm a version beside the current one, then switch atomically.
+
+        In-flight batches finish on the old model; a version that fails to load, verify or
+        warm up is refused and the current one keeps serving.
+        """
+        async with self._reload_lock:
+            current = self.classifier
+            try:
+                folder: Path = resolve_version(
+                    self.settings.model_repository, self.settings.model_name, version
+                )
+                loop = asyncio.get_running_loop()
+                new = await loop.run_in_executor(
+                    None,
+                    lambda: Classifier.load(
+                        folder,
+                        current.device,
+                        half=self.settings.half_precision,
+                        optimize=self.settings.optimize,
+                        warmup_batch_sizes=_warmup_sizes(self.settings),
+                    ),
+                )
+            except ModelLoadError as exc:
+                logger.warning("reload refused, still serving v%s: %s", current.version, exc)
+                raise ReloadRefused(f"reload refused: {exc}") from exc
+            self.classifier = new
+            logger.info("now serving %s v%s (was v%s)", new.name, new.version, current.version)
+            return new
+
+
+def _warmup_sizes(settings: Settings) -> tuple[int, ...]:
+    sizes = {1, settings.max_batch_size}
+    if settings.max_batch_size >= 8:
+        sizes.add(8)
+    return tuple(sorted(sizes))
+
+
+def _combine(files: list[NamedFile], failures: list[tuple[int, BaseException]]) -> ServiceError:
+    details = []
+    first: ServiceError | None = None
+    for index, exc in failures:
+        if not isinstance(exc, ServiceError):
+            # An unexpected decoder failure is still the file's fault, not the server's.
+            logger.warning("unexpected error decoding file %d", index, exc_info=exc)
+            exc = InvalidImage("the image could not be decoded")
+        first = first or exc
+        details.append({"index": index, "filename": files[index].filename, "error": exc.message})
+    assert first is not None
+    if len(files) == 1:
+        return first
+    error = type(first)(
+        f"{len(failures)} of {len(files)} files were rejected; first: {first.message}",
+    )
+    error.details = details
+    return error

@@ -1,0 +1,154 @@
+"""One error hierarchy with the HTTP status on the class, and the handlers that render it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """Base of every error a client can see; renders as {"error", "code"[, "details"]}."""
+
+    status_code = 500
+    code = "internal"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.headers = headers
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(status_code={self.status_code}, message={self.message!r})"
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"error": self.message, "code": self.code}
+        if self.details:
+            out["details"] = self.details
+        return out
+
+
+class InvalidInput(ServiceError):
+    status_code = 400
+    code = "invalid_input"
+
+
+class InvalidImage(InvalidInput):
+    code = "invalid_image"
+
+
+class UnsupportedMediaType(ServiceError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class NotFound(ServiceError):
+    status_code = 404
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class ModelNotReady(ServiceError):
+    status_code = 503
+    code = "model_not_ready"
+
+
+class Overloaded(ServiceError):
+    status_code = 503
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class ShuttingDown(ServiceError):
+    status_code = 503
+    code = "shutting_down"
+
+    def __init__(self, message: str = "server is shutting down") -> None:
+        super().__init__(message, headers={"Retry-After": "1", "Connection": "close"})
+
+
+class InferenceTimeout(ServiceError):
+    status_code = 504
+    code = "timeout"
+
+
+class InferenceFailed(ServiceError):
+    code = "inference_failed"
+
+
+def _error_response(exc: ServiceError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    if exc.status_code >= 500 and not isinstance(exc, Overloaded | ModelNotReady | ShuttingDown):
+        logger.error("%s %s failed: %r", request.method, request.url.path, exc, exc_info=exc)
+    else:
+        logger.info("%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.code)
+    return _error_response(exc)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = [str(p) for p in error.get("loc", ()) if p not in ("body",)]
+    where = ".".join(loc)
+    return f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg"))
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    message = "; ".join(_describe(e) for e in errors[:5]) or "invalid request"
+    return await _service_error(request, InvalidInput(f"invalid request: {message}"))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+    code = codes.get(exc.status_code, "http_error" if exc.status_code < 500 else "internal")
+    return JSONResponse(
+        {"error": str(exc.detail), "code": code},
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
+    )
+
+
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    # NOTE: never echo the exception text: it can leak paths and internals.
+    logger.error("%s %s: unhandled error", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"error": "internal server error", "code": "internal"}, status_code=500)
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unhandled)

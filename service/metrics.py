@@ -1,0 +1,89 @@
+"""Prometheus collectors on a per-app registry (multi-process aware)."""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prom_mp
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    """All collectors of one app. With several workers, prometheus-client's multiprocess mode
+    (PROMETHEUS_MULTIPROC_DIR) aggregates every process's values at scrape time."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        mp = multiprocess_dir() is not None
+        r = self.registry
+        gauge_mode = {"multiprocess_mode": "livesum"} if mp else {}
+        self.requests = Counter(
+            "mnist_requests", "HTTP requests by route and status", ["route", "method", "status"],
+            registry=r,
+        )  # fmt: skip
+        self.request_latency = Histogram(
+            "mnist_request_latency_seconds", "End-to-end request latency", ["route"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.preprocess_latency = Histogram(
+            "mnist_preprocess_seconds", "Decode and preprocessing time per request",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_wait = Histogram(
+            "mnist_queue_wait_seconds", "Time the oldest request of a batch waited",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.inference_latency = Histogram(
+            "mnist_inference_seconds", "Forward-pass time per batch",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "mnist_batch_size", "Images per forward pass", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge(
+            "mnist_queue_depth", "Images queued or in the model", registry=r, **gauge_mode
+        )
+        self.in_flight = Gauge(
+            "mnist_in_flight_requests", "Requests being handled", registry=r, **gauge_mode
+        )
+        self.images = Counter(
+            "mnist_images_predicted", "Images predicted", ["model", "version"], registry=r
+        )
+        self.model_info = Gauge(
+            "mnist_model_info", "The served model (value 1)", ["name", "version", "device"],
+            registry=r, **({"multiprocess_mode": "max"} if mp else {}),
+        )  # fmt: skip
+
+    # BatchObserver protocol
+    def observe_batch(self, size: int, queue_wait_s: float, forward_s: float) -> None:
+        self.batch_size.observe(size)
+        self.queue_wait.observe(queue_wait_s)
+        self.inference_latency.observe(forward_s)
+
+    def set_queue_depth(self, images: int) -> None:
+        self.queue_depth.set(images)
+
+    def set_model(self, name: str, version: str, device: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(name, version, device).set(1)
+
+    def render(self) -> tuple[bytes, str]:
+        if multiprocess_dir():
+            registry = CollectorRegistry()
+            prom_mp.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,84 @@
+"""ASGI middleware: request id, one access-log line, and request metrics per request."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.logging_config import QUIET_PATHS
+from service.metrics import Metrics
+
+access_logger = logging.getLogger("mnist.access")
+
+
+def _route_label(scope: Scope) -> str:
+    # The matched route template keeps label cardinality bounded (no raw URLs).
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return str(path) if path else "unmatched"
+
+
+class RequestContextMiddleware:
+    """Pure ASGI (no BaseHTTPMiddleware): it adds microseconds, not a task per request."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                candidate = value.decode("latin-1")[:128]
+                if candidate.isprintable():
+                    request_id = candidate
+                break
+        request_id = request_id or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+        raw_id = request_id.encode("latin-1")
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", raw_id))
+                message["headers"] = headers
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self.metrics.in_flight.dec()
+            elapsed = time.perf_counter() - started
+            route = _route_label(scope)
+            method = scope["method"]
+            self.metrics.requests.labels(route, method, str(status)).inc()
+            self.metrics.request_latency.labels(route).observe(elapsed)
+            path = scope["path"]
+            if path not in QUIET_PATHS:
+                images: Any = scope["state"].get("images", 0)
+                access_logger.info(
+                    '%s "%s %s" %d %.1fms images=%s id=%s',
+                    _client(scope), method, path, status, elapsed * 1000, images, request_id,
+                    extra={
+                        "request_id": request_id, "method": method, "path": path,
+                        "status": status, "latency_ms": round(elapsed * 1000, 2),
+                        "images": images, "client": _client(scope),
+                    },
+                )  # fmt: skip
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "-"

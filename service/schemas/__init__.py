@@ -1,0 +1,1 @@
+"""Wire schemas, kept apart from the routes that use them."""

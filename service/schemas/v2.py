@@ -1,0 +1,109 @@
+"""Open Inference Protocol (KServe V2) REST objects, named as in the specification."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ServerMetadataResponse(BaseModel):
+    """$metadata_server_response"""
+
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class MetadataTensor(BaseModel):
+    """$metadata_tensor"""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: dict[str, Any] | None = None
+
+
+class MetadataModelResponse(BaseModel):
+    """$metadata_model_response"""
+
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[MetadataTensor]
+    outputs: list[MetadataTensor]
+    parameters: dict[str, Any] | None = None
+
+
+class ModelReadyResponse(BaseModel):
+    name: str
+    ready: bool
+
+
+class RequestInput(BaseModel):
+    """$request_input"""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    shape: list[int] = Field(max_length=8)
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class RequestOutput(BaseModel):
+    """$request_output"""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferenceRequest(BaseModel):
+    """$inference_request"""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "id": "42",
+                "inputs": [
+                    {"name": "image", "shape": [1], "datatype": "BYTES", "data": ["iVBORw0..."]}
+                ],
+                "outputs": [{"name": "label"}, {"name": "probabilities"}],
+            }
+        },
+    )
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[RequestInput] = Field(min_length=1)
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(BaseModel):
+    """$response_output"""
+
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class InferenceResponse(BaseModel):
+    """$inference_response"""
+
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[ResponseOutput]
+
+    model_config = ConfigDict(protected_namespaces=())
+
+
+class InferenceErrorResponse(BaseModel):
+    """$inference_error_response (with our extra `code`)"""
+
+    error: str
+    code: str | None = None

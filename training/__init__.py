@@ -1,0 +1,1 @@
+"""Offline training: MNIST in, a TorchScript model and its card out."""
