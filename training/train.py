@@ -123,7 +123,7 @@ def evaluate(
         x = ((x - norm.mean) / norm.std).to(device)
         chunks.append(model(x).float().cpu())
     logits = torch.cat(chunks) if chunks else torch.zeros(0, 10)
-    acc = float((logits.argmax(1) == labels).float().mean()) if len(labels) else 0.0
+    acc = int((logits.argmax(1) == labels).sum()) / len(labels) if len(labels) else 0.0
     nll = float(F.cross_entropy(logits, labels)) if len(labels) else 0.0
     return EvalResult(acc, nll, logits, labels)
 

@@ -35,7 +35,7 @@ from service.schemas.v2 import (
 )
 
 router = APIRouter(prefix="/v2", tags=["v2"])
-protected = APIRouter(prefix="/v2", tags=["v2"], dependencies=[Depends(require_api_key)])
+protected = APIRouter(tags=["v2"], dependencies=[Depends(require_api_key)])
 
 EXTENSIONS = ["binary_tensor_data", "classification"]
 HEADER_LENGTH = "inference-header-content-length"

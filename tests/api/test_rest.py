@@ -1,0 +1,222 @@
+"""/v1 routes in-process: exact status codes and JSON bodies, errors included."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.app import create_app
+from tests.api.conftest import make_settings
+from tests.conftest import png_bytes
+
+
+def files_of(*items: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("files", (name, data, "application/octet-stream")) for name, data in items]
+
+
+def test_predict_single_mnist_png(client: TestClient, mnist_sample) -> None:
+    images, labels = mnist_sample
+    r = client.post("/v1/predict", files=files_of(("seven.png", png_bytes(images[0]))))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == {"name": "mnist-cnn", "version": "1"}
+    (p,) = body["predictions"]
+    assert p["index"] == 0
+    assert p["filename"] == "seven.png"
+    assert p["digit"] == int(labels[0])
+    assert sum(p["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+    assert p["confidence"] == max(p["probabilities"])
+    assert "top_k" not in p
+    assert "processed_image" not in p
+    assert r.headers["x-request-id"]
+
+
+def test_predict_many_files_keep_upload_order(client: TestClient, mnist_sample) -> None:
+    images, labels = mnist_sample
+    uploads = files_of(*[(f"d{i}.png", png_bytes(images[i])) for i in range(40)])
+    r = client.post("/v1/predict", files=uploads)
+    assert r.status_code == 200
+    preds = r.json()["predictions"]
+    assert [p["index"] for p in preds] == list(range(40))
+    assert [p["filename"] for p in preds] == [f"d{i}.png" for i in range(40)]
+    correct = sum(p["digit"] == labels[i] for i, p in enumerate(preds))
+    assert correct >= 39
+
+
+def test_predict_top_k_and_processed_image(client: TestClient, mnist_sample) -> None:
+    images, _ = mnist_sample
+    r = client.post(
+        "/v1/predict?top_k=3&return_image=true", files=files_of(("a.png", png_bytes(images[1])))
+    )
+    p = r.json()["predictions"][0]
+    assert [t["digit"] for t in p["top_k"]][0] == p["digit"]
+    probs = [t["probability"] for t in p["top_k"]]
+    assert probs == sorted(probs, reverse=True)
+    assert len(probs) == 3
+    seen = np.asarray(Image.open(io.BytesIO(base64.b64decode(p["processed_image"]))))
+    np.testing.assert_array_equal(seen, images[1])
+
+
+def test_predict_base64_json(client: TestClient, mnist_sample) -> None:
+    images, labels = mnist_sample
+    payload = {
+        "images": [
+            {"data": base64.b64encode(png_bytes(images[i])).decode(), "filename": f"x{i}.png"}
+            for i in range(3)
+        ],
+        "top_k": 2,
+    }
+    r = client.post("/v1/predict/base64", json=payload)
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    assert [p["digit"] for p in preds] == [int(v) for v in labels[:3]]
+    assert preds[2]["filename"] == "x2.png"
+
+
+@pytest.mark.parametrize(
+    ("files", "status", "body"),
+    [
+        (
+            [("e.png", b"")],
+            400,
+            {"error": "empty file", "code": "invalid_image"},
+        ),
+        (
+            [("t.txt", b"just some text")],
+            415,
+            {
+                "error": "not a supported image file (PNG, JPEG, BMP, GIF, WebP or TIFF)",
+                "code": "unsupported_media_type",
+            },
+        ),
+        (
+            [("t.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00")],
+            400,
+            {"error": "corrupt image: the header cannot be read", "code": "invalid_image"},
+        ),
+    ],
+)
+def test_predict_bad_single_file(
+    client: TestClient, files: list[tuple[str, bytes]], status: int, body: dict
+) -> None:
+    r = client.post("/v1/predict", files=files_of(*files))
+    assert r.status_code == status
+    assert r.json() == body
+
+
+def test_predict_bad_file_among_good_ones_names_it(client: TestClient, mnist_sample) -> None:
+    good = png_bytes(mnist_sample[0][0])
+    r = client.post(
+        "/v1/predict",
+        files=files_of(("ok.png", good), ("bad.txt", b"nope"), ("ok2.png", good), ("z.png", b"")),
+    )
+    assert r.status_code == 415
+    assert r.json() == {
+        "error": "2 of 4 files were rejected; first: not a supported image file "
+        "(PNG, JPEG, BMP, GIF, WebP or TIFF)",
+        "code": "unsupported_media_type",
+        "details": [
+            {
+                "index": 1,
+                "filename": "bad.txt",
+                "error": "not a supported image file (PNG, JPEG, BMP, GIF, WebP or TIFF)",
+            },
+            {"index": 3, "filename": "z.png", "error": "empty file"},
+        ],
+    }
+    # ... and the server keeps serving.
+    assert client.post("/v1/predict", files=files_of(("ok.png", good))).status_code == 200
+
+
+def test_predict_no_files_and_wrong_content_type(client: TestClient) -> None:
+    r = client.post(
+        "/v1/predict", data={"other": "x"}, files=[("other", ("a", b"1", "text/plain"))]
+    )
+    assert (r.status_code, r.json()) == (
+        400,
+        {"error": "no files: send one or more parts named 'files'", "code": "invalid_input"},
+    )
+    r = client.post("/v1/predict", json={"files": []})
+    assert r.status_code == 415
+    assert r.json()["code"] == "unsupported_media_type"
+
+
+def test_predict_limits_files_and_bytes(shipped_models: Path, mnist_sample) -> None:
+    settings = make_settings(
+        shipped_models, max_files=3, max_file_bytes=2000, max_request_bytes=5000
+    )
+    good = png_bytes(mnist_sample[0][0])
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/v1/predict", files=files_of(*[("a.png", good)] * 4))
+        assert (r.status_code, r.json()) == (
+            413,
+            {"error": "too many files: at most 3 per request", "code": "payload_too_large"},
+        )
+        r = c.post("/v1/predict", files=files_of(("big.png", b"\x89PNG" + b"0" * 3000)))
+        assert r.status_code == 413
+        assert r.json()["error"] == "file 0 (big.png) exceeds 2000 bytes"
+        r = c.post("/v1/predict", files=files_of(*[("a.png", b"0" * 1900)] * 3))
+        assert r.status_code == 413
+        assert r.json()["error"] == "request body exceeds 5000 bytes"
+        assert c.post("/v1/predict", files=files_of(("a.png", good))).status_code == 200
+
+
+def test_predict_bad_query_and_json_are_400(client: TestClient) -> None:
+    r = client.post("/v1/predict?top_k=11", files=files_of(("a.png", b"x")))
+    assert r.status_code == 400
+    assert r.json()["code"] == "invalid_input"
+    assert "top_k" in r.json()["error"]
+    r = client.post(
+        "/v1/predict/base64", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400
+    assert r.json()["code"] == "invalid_input"
+    r = client.post("/v1/predict/base64", json={"images": [{"data": "***"}]})
+    assert r.json() == {"error": "images[0].data is not valid base64", "code": "invalid_input"}
+    r = client.post("/v1/predict/base64", json={"images": []})
+    assert r.status_code == 400
+
+
+def test_models_lists_served_model_and_limits(client: TestClient) -> None:
+    r = client.get("/v1/models")
+    body = r.json()
+    assert r.status_code == 200
+    assert body["served"]["name"] == "mnist-cnn"
+    assert body["served"]["device"] == "cpu"
+    assert body["served"]["accuracy"] >= 0.996
+    assert body["available_versions"] == ["1"]
+    assert body["limits"]["max_files"] == 64
+    assert body["batching"]["enabled"] is True
+
+
+def test_health_live_ready_before_and_after_load(shipped_models: Path) -> None:
+    app = create_app(make_settings(shipped_models))
+    plain = TestClient(app)  # no lifespan: the model is not loaded
+    assert plain.get("/v2/health/live").json() == {"live": True}
+    r = plain.get("/v2/health/ready")
+    assert (r.status_code, r.json()) == (503, {"ready": False, "reason": "model not loaded"})
+    r = plain.post("/v1/predict", files=files_of(("a.png", b"x")))
+    assert (r.status_code, r.json()["code"]) == (503, "model_not_ready")
+    with TestClient(app) as c:
+        assert c.get("/v2/health/ready").json() == {"ready": True}
+    assert plain.get("/v2/health/ready").status_code == 503  # after shutdown
+
+
+def test_unknown_route_is_json_404(client: TestClient) -> None:
+    r = client.get("/v1/nope")
+    assert (r.status_code, r.json()) == (404, {"error": "Not Found", "code": "not_found"})
+
+
+def test_openapi_documents_routes_and_errors(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    predict = spec["paths"]["/v1/predict"]["post"]
+    assert {"400", "413", "415", "503"} <= set(predict["responses"])
+    assert "multipart/form-data" in predict["requestBody"]["content"]
+    assert "/v2/models/{name}/infer" in spec["paths"]
+    assert client.get("/docs").status_code == 200

@@ -1,0 +1,43 @@
+"""Shared fixtures; tests are marked by folder (e2e, browser) so `-m "not e2e"` stays fast."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_MODELS = ROOT / "models"
+SAMPLE = Path(__file__).parent / "data" / "mnist_test_sample.npz"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(ROOT / "tests").parts
+        if parts[0] == "e2e":
+            item.add_marker(pytest.mark.e2e)
+        if parts[0] == "browser":
+            item.add_marker(pytest.mark.browser)
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def mnist_sample() -> tuple[np.ndarray, np.ndarray]:
+    """200 MNIST test digits (every 50th) and their labels, committed with the tests."""
+    data = np.load(SAMPLE)
+    return data["images"], data["labels"]
+
+
+def png_bytes(pixels: np.ndarray, mode: str = "L") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8), mode=mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def shipped_models() -> Path:
+    assert (SHIPPED_MODELS / "mnist-cnn").is_dir(), "the shipped model repository is missing"
+    return SHIPPED_MODELS

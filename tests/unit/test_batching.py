@@ -1,0 +1,197 @@
+"""Batcher behaviour through its public API, with a deterministic fake model."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+import torch
+
+from service.batching import Batcher
+from service.errors import InferenceFailed, InferenceTimeout, Overloaded, ShuttingDown
+
+
+class RecordingModel:
+    """Doubles its input (so rows are traceable) and records every batch size."""
+
+    def __init__(self, delay_s: float = 0.0, fail: bool = False) -> None:
+        self.sizes: list[int] = []
+        self.delay_s = delay_s
+        self.fail = fail
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def predict_batch(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.gate.wait(5)
+        self.sizes.append(int(pixels.shape[0]))
+        if self.delay_s:
+            threading.Event().wait(self.delay_s)
+        if self.fail:
+            raise RuntimeError("boom")
+        return pixels.reshape(len(pixels), -1)[:, :10] * 2
+
+
+def rows(n: int, seed: int) -> torch.Tensor:
+    return torch.rand(n, 28, 28, generator=torch.Generator().manual_seed(seed))
+
+
+async def started(model: RecordingModel, **kw: object) -> Batcher:
+    b = Batcher(model, **kw)  # type: ignore[arg-type]
+    await b.start()
+    return b
+
+
+async def test_batcher_lone_request_goes_straight_through() -> None:
+    model = RecordingModel()
+    b = await started(model, max_batch_size=8, max_batch_wait_ms=500)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    out, _ = await b.submit(rows(1, 0))
+    assert loop.time() - t0 < 0.4, "a lone request must not wait for max_batch_wait_ms"
+    assert model.sizes == [1]
+    await b.stop()
+
+
+async def test_batcher_coalesces_concurrent_requests_into_one_forward() -> None:
+    model = RecordingModel()
+    model.gate.clear()  # hold the first forward so the rest pile up behind it
+    b = await started(model, max_batch_size=64)
+    first = asyncio.create_task(b.submit(rows(1, 100)))
+    await asyncio.sleep(0.05)
+    inputs = [rows(1, i) for i in range(10)]
+    tasks = [asyncio.create_task(b.submit(x)) for x in inputs]
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    results = await asyncio.gather(*tasks)
+    await first
+    assert model.sizes == [1, 10], model.sizes
+    for x, (out, _) in zip(inputs, results, strict=True):
+        torch.testing.assert_close(out, x.reshape(1, -1)[:, :10] * 2)
+    await b.stop()
+
+
+async def test_batcher_multi_image_requests_get_exactly_their_rows() -> None:
+    model = RecordingModel()
+    model.gate.clear()
+    b = await started(model, max_batch_size=16)
+    blocker = asyncio.create_task(b.submit(rows(1, 99)))
+    await asyncio.sleep(0.05)
+    inputs = [rows(n, n) for n in (3, 5, 1, 7)]
+    tasks = [asyncio.create_task(b.submit(x)) for x in inputs]
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    results = await asyncio.gather(*tasks)
+    await blocker
+    for x, (out, _) in zip(inputs, results, strict=True):
+        assert out.shape == (len(x), 10)
+        torch.testing.assert_close(out, x.reshape(len(x), -1)[:, :10] * 2)
+    assert max(model.sizes) <= 16
+    await b.stop()
+
+
+async def test_batcher_never_exceeds_max_batch_size_and_splits_large_requests() -> None:
+    model = RecordingModel()
+    b = await started(model, max_batch_size=4)
+    x = rows(10, 1)
+    out, _ = await b.submit(x)
+    torch.testing.assert_close(out, x.reshape(10, -1)[:, :10] * 2)
+    assert model.sizes == [4, 4, 2]
+    await b.stop()
+
+
+async def test_batcher_partial_batch_flushes_after_wait_when_work_is_announced() -> None:
+    model = RecordingModel()
+    b = await started(model, max_batch_size=64, max_batch_wait_ms=50)
+    loop = asyncio.get_running_loop()
+    with b.incoming(1):  # another request is "still decoding" and never arrives
+        t0 = loop.time()
+        await b.submit(rows(1, 0))
+        waited = loop.time() - t0
+    assert 0.04 <= waited < 1.0, f"should wait about max_batch_wait_ms, waited {waited:.3f}s"
+    assert model.sizes == [1]
+    await b.stop()
+
+
+async def test_batcher_failing_forward_fails_every_waiter_and_keeps_running() -> None:
+    model = RecordingModel(fail=True)
+    model.gate.clear()
+    b = await started(model, max_batch_size=8)
+    blocker = asyncio.create_task(b.submit(rows(1, 0)))
+    await asyncio.sleep(0.05)
+    tasks = [asyncio.create_task(b.submit(rows(1, i))) for i in range(3)]
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    results = await asyncio.gather(blocker, *tasks, return_exceptions=True)
+    assert all(isinstance(r, InferenceFailed) for r in results), results
+    model.fail = False
+    out, _ = await b.submit(rows(2, 5))
+    assert out.shape == (2, 10)
+    assert b.alive
+    await b.stop()
+
+
+async def test_batcher_full_queue_raises_overloaded() -> None:
+    model = RecordingModel()
+    model.gate.clear()
+    b = await started(model, max_batch_size=2, max_queue_size=4)
+    pending = [asyncio.create_task(b.submit(rows(2, i))) for i in range(2)]
+    await asyncio.sleep(0.05)
+    with pytest.raises(Overloaded) as info:
+        await b.submit(rows(1, 9))
+    assert info.value.headers == {"Retry-After": "1"}
+    model.gate.set()
+    await asyncio.gather(*pending)
+    await b.stop()
+
+
+async def test_batcher_deadline_raises_timeout_and_frees_the_slot() -> None:
+    model = RecordingModel()
+    model.gate.clear()
+    b = await started(model, max_batch_size=1, max_queue_size=2, request_timeout_s=0.2)
+    with pytest.raises(InferenceTimeout):
+        await b.submit(rows(1, 0))
+    assert b.queued_images == 0
+    model.gate.set()
+    out, _ = await b.submit(rows(1, 1))
+    assert out.shape == (1, 10)
+    await b.stop()
+
+
+async def test_batcher_cancelled_client_frees_its_slot_and_is_skipped() -> None:
+    model = RecordingModel()
+    model.gate.clear()
+    b = await started(model, max_batch_size=8, max_queue_size=8)
+    blocker = asyncio.create_task(b.submit(rows(1, 0)))
+    await asyncio.sleep(0.05)
+    doomed = asyncio.create_task(b.submit(rows(4, 1)))
+    await asyncio.sleep(0.05)
+    assert b.queued_images == 5
+    doomed.cancel()
+    await asyncio.sleep(0.01)
+    assert b.queued_images == 1, "a cancelled request must release its queue slot"
+    model.gate.set()
+    await blocker
+    await asyncio.sleep(0.05)
+    assert model.sizes == [1], "the cancelled request must not reach the model"
+    await b.stop()
+
+
+async def test_batcher_disabled_runs_one_request_per_forward() -> None:
+    model = RecordingModel()
+    model.gate.clear()
+    b = await started(model, max_batch_size=64, enabled=False)
+    tasks = [asyncio.create_task(b.submit(rows(2, i))) for i in range(4)]
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    await asyncio.gather(*tasks)
+    assert model.sizes == [2, 2, 2, 2]
+    await b.stop()
+
+
+async def test_batcher_stop_refuses_new_work() -> None:
+    b = await started(RecordingModel())
+    await b.stop()
+    with pytest.raises(ShuttingDown):
+        await b.submit(rows(1, 0))
+    assert not b.alive

@@ -1,0 +1,74 @@
+"""Model card validation and the checksum contract."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from service.card import CardError, ModelCard, list_versions
+
+
+@pytest.fixture
+def version_dir(tmp_path: Path, shipped_models: Path) -> Path:
+    dst = tmp_path / "mnist-cnn" / "1"
+    shutil.copytree(shipped_models / "mnist-cnn" / "1", dst)
+    return dst
+
+
+def test_card_shipped_card_validates_and_matches_its_model(version_dir: Path) -> None:
+    card = ModelCard.read(version_dir)
+    assert card.verify(version_dir).name == "model.pt"
+    assert card.metrics is not None
+    assert card.metrics.accuracy >= 0.996
+    assert card.input.shape == [-1, 1, 28, 28]
+    assert 0 < card.input.normalization.std < 1
+
+
+def test_card_tampered_model_is_rejected(version_dir: Path) -> None:
+    with open(version_dir / "model.pt", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(CardError, match="checksum mismatch"):
+        ModelCard.read(version_dir).verify(version_dir)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "where"),
+    [
+        (("input", "shape"), [-1, 3, 32, 32], "input.shape"),
+        (("input", "normalization", "std"), 0, "input.normalization.std"),
+        (("sha256",), "not-a-digest", "sha256"),
+        (("output", "labels"), ["0", "1"], "output"),
+        (("version",), "one", "version"),
+    ],
+)
+def test_card_tampered_fields_are_rejected(
+    version_dir: Path, path: tuple[str, ...], value: object, where: str
+) -> None:
+    raw = json.loads((version_dir / "card.json").read_text())
+    node = raw
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    (version_dir / "card.json").write_text(json.dumps(raw))
+    with pytest.raises(CardError, match=f"invalid at {where}"):
+        ModelCard.read(version_dir)
+
+
+def test_card_missing_or_not_json_is_a_card_error(version_dir: Path) -> None:
+    (version_dir / "card.json").write_text("{nope")
+    with pytest.raises(CardError, match="not valid JSON"):
+        ModelCard.read(version_dir)
+    (version_dir / "card.json").unlink()
+    with pytest.raises(CardError, match="not found"):
+        ModelCard.read(version_dir)
+
+
+def test_list_versions_sorts_numerically_and_needs_a_card(version_dir: Path) -> None:
+    root = version_dir.parent.parent
+    shutil.copytree(version_dir, root / "mnist-cnn" / "10")
+    (root / "mnist-cnn" / "2").mkdir()  # no card: not a version
+    assert list_versions(root, "mnist-cnn") == [1, 10]
+    assert list_versions(root, "other") == []

@@ -1,0 +1,193 @@
+"""Preprocessing for each kind of upload: decoding limits, modes, polarity, placement."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from service.preprocess import ImageLimits, decode, normalize, preprocess, to_gray
+from tests.conftest import png_bytes
+
+LIMITS = ImageLimits()
+
+
+def encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def big_digit(digit: np.ndarray, size: int = 200) -> np.ndarray:
+    """Dark ink on white paper at `size` px, uint8."""
+    up = Image.fromarray(digit).resize((size, size), Image.BICUBIC)
+    return 255 - np.asarray(up)
+
+
+def similarity(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-9))
+
+
+def test_preprocess_mnist_digit_passes_through_unchanged(mnist_sample) -> None:
+    images, _ = mnist_sample
+    for digit in images[:20]:
+        out = preprocess(png_bytes(digit), LIMITS)
+        np.testing.assert_array_equal(out, digit.astype(np.float32) / 255.0)
+
+
+def test_preprocess_inverted_mnist_digit_is_inverted_back(mnist_sample) -> None:
+    digit = mnist_sample[0][3]
+    out = preprocess(png_bytes(255 - digit), LIMITS)
+    np.testing.assert_allclose(out, digit / 255.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF"])
+def test_preprocess_every_format_yields_the_digit_shape(mnist_sample, fmt: str) -> None:
+    digit = mnist_sample[0][0]
+    data = encode(Image.fromarray(big_digit(digit)).convert("RGB"), fmt)
+    out = preprocess(data, LIMITS)
+    assert out.shape == (28, 28)
+    assert out.dtype == np.float32
+    assert similarity(out, digit / 255.0) > 0.8, fmt
+
+
+def test_preprocess_transparent_canvas_with_black_strokes(mnist_sample) -> None:
+    digit = mnist_sample[0][1]
+    up = np.asarray(Image.fromarray(digit).resize((280, 280), Image.BICUBIC))
+    rgba = np.zeros((280, 280, 4), dtype=np.uint8)  # black, fully transparent
+    rgba[..., 3] = up
+    out = preprocess(encode(Image.fromarray(rgba, "RGBA"), "PNG"), LIMITS)
+    assert similarity(out, digit / 255.0) > 0.8
+
+
+def test_preprocess_transparent_canvas_with_white_strokes(mnist_sample) -> None:
+    digit = mnist_sample[0][1]
+    up = np.asarray(Image.fromarray(digit).resize((280, 280), Image.BICUBIC))
+    rgba = np.full((280, 280, 4), 255, dtype=np.uint8)
+    rgba[..., 3] = up
+    out = preprocess(encode(Image.fromarray(rgba, "RGBA"), "PNG"), LIMITS)
+    assert similarity(out, digit / 255.0) > 0.8
+
+
+def test_preprocess_la_palette_and_16bit_modes(mnist_sample) -> None:
+    digit = mnist_sample[0][2]
+    paper = big_digit(digit, 120)
+    la = Image.fromarray(np.stack([paper, np.full_like(paper, 255)], -1), "LA")
+    pal = Image.fromarray(paper).convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE)
+    i16 = Image.fromarray(paper.astype(np.uint16) * 257)
+    assert i16.mode == "I;16"
+    for img, fmt in ((la, "PNG"), (pal, "PNG"), (i16, "TIFF"), (i16, "PNG")):
+        out = preprocess(encode(img, fmt), LIMITS)
+        assert similarity(out, digit / 255.0) > 0.8, (img.mode, fmt)
+
+
+def test_preprocess_honours_exif_orientation(mnist_sample) -> None:
+    digit = mnist_sample[0][0]  # a 7: not rotation-symmetric
+    upright = Image.fromarray(big_digit(digit)).convert("RGB")
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW to display
+    with_exif = preprocess(encode(stored, "JPEG", exif=exif.tobytes(), quality=95), LIMITS)
+    without = preprocess(encode(stored, "JPEG", quality=95), LIMITS)
+    assert similarity(with_exif, digit / 255.0) > 0.8
+    assert similarity(without, digit / 255.0) < similarity(with_exif, digit / 255.0) - 0.2
+
+
+def test_preprocess_small_digit_on_huge_canvas_is_found_and_centred(mnist_sample) -> None:
+    digit = mnist_sample[0][5]
+    canvas = np.full((2400, 3000), 250, dtype=np.uint8)
+    canvas[1900:1960, 300:360] = big_digit(digit, 60)
+    out = preprocess(encode(Image.fromarray(canvas), "PNG"), LIMITS)
+    assert similarity(out, digit / 255.0) > 0.75
+    cy, cx = np.argwhere(out > 0.3).mean(0)
+    assert abs(cy - 14) < 3
+    assert abs(cx - 14) < 3
+
+
+def test_preprocess_noisy_uneven_photo_keeps_the_digit(mnist_sample) -> None:
+    digit = mnist_sample[0][4]
+    rng = np.random.default_rng(0)
+    paper = big_digit(digit, 300).astype(np.float32) / 255
+    light = np.linspace(0.5, 1.0, 300)[None, :]
+    img = np.clip(paper * light + rng.normal(0, 0.04, paper.shape), 0, 1)
+    out = preprocess(encode(Image.fromarray((img * 255).astype(np.uint8)), "JPEG"), LIMITS)
+    assert similarity(out, digit / 255.0) > 0.75
+
+
+def test_normalize_fits_20px_box_and_centres_by_mass() -> None:
+    gray = np.ones((100, 300), dtype=np.float32)
+    gray[40:60, 20:280] = 0.0  # a wide bar, dark on light
+    out = normalize(gray)
+    ys, xs = np.nonzero(out > 0.5)
+    assert xs.max() - xs.min() + 1 <= 20
+    assert xs.max() - xs.min() + 1 >= 18
+    assert abs(np.average(np.arange(28), weights=out.sum(0)) - 14) < 1
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "message"),
+    [
+        (b"", InvalidImage, "empty file"),
+        (b"hello, I am not an image", UnsupportedMediaType, "not a supported image"),
+        (b"%PDF-1.4\n" + b"0" * 100, UnsupportedMediaType, "not a supported image"),
+    ],
+)
+def test_decode_rejects_non_images(data: bytes, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        decode(data, LIMITS)
+
+
+def test_decode_rejects_truncated_png(mnist_sample) -> None:
+    data = encode(Image.fromarray(big_digit(mnist_sample[0][0])), "PNG")
+    with pytest.raises(InvalidImage, match="corrupt"):
+        decode(data[: len(data) // 2], LIMITS)
+
+
+def test_decode_rejects_files_over_the_byte_limit() -> None:
+    with pytest.raises(PayloadTooLarge, match="bytes"):
+        decode(b"\x89PNG" + b"0" * 2000, ImageLimits(max_bytes=1000))
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims huge dimensions: a decompression bomb's header."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    body = struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    idat = zlib.compress(b"\x00" * 64)
+    idat_chunk = b"IDAT" + idat
+    body += struct.pack(">I", len(idat)) + idat_chunk + struct.pack(">I", zlib.crc32(idat_chunk))
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+@pytest.mark.parametrize(("w", "h"), [(10_000, 10_000), (60_000, 60_000)])
+def test_decode_rejects_pixel_bombs_from_the_header(w: int, h: int) -> None:
+    with pytest.raises(PayloadTooLarge, match="pixels|decompression"):
+        decode(_png_header_only(w, h), LIMITS)
+
+
+def test_decode_rejects_animations_with_too_many_frames() -> None:
+    frames = [Image.new("L", (8, 8), color=i % 255) for i in range(30)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    with pytest.raises(PayloadTooLarge, match="frames"):
+        decode(buf.getvalue(), ImageLimits(max_frames=10))
+    assert decode(buf.getvalue(), ImageLimits(max_frames=50)).size == (8, 8)
+
+
+def test_preprocess_blank_image_is_a_client_error() -> None:
+    data = encode(Image.new("RGB", (200, 200), "white"), "PNG")
+    with pytest.raises(InvalidImage, match="no digit"):
+        preprocess(data, LIMITS)
+
+
+def test_to_gray_float_mode_is_stretched() -> None:
+    img = Image.fromarray(np.linspace(-5, 5, 100, dtype=np.float32).reshape(10, 10), "F")
+    g = to_gray(img)
+    assert g.min() == 0.0
+    assert g.max() == pytest.approx(1.0)

@@ -1,0 +1,42 @@
+"""Settings: env prefix, validation that fails fast, API keys from a list or a file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.config import Settings
+
+
+def test_settings_read_mnist_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MNIST_MAX_BATCH_SIZE", "16")
+    monkeypatch.setenv("MNIST_DEVICE", "CUDA:1")
+    monkeypatch.setenv("MNIST_BATCHING", "false")
+    s = Settings()
+    assert (s.max_batch_size, s.device, s.batching) == (16, "cuda:1", False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_batch_size": 0}, "greater than or equal to 1"),
+        ({"max_batch_wait_ms": -1}, "greater than or equal to 0"),
+        ({"max_batch_wait_ms": 5000, "request_timeout_s": 1}, "shorter than request_timeout"),
+        ({"device": "tpu"}, "device must be"),
+        ({"max_file_bytes": 10, "max_request_bytes": 5}, "cannot exceed"),
+        ({"max_batch_size": 64, "max_queue_size": 8}, "at least max_batch_size"),
+    ],
+)
+def test_settings_reject_inconsistent_values(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Settings(**kwargs)
+
+
+def test_settings_api_keys_from_list_and_file(tmp_path: Path) -> None:
+    assert Settings(api_keys=" a, b ,,c").api_key_list() == ["a", "b", "c"]
+    keys = tmp_path / "keys"
+    keys.write_text("k1\nk2\n\n")
+    assert Settings(api_keys=f"@{keys}").api_key_list() == ["k1", "k2"]
+    assert Settings().api_key_list() == []
