@@ -6,6 +6,7 @@ import argparse
 import logging
 import logging.config
 import os
+import signal
 import sys
 import tempfile
 from typing import Any
@@ -98,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         "timeout_graceful_shutdown": settings.drain_timeout_s,
         "server_header": False,
     }
+    # NOTE: uvicorn re-raises the signal that stopped it once it has drained, under the
+    # handler that was installed before it started. A no-op handler there turns a graceful
+    # SIGTERM into exit status 0, which is what orchestrators expect after a clean drain.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     if settings.workers == 1:
         uvicorn.run(create_app(settings, classifier), **common)
         return 0

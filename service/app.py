@@ -49,7 +49,9 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
 
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
-        clf = classifier or await asyncio.to_thread(load_classifier, settings)
+        clf = classifier if classifier is not None else None
+        if clf is None:
+            clf = await asyncio.to_thread(load_classifier, settings)
         batcher = Batcher(
             clf,
             max_batch_size=settings.max_batch_size,

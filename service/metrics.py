@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -30,7 +31,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         mp = multiprocess_dir() is not None
         r = self.registry
-        gauge_mode = {"multiprocess_mode": "livesum"} if mp else {}
+        live: Any = "livesum" if mp else "all"
         self.requests = Counter(
             "mnist_requests", "HTTP requests by route and status", ["route", "method", "status"],
             registry=r,
@@ -55,17 +56,20 @@ class Metrics:
             "mnist_batch_size", "Images per forward pass", buckets=_BATCH_BUCKETS, registry=r
         )
         self.queue_depth = Gauge(
-            "mnist_queue_depth", "Images queued or in the model", registry=r, **gauge_mode
+            "mnist_queue_depth", "Images queued or in the model", registry=r, multiprocess_mode=live
         )
         self.in_flight = Gauge(
-            "mnist_in_flight_requests", "Requests being handled", registry=r, **gauge_mode
+            "mnist_in_flight_requests",
+            "Requests being handled",
+            registry=r,
+            multiprocess_mode=live,
         )
         self.images = Counter(
             "mnist_images_predicted", "Images predicted", ["model", "version"], registry=r
         )
         self.model_info = Gauge(
             "mnist_model_info", "The served model (value 1)", ["name", "version", "device"],
-            registry=r, **({"multiprocess_mode": "max"} if mp else {}),
+            registry=r, multiprocess_mode="max" if mp else "all",
         )  # fmt: skip
 
     # BatchObserver protocol

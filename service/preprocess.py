@@ -35,6 +35,7 @@ class ImageLimits:
 
 def decode(data: bytes, limits: ImageLimits) -> Image.Image:
     """Open an image file with every limit checked before its pixels are decoded."""
+    img: Image.Image
     if not data:
         raise InvalidImage("empty file")
     if len(data) > limits.max_bytes:
@@ -44,6 +45,8 @@ def decode(data: bytes, limits: ImageLimits) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError as exc:
+        if _looks_like_image(data):
+            raise InvalidImage("corrupt image: the header cannot be read") from exc
         raise UnsupportedMediaType(
             "not a supported image file (PNG, JPEG, BMP, GIF, WebP or TIFF)"
         ) from exc
@@ -75,6 +78,22 @@ def decode(data: bytes, limits: ImageLimits) -> Image.Image:
     except Exception as exc:  # truncated data, bad CRCs, bad EXIF
         raise InvalidImage("corrupt or truncated image") from exc
     return img
+
+
+_SIGNATURES = (
+    b"\x89PNG\r\n\x1a\n",
+    b"\xff\xd8\xff",
+    b"BM",
+    b"GIF87a",
+    b"GIF89a",
+    b"II*\x00",
+    b"MM\x00*",
+)
+
+
+def _looks_like_image(data: bytes) -> bool:
+    """A supported format's magic number: then a decode failure means a damaged file."""
+    return data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
 
 
 def to_gray(img: Image.Image) -> np.ndarray:

@@ -18,7 +18,9 @@ Maker = Callable[[np.ndarray, np.random.Generator], tuple[bytes, str]]
 
 def _strokes(digit: np.ndarray, size: int, thickness: int = 0) -> np.ndarray:
     """A 28x28 uint8 digit as smooth strokes at `size` px, float in [0,1] (1 = ink)."""
-    img = Image.fromarray(digit.astype(np.uint8), mode="L").resize((size, size), Image.BICUBIC)
+    img = Image.fromarray(digit.astype(np.uint8), mode="L").resize(
+        (size, size), Image.Resampling.BICUBIC
+    )
     if thickness:
         img = img.filter(ImageFilter.MaxFilter(thickness | 1))
     ink = np.asarray(img, dtype=np.float32) / 255.0

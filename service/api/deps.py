@@ -14,7 +14,7 @@ from service.metrics import Metrics
 
 
 def get_settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+    return request.app.state.settings
 
 
 def get_dataplane(request: Request) -> DataPlane:
@@ -25,7 +25,7 @@ def get_dataplane(request: Request) -> DataPlane:
 
 
 def get_metrics(request: Request) -> Metrics:
-    return request.app.state.metrics  # type: ignore[no-any-return]
+    return request.app.state.metrics
 
 
 def _presented_key(request: Request) -> str | None:

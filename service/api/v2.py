@@ -31,6 +31,7 @@ from service.schemas.v2 import (
     MetadataModelResponse,
     ModelReadyResponse,
     RequestInput,
+    RequestOutput,
     ServerMetadataResponse,
 )
 
@@ -365,9 +366,7 @@ def _build_outputs(
 ) -> tuple[list[dict[str, Any]], list[bytes]]:
     n = int(probs.shape[0])
     default_binary = _flag(req.parameters, "binary_data_output")
-    requested = req.outputs or [
-        _Out("probabilities"), _Out("label")
-    ]  # fmt: skip
+    requested = req.outputs or [RequestOutput(name="probabilities"), RequestOutput(name="label")]
     seen: set[str] = set()
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
@@ -412,12 +411,6 @@ def _build_outputs(
             meta["data"] = payload.reshape(-1).tolist()
         outputs.append(meta)
     return outputs, blobs
-
-
-class _Out:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.parameters: dict[str, Any] | None = None
 
 
 async def _infer(

@@ -1,0 +1,201 @@
+"""End to end against a real `python -m service` process over real HTTP."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import re
+import select
+import shutil
+import signal
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import SHIPPED_MODELS, png_bytes
+from tests.e2e.server import ServerProcess, run_to_exit
+from training.uploads import KINDS, make_upload
+
+
+def test_e2e_realistic_uploads_of_every_kind_are_recognised(server, mnist_sample) -> None:
+    images, labels = mnist_sample
+    total = correct = 0
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        for kind in KINDS:
+            files = []
+            for i in range(10):
+                data, name = make_upload(kind, images[i], seed=i)
+                files.append(("files", (name, data, "application/octet-stream")))
+            r = c.post("/v1/predict", files=files)
+            assert r.status_code == 200, (kind, r.text)
+            digits = [p["digit"] for p in r.json()["predictions"]]
+            correct += sum(int(d == labels[i]) for i, d in enumerate(digits))
+            total += len(digits)
+    assert correct >= total - 2, f"{correct}/{total} realistic uploads right"
+
+
+def test_e2e_base64_json_predictions(server, mnist_sample) -> None:
+    images, labels = mnist_sample
+    payload = {
+        "images": [{"data": base64.b64encode(png_bytes(images[i])).decode()} for i in range(5)]
+    }
+    r = httpx.post(server.url + "/v1/predict/base64", json=payload, timeout=30)
+    assert r.status_code == 200
+    assert [p["digit"] for p in r.json()["predictions"]] == [int(x) for x in labels[:5]]
+
+
+@pytest.mark.parametrize(
+    ("files", "status", "code"),
+    [
+        ([("e.png", b"")], 400, "invalid_image"),
+        ([("a.txt", b"plain text")], 415, "unsupported_media_type"),
+        ([("a.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)], 400, "invalid_image"),
+        ([("a.png", b"x")] * 65, 413, "payload_too_large"),
+    ],
+)
+def test_e2e_client_mistakes_get_json_4xx(server, files, status: int, code: str) -> None:
+    multipart = [("files", (n, d, "application/octet-stream")) for n, d in files]
+    r = httpx.post(server.url + "/v1/predict", files=multipart, timeout=30)
+    assert r.status_code == status
+    assert r.json()["code"] == code
+    assert httpx.get(server.url + "/v2/health/ready").status_code == 200
+
+
+def test_e2e_oversized_body_is_refused_while_streaming(server) -> None:
+    """A chunked upload with no Content-Length gets its 413 long before it ends."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+        )
+        head = b'--b\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n'
+        sock.sendall(b"%x\r\n%s\r\n" % (len(head), head))
+        chunk = b"\0" * (1 << 20)
+        sent_mb = 0
+        for mb in range(1, 201):  # up to 200 MB, far past the 10 MB file limit
+            sent_mb = mb
+            try:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            except OSError:
+                break  # the server answered and closed: stop sending
+            if select.select([sock], [], [], 0)[0]:
+                break
+        response = sock.recv(65536)
+    assert response.startswith(b"HTTP/1.1 413"), response[:200]
+    assert b'"code":"payload_too_large"' in response
+    assert sent_mb < 40, f"the server read {sent_mb} MB before refusing"
+    assert httpx.get(server.url + "/v2/health/ready").status_code == 200
+
+
+def test_e2e_bad_requests_do_not_disturb_good_ones_and_batches_form(server, mnist_sample) -> None:
+    images, labels = mnist_sample
+    good = [png_bytes(images[i]) for i in range(64)]
+
+    def call(i: int) -> tuple[int, int | None, int]:
+        if i % 4 == 3:
+            r = httpx.post(server.url + "/v1/predict", files=[("files", ("x", b"junk", "a/b"))])
+            return r.status_code, None, i
+        r = httpx.post(
+            server.url + "/v1/predict", files=[("files", ("d.png", good[i], "image/png"))]
+        )
+        return r.status_code, r.json()["predictions"][0]["digit"], i
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(call, range(64)))
+    for status, digit, i in results:
+        if i % 4 == 3:
+            assert status == 415
+        else:
+            assert status == 200
+            assert digit == labels[i] or i in (), (i, digit, labels[i])
+    metrics = httpx.get(server.url + "/metrics").text
+    count = float(re.search(r"^mnist_batch_size_count (\S+)$", metrics, re.M).group(1))
+    ones = float(re.search(r'^mnist_batch_size_bucket\{le="1.0"\} (\S+)$', metrics, re.M).group(1))
+    assert count > ones, "concurrent requests should have formed at least one batch > 1"
+
+
+def test_e2e_models_and_v2_metadata(server) -> None:
+    models = httpx.get(server.url + "/v1/models").json()
+    assert models["served"]["version"] == "1"
+    meta = httpx.get(server.url + "/v2/models/mnist-cnn").json()
+    assert meta["name"] == "mnist-cnn"
+    assert {i["name"] for i in meta["inputs"]} == {"input", "image"}
+
+
+def _copy_repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    shutil.copytree(SHIPPED_MODELS / "mnist-cnn" / "1", repo / "mnist-cnn" / "1")
+    return repo
+
+
+def test_e2e_startup_fails_fast_on_missing_model(tmp_path: Path) -> None:
+    done = run_to_exit({"MNIST_MODEL_REPOSITORY": str(tmp_path / "empty")})
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no versions of model 'mnist-cnn' found")
+    assert "Traceback" not in done.stderr
+
+
+def test_e2e_startup_fails_fast_on_checksum_mismatch(tmp_path: Path) -> None:
+    repo = _copy_repo(tmp_path)
+    with open(repo / "mnist-cnn" / "1" / "model.pt", "ab") as fh:
+        fh.write(b"tampered")
+    done = run_to_exit({"MNIST_MODEL_REPOSITORY": str(repo)})
+    assert done.returncode != 0
+    assert "checksum mismatch" in done.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in done.stderr
+
+
+def test_e2e_startup_fails_fast_on_cuda_without_cuda() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    done = run_to_exit({}, ["--device", "cuda"])
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: device 'cuda' requested but CUDA is not available"
+    )
+
+
+def test_e2e_invalid_setting_is_one_line(tmp_path: Path) -> None:
+    done = run_to_exit({"MNIST_MAX_BATCH_SIZE": "0"})
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("error: invalid setting max_batch_size")
+
+
+def test_e2e_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path: Path, mnist_sample) -> None:
+    images, labels = mnist_sample
+    proc = ServerProcess(env={"MNIST_MAX_BATCH_SIZE": "4"}).start(tmp_path)
+    # Phone photos take tens of milliseconds each to preprocess: requests stay in flight.
+    files = [("files", make_upload("photo", images[i], seed=i)[::-1]) for i in range(12)]
+
+    def call(_: int) -> httpx.Response:
+        return httpx.post(proc.url + "/v1/predict", files=files, timeout=60)
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        futures = [pool.submit(call, i) for i in range(24)]
+        # Wait until every request is in the server's hands (the scrape itself counts as one),
+        # then ask it to stop.
+        inflight = 0.0
+        for _ in range(300):
+            m = httpx.get(proc.url + "/metrics").text
+            inflight = float(re.search(r"^mnist_in_flight_requests (\S+)$", m, re.M).group(1))
+            if inflight >= 25:
+                break
+        assert inflight >= 25, "the requests should all be in flight before SIGTERM"
+        proc.signal(signal.SIGTERM)
+        # Readiness turns 503 (or the listener is already closed) straight away.
+        with contextlib.suppress(httpx.TransportError):
+            assert httpx.get(proc.url + "/v2/health/ready", timeout=5).status_code == 503
+        responses = [f.result() for f in futures]
+    assert [r.status_code for r in responses] == [200] * 24
+    for r in responses:
+        digits = [p["digit"] for p in r.json()["predictions"]]
+        assert sum(d == y for d, y in zip(digits, labels[:12], strict=True)) >= 11
+    assert proc.proc is not None
+    assert proc.proc.wait(30) == 0, proc.log()
+    assert proc.stop() == 0
