@@ -9,6 +9,7 @@ import select
 import shutil
 import signal
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -167,25 +168,48 @@ def test_e2e_invalid_setting_is_one_line(tmp_path: Path) -> None:
     assert done.stderr.strip().startswith("error: invalid setting max_batch_size")
 
 
+def _slow_multipart(files: list[tuple[str, bytes]], seconds: float):
+    """A multipart body streamed in small chunks over about `seconds` (a slow uploader)."""
+    boundary = "slowupload42"
+    body = (
+        b"".join(
+            b'--%s\r\nContent-Disposition: form-data; name="files"; filename="%s"\r\n\r\n%s\r\n'
+            % (boundary.encode(), name.encode(), data)
+            for name, data in files
+        )
+        + b"--%s--\r\n" % boundary.encode()
+    )
+    chunks = [body[i : i + 4096] for i in range(0, len(body), 4096)]
+
+    def stream():
+        for chunk in chunks:
+            time.sleep(seconds / len(chunks))
+            yield chunk
+
+    return stream(), {"content-type": f"multipart/form-data; boundary={boundary}"}
+
+
 def test_e2e_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path: Path, mnist_sample) -> None:
     images, labels = mnist_sample
     proc = ServerProcess(env={"MNIST_MAX_BATCH_SIZE": "4"}).start(tmp_path)
-    # Phone photos take tens of milliseconds each to preprocess: requests stay in flight.
-    files = [("files", make_upload("photo", images[i], seed=i)[::-1]) for i in range(12)]
+    files = [make_upload("photo", images[i], seed=i)[::-1] for i in range(12)]
 
     def call(_: int) -> httpx.Response:
-        return httpx.post(proc.url + "/v1/predict", files=files, timeout=60)
+        # Slow uploads keep every request in flight for a couple of seconds.
+        body, headers = _slow_multipart(files, seconds=2.0)
+        return httpx.post(proc.url + "/v1/predict", content=body, headers=headers, timeout=60)
 
     with ThreadPoolExecutor(max_workers=24) as pool:
         futures = [pool.submit(call, i) for i in range(24)]
         # Wait until every request is in the server's hands (the scrape itself counts as one),
         # then ask it to stop.
-        inflight = 0.0
-        for _ in range(300):
+        inflight, deadline = 0.0, time.monotonic() + 20
+        while time.monotonic() < deadline:
             m = httpx.get(proc.url + "/metrics").text
             inflight = float(re.search(r"^mnist_in_flight_requests (\S+)$", m, re.M).group(1))
             if inflight >= 25:
                 break
+            time.sleep(0.02)
         assert inflight >= 25, "the requests should all be in flight before SIGTERM"
         proc.signal(signal.SIGTERM)
         # Readiness turns 503 (or the listener is already closed) straight away.

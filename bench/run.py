@@ -1,0 +1,300 @@
+"""Side-by-side serving benchmark: one command, several server settings, the same load.
+
+    python -m bench                      # batching on vs off, all cells, ~4 minutes
+    python -m bench --configs batching,no-batching,workers2 --duration 10
+    python -m bench --soak 100000        # RSS at 10k and 100k requests
+
+For each server configuration it starts `python -m service` on a free port, checks its
+answers digit by digit, then drives it with wrk (`apt-get install wrk`): single-image
+requests at concurrency 1, 8 and 64 and 64-image requests at concurrency 1 and 8. It
+reports req/s, images/s, p50/p99 latency, errors and the server's RSS, plus the in-process
+ceiling (decode + forward at batch 64, no HTTP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA = Path(__file__).resolve().parent / "wrk_post.lua"
+SAMPLE = ROOT / "tests" / "data" / "mnist_test_sample.npz"
+
+CONFIGS: dict[str, list[str]] = {
+    "batching": [],
+    "no-batching": ["--no-batching"],
+    "workers2": ["--workers", "2"],
+    "batching-1thread": ["--torch-threads", "1"],
+}
+CELLS = [("single", 1, 1), ("single", 1, 8), ("single", 1, 64), ("batch64", 64, 1),
+         ("batch64", 64, 8)]  # fmt: skip
+
+
+def write_images(folder: Path) -> list[int]:
+    """The 200 committed MNIST test digits as PNG files plus a manifest."""
+    data = np.load(SAMPLE)
+    lines, labels = [], []
+    for i, (img, label) in enumerate(zip(data["images"], data["labels"], strict=True)):
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG")
+        (folder / f"d{i:03d}.png").write_bytes(buf.getvalue())
+        lines.append(f"d{i:03d}.png {int(label)}")
+        labels.append(int(label))
+    (folder / "manifest.txt").write_text("\n".join(lines) + "\n")
+    return labels
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def group_rss_mb(pgid: int) -> float:
+    """Resident memory of every process in the server's process group."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                status = (stat.parent / "status").read_text()
+                total += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+        except (OSError, AttributeError, IndexError, ValueError):
+            continue
+    return total / 1024
+
+
+class Server:
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "service", "--port", str(self.port), "--log-level",
+               "warning", *args]  # fmt: skip
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"server exited: {self.log.read().decode()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("server not ready")
+
+    def rss_mb(self) -> float:
+        return group_rss_mb(self.proc.pid)
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def verify(url: str, images: Path, labels: list[int]) -> int:
+    """Wrong or failed predictions over all bench images, sent as 64-image requests."""
+    wrong = 0
+    names = [f"d{i:03d}.png" for i in range(len(labels))]
+    with httpx.Client(base_url=url, timeout=60) as c:
+        for start in range(0, len(names), 64):
+            chunk = names[start : start + 64]
+            files = [("files", (n, (images / n).read_bytes(), "image/png")) for n in chunk]
+            r = c.post("/v1/predict", files=files)
+            if r.status_code != 200:
+                wrong += len(chunk)
+                continue
+            digits = [p["digit"] for p in r.json()["predictions"]]
+            wrong += sum(d != labels[start + i] for i, d in enumerate(digits))
+    return wrong
+
+
+def _ms(value: str) -> float:
+    number, unit = re.match(r"([\d.]+)(\w+)", value).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def run_wrk(url: str, images: Path, per: int, conc: int, duration: float) -> dict[str, float]:
+    env = {**os.environ, "BENCH_IMAGES": str(images), "BENCH_PER_REQUEST": str(per)}
+    cmd = ["wrk", "-t", str(min(conc, 4)), "-c", str(conc), "-d", f"{duration:g}s",
+           "--latency", "--timeout", "30s", "-s", str(LUA), url]  # fmt: skip
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    lat = dict(re.findall(r"^\s+(50|99)(?:\.000)?%\s+(\S+)$", out, re.M))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = int(non2xx.group(1)) if non2xx else 0
+    if sock:
+        errors += sum(int(g) for g in sock.groups())
+    return {"rps": rps, "images_per_s": rps * per, "p50_ms": _ms(lat["50"]),
+            "p99_ms": _ms(lat["99"]), "errors": errors, "requests": total}  # fmt: skip
+
+
+def inprocess_ceiling(images: Path, seconds: float = 5.0) -> float:
+    """Images/s for decode + preprocess + forward at batch 64, no HTTP, one process."""
+    import torch
+
+    from service.config import Settings
+    from service.model import Classifier, resolve_version
+    from service.preprocess import ImageLimits, preprocess
+
+    settings = Settings()
+    folder = resolve_version(settings.model_repository, settings.model_name, None)
+    clf = Classifier.load(folder, torch.device("cpu"))
+    files = [p.read_bytes() for p in sorted(images.glob("*.png"))][:64]
+    limits = ImageLimits()
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        pixels = np.stack([preprocess(f, limits) for f in files])
+        clf.predict_batch(pixels)
+        done += len(files)
+    return done / (time.perf_counter() - started)
+
+
+def soak(images: Path, target: int, env: dict[str, str]) -> dict[str, float]:
+    """Server RSS after ~10% and 100% of `target` single-image requests at c=64."""
+    server = Server([], env)
+    try:
+        wrk_env = {**os.environ, "BENCH_IMAGES": str(images), "BENCH_PER_REQUEST": "1"}
+        load = subprocess.Popen(
+            ["wrk", "-t", "4", "-c", "64", "-d", "3600s", "-s", str(LUA), server.url],
+            env=wrk_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        marks = {target // 10: 0.0, target: 0.0}
+        try:
+            while True:
+                text = httpx.get(server.url + "/metrics").text
+                pattern = r'^mnist_requests_total\{[^}]*route="/v1/predict"[^}]*\} (\S+)$'
+                count = sum(float(v) for v in re.findall(pattern, text, re.M))
+                for mark in marks:
+                    if count >= mark and not marks[mark]:
+                        marks[mark] = server.rss_mb()
+                        print(f"  {int(count):>7} requests: RSS {marks[mark]:.1f} MB", flush=True)
+                if all(marks.values()):
+                    break
+                time.sleep(0.5)
+        finally:
+            load.terminate()
+            load.wait()
+    finally:
+        server.stop()
+    low, high = marks[target // 10], marks[target]
+    return {
+        "rss_mb_at_10pct": low,
+        "rss_mb_at_100pct": high,
+        "growth_pct": 100 * (high - low) / low,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--configs", default="batching,no-batching")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per cell")
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--soak", type=int, default=0, help="requests for the RSS soak (0 = skip)")
+    p.add_argument("--model-repository", default="", help="serve another repository")
+    p.add_argument("--model-name", default="")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = p.parse_args(argv)
+    if not shutil.which("wrk"):
+        print("wrk is missing: apt-get install wrk", file=sys.stderr)
+        return 2
+    env = {}
+    if args.model_repository:
+        env["MNIST_MODEL_REPOSITORY"] = args.model_repository
+    if args.model_name:
+        env["MNIST_MODEL_NAME"] = args.model_name
+    results: dict[str, object] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
+        "duration_s": args.duration,
+        "cells": [],
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        images = Path(tmp)
+        labels = write_images(images)
+        ceiling = inprocess_ceiling(images)
+        results["inprocess_ceiling_images_per_s"] = ceiling
+        print(f"in-process ceiling (decode + forward, batch 64): {ceiling:,.0f} images/s")
+        rows = []
+        for name in args.configs.split(","):
+            server = Server(CONFIGS[name], env)
+            try:
+                wrong = verify(server.url, images, labels)
+                print(f"[{name}] verification: {wrong} wrong of {len(labels)}", flush=True)
+                for workload, per, conc in CELLS:
+                    run_wrk(server.url, images, per, conc, args.warmup)
+                    cell = run_wrk(server.url, images, per, conc, args.duration)
+                    cell.update(config=name, workload=workload, concurrency=conc,
+                                rss_mb=server.rss_mb(), wrong=wrong)  # fmt: skip
+                    rows.append(cell)
+                    print(f"[{name}] {workload:7} c={conc:<3} {cell['rps']:8,.0f} req/s "
+                          f"{cell['images_per_s']:8,.0f} img/s p50 {cell['p50_ms']:7.2f} ms "
+                          f"p99 {cell['p99_ms']:7.2f} ms errors {cell['errors']} "
+                          f"RSS {cell['rss_mb']:.0f} MB", flush=True)  # fmt: skip
+            finally:
+                server.stop()
+        results["cells"] = rows
+        if args.soak:
+            print(f"soak: {args.soak} single-image requests at c=64")
+            results["soak"] = soak(images, args.soak, env)
+    print()
+    print(table(results))
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    (args.out / f"{stamp}.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def table(results: dict) -> str:
+    lines = [
+        f"{results['date']} · {results['machine']} · {results['duration_s']:g} s per cell",
+        "",
+        "| config | workload | conc | req/s | images/s | p50 ms | p99 ms | errors | RSS MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in results["cells"]:
+        lines.append(
+            f"| {c['config']} | {c['workload']} | {c['concurrency']} | {c['rps']:,.0f} | "
+            f"{c['images_per_s']:,.0f} | {c['p50_ms']:.2f} | {c['p99_ms']:.2f} | "
+            f"{c['errors']} | {c['rss_mb']:.0f} |"
+        )
+    lines.append("")
+    lines.append(
+        f"In-process ceiling (decode + forward, batch 64): "
+        f"{results['inprocess_ceiling_images_per_s']:,.0f} images/s"
+    )
+    if "soak" in results:
+        s = results["soak"]
+        lines.append(
+            f"Soak: RSS {s['rss_mb_at_10pct']:.1f} MB at 10% -> {s['rss_mb_at_100pct']:.1f} MB "
+            f"at 100% of the requests ({s['growth_pct']:+.1f}%)"
+        )
+    return "\n".join(lines)
