@@ -85,8 +85,9 @@ class Server:
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Access logs off, as for every peer in the shared harness.
         cmd = [sys.executable, "-m", "service", "--port", str(self.port), "--log-level",
-               "warning", *args]  # fmt: skip
+               "warning", "--no-access-log", *args]  # fmt: skip
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT,

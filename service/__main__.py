@@ -35,9 +35,10 @@ _FLAGS: dict[str, dict[str, Any]] = {
     "torch_threads": {"type": int},
     "preprocess_threads": {"type": int},
     "drain_timeout_s": {"type": float},
+    "gil_switch_interval_ms": {"type": float},
     "log_level": {"choices": ["debug", "info", "warning", "error"]},
 }
-_SWITCHES = ("batching", "optimize", "log_json", "half_precision")
+_SWITCHES = ("batching", "optimize", "log_json", "half_precision", "access_log")
 
 
 def parse_args(argv: list[str] | None) -> dict[str, Any]:

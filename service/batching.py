@@ -155,7 +155,8 @@ class Batcher:
             )
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        chunks = torch.split(pixels, self.max_batch_size) if self.enabled else (pixels,)
+        split = self.enabled and n > self.max_batch_size
+        chunks = torch.split(pixels, self.max_batch_size) if split else (pixels,)
         items = []
         for chunk in chunks:
             item = _Item(chunk, loop.create_future(), now, now + self.request_timeout_s)

@@ -34,8 +34,13 @@ class Settings(BaseSettings):
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     half_precision: bool = Field(False, description="float16 forward on CUDA.")
-    torch_threads: int = Field(0, ge=0, description="Intra-op threads; 0 = one per core.")
+    torch_threads: int = Field(
+        0, ge=0, description="Intra-op threads per worker; 0 = cores / workers."
+    )
     optimize: bool = Field(True, description="Freeze and optimise the TorchScript graph.")
+    gil_switch_interval_ms: float = Field(
+        0.5, gt=0, le=100, description="Python's GIL switch interval (default 5 ms is slow)."
+    )
 
     max_batch_size: int = Field(64, ge=1, le=4096, description="Images per forward pass.")
     max_batch_wait_ms: float = Field(
@@ -54,6 +59,7 @@ class Settings(BaseSettings):
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = Field(False, description="One JSON object per log line.")
+    access_log: bool = Field(True, description="One log line per request.")
     api_keys: str = Field("", description="Comma-separated API keys, or @/path/to/file.")
     admin_key: str = Field("", description="Enables /admin routes when set.")
     cors_origins: str = Field("", description="Comma-separated allowed origins; off when empty.")

@@ -29,6 +29,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._model_labels: tuple[str, str, str] | None = None
         mp = multiprocess_dir() is not None
         r = self.registry
         live: Any = "livesum" if mp else "all"
@@ -82,7 +83,10 @@ class Metrics:
         self.queue_depth.set(images)
 
     def set_model(self, name: str, version: str, device: str) -> None:
-        self.model_info.clear()
+        # NOTE: prometheus-client cannot clear labels in multi-process mode: zero the old ones.
+        if self._model_labels is not None:
+            self.model_info.labels(*self._model_labels).set(0)
+        self._model_labels = (name, version, device)
         self.model_info.labels(name, version, device).set(1)
 
     def render(self) -> tuple[bytes, str]:

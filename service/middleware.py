@@ -25,9 +25,10 @@ def _route_label(scope: Scope) -> str:
 class RequestContextMiddleware:
     """Pure ASGI (no BaseHTTPMiddleware): it adds microseconds, not a task per request."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, access_log: bool = True) -> None:
         self.app = app
         self.metrics = metrics
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,7 +67,7 @@ class RequestContextMiddleware:
             self.metrics.requests.labels(route, method, str(status)).inc()
             self.metrics.request_latency.labels(route).observe(elapsed)
             path = scope["path"]
-            if path not in QUIET_PATHS:
+            if self.access_log and path not in QUIET_PATHS:
                 images: Any = scope["state"].get("images", 0)
                 access_logger.info(
                     '%s "%s %s" %d %.1fms images=%s id=%s',

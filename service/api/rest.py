@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import orjson
 import torch
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
-from service.api.deps import DataPlaneDep, SettingsDep, require_api_key
+from service.api.deps import DataPlaneDep, SettingsDep, get_dataplane, require_api_key
+from service.config import Settings
 from service.dataplane import NamedFile
 from service.errors import InvalidInput, PayloadTooLarge
 from service.model import Classifier
@@ -94,23 +97,51 @@ def render_predictions(
     return {"model": {"name": model.name, "version": model.version}, "predictions": predictions}
 
 
-@router.post(
-    "/predict",
-    response_model=PredictResponse,
-    responses=_errors(400, 401, 413, 415, 503, 504),
-    openapi_extra=_MULTIPART_BODY,
-    summary="Predict digits from uploaded image files",
-)
-async def predict_digits(
-    request: Request,
-    plane: DataPlaneDep,
-    settings: SettingsDep,
-    top_k: Annotated[int | None, Query(ge=1, le=10, description="Also list the k best")] = None,
-    return_image: Annotated[
-        bool, Query(description="Include the 28x28 image the model saw, as base64 PNG")
-    ] = False,
-) -> Response:
+_QUERY_DOCS = [
+    {
+        "name": "top_k",
+        "in": "query",
+        "required": False,
+        "description": "Also list the k most likely digits (1-10).",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 10},
+    },
+    {
+        "name": "return_image",
+        "in": "query",
+        "required": False,
+        "description": "Include the 28x28 image the model saw, as a base64 PNG.",
+        "schema": {"type": "boolean", "default": False},
+    },
+]
+
+
+def _query(request: Request) -> tuple[int | None, bool]:
+    params = request.query_params
+    top_k: int | None = None
+    raw = params.get("top_k")
+    if raw is not None:
+        if not raw.isdigit() or not 1 <= int(raw) <= 10:
+            raise InvalidInput("invalid request: top_k: must be an integer from 1 to 10")
+        top_k = int(raw)
+    flag = params.get("return_image", "false").lower()
+    if flag not in _BOOLS:
+        raise InvalidInput("invalid request: return_image: must be true or false")
+    return top_k, _BOOLS[flag]
+
+
+_BOOLS = {"true": True, "1": True, "yes": True, "on": True,
+          "false": False, "0": False, "no": False, "off": False}  # fmt: skip
+
+
+async def predict_digits(request: Request) -> Response:
     """Predict one digit per uploaded file (multipart parts named `files`), in upload order."""
+    # NOTE: the hot route takes only the Request and is mounted as a plain Starlette route
+    # (see create_app): FastAPI's dependency and validation layer cost ~0.2 ms per request,
+    # measured 4,400 -> 6,000 req/s for multipart parsing alone. OpenAPI still documents it.
+    await require_api_key(request)
+    plane = await get_dataplane(request)
+    settings: Settings = request.app.state.settings
+    top_k, return_image = _query(request)
     limits = UploadLimits(settings.max_files, settings.max_file_bytes, settings.max_request_bytes)
     uploads = await read_multipart(
         request.headers.get("content-type"),
@@ -125,6 +156,31 @@ async def predict_digits(
         [f.filename for f in files], probs, model, top_k, pixels if return_image else None
     )
     return _json(body)
+
+
+router.add_api_route(
+    "/predict",
+    predict_digits,
+    methods=["POST"],
+    response_model=PredictResponse,
+    responses=_errors(400, 401, 413, 415, 503, 504),
+    openapi_extra={**_MULTIPART_BODY, "parameters": _QUERY_DOCS},
+    summary="Predict digits from uploaded image files",
+)
+
+
+class _LabelledRoute(Route):
+    """A Starlette route that, like FastAPI's, records itself in the scope (metrics label)."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match != Match.NONE:
+            child["route"] = self
+        return match, child
+
+
+#: Served ahead of the FastAPI routes (same handler, without the per-request DI layer).
+fast_routes = [_LabelledRoute("/v1/predict", predict_digits, methods=["POST"])]
 
 
 @router.post(
