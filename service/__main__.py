@@ -32,6 +32,7 @@ _FLAGS: dict[str, dict[str, Any]] = {
     "max_file_bytes": {"type": int},
     "max_request_bytes": {"type": int},
     "max_image_pixels": {"type": int},
+    "max_image_frames": {"type": int},
     "torch_threads": {"type": int},
     "preprocess_threads": {"type": int},
     "drain_timeout_s": {"type": float},

@@ -46,7 +46,9 @@ class Settings(BaseSettings):
     max_batch_wait_ms: float = Field(
         2.0, ge=0, description="Longest wait for more work once a batch has started forming."
     )
-    max_queue_size: int = Field(1024, ge=1, description="Images waiting; beyond it 503.")
+    max_queue_size: int = Field(
+        4096, ge=1, description="Images queued or in the model per worker; beyond it 503."
+    )
     request_timeout_s: float = Field(10.0, gt=0, description="Per-request deadline (504).")
     batching: bool = Field(True, description="Coalesce concurrent requests into batches.")
     preprocess_threads: int = Field(2, ge=1, le=64, description="Image decoding threads.")
@@ -57,7 +59,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1, description="Pixels per image (w x h).")
     max_image_frames: int = Field(100, ge=1, description="Frames in an animated image.")
 
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="debug, info, warning or error."
+    )
     log_json: bool = Field(False, description="One JSON object per log line.")
     access_log: bool = Field(True, description="One log line per request.")
     api_keys: str = Field("", description="Comma-separated API keys, or @/path/to/file.")

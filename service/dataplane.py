@@ -28,7 +28,9 @@ from service.preprocess import ImageLimits, preprocess
 
 logger = logging.getLogger(__name__)
 
-#: Files this small are decoded inline: a thread hop costs more than the decode itself.
+#: A lone file this small is decoded on the event loop: the thread hop costs more than the
+#: decode (~50 us). Measured with wrk on 28x28 PNGs, one worker: c=1 p50 2.47 -> 2.16 ms,
+#: c=64 1,190 -> 1,870 req/s. Anything larger, or several files, goes to the thread pool.
 _INLINE_BYTES = 4096
 
 
