@@ -7,6 +7,7 @@ import logging
 import logging.config
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 from typing import Any
@@ -78,21 +79,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    from service.app import create_app, load_classifier
     from service.logging_config import build_log_config
-    from service.model import ModelLoadError
 
-    log_config = build_log_config(settings.log_level, settings.log_json)
-    logging.config.dictConfig(log_config)
-    try:
-        classifier = load_classifier(settings)
-    except ModelLoadError as exc:
-        return _fail(str(exc), 1)
     try:
         settings.api_key_list()
     except OSError as exc:
         return _fail(f"cannot read API keys file: {exc}")
-
+    log_config = build_log_config(settings.log_level, settings.log_json)
+    logging.config.dictConfig(log_config)
     common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -107,12 +101,26 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     if settings.workers == 1:
+        from service.app import create_app, load_classifier
+        from service.model import ModelLoadError
+
+        try:
+            classifier = load_classifier(settings)
+        except ModelLoadError as exc:
+            return _fail(str(exc), 1)
         uvicorn.run(create_app(settings, classifier), **common)
         return 0
-    # Several processes: each builds its own app (model + batcher) from the environment.
-    del classifier
+    # Several processes, each with its own model and batcher built from the environment. The
+    # supervisor never imports torch (saves ~0.8 GB): a child process checks the model first.
     for field, value in overrides.items():
         os.environ["MNIST_" + field.upper()] = str(value)
+    check = subprocess.run(
+        [sys.executable, "-m", "service.check"], capture_output=True, text=True, check=False
+    )
+    if check.returncode != 0:
+        lines = check.stderr.strip().splitlines() or ["model check failed"]
+        sys.stderr.write(lines[-1] + "\n")
+        return check.returncode
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mnist-metrics-")
     uvicorn.run("service.app:create_app", factory=True, workers=settings.workers, **common)

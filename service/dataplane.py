@@ -84,21 +84,31 @@ class DataPlane:
 
     # ---------------------------------------------------------------- images
 
-    def _decode_one(self, data: bytes) -> np.ndarray:
-        return preprocess(data, self.limits)
+    def _decode_one(self, data: bytes) -> np.ndarray | BaseException:
+        try:
+            return preprocess(data, self.limits)
+        except Exception as exc:  # returned, not raised: one bad file must not hide the rest
+            return exc
+
+    def _decode_many(self, blobs: list[bytes]) -> list[np.ndarray | BaseException]:
+        return [self._decode_one(b) for b in blobs]
 
     async def decode_images(self, files: list[NamedFile]) -> np.ndarray:
         """[N,28,28] float32 pixels, or one ServiceError naming every file that failed."""
-        loop = asyncio.get_running_loop()
-        outcomes: list[np.ndarray | BaseException] = []
+        outcomes: list[np.ndarray | BaseException]
         if len(files) == 1 and len(files[0].data) <= _INLINE_BYTES:
-            try:
-                outcomes.append(self._decode_one(files[0].data))
-            except ServiceError as exc:
-                outcomes.append(exc)
+            outcomes = [self._decode_one(files[0].data)]
         else:
-            tasks = [loop.run_in_executor(self._pool, self._decode_one, f.data) for f in files]
-            outcomes = list(await asyncio.gather(*tasks, return_exceptions=True))
+            # One pool task per thread, each decoding a contiguous slice of the files: a task
+            # per file cost ~40 us of scheduling each (64-file requests, measured).
+            loop = asyncio.get_running_loop()
+            n = min(len(files), self.settings.preprocess_threads)
+            bounds = [len(files) * i // n for i in range(n + 1)]
+            chunks = [[f.data for f in files[bounds[i] : bounds[i + 1]]] for i in range(n)]
+            parts = await asyncio.gather(
+                *(loop.run_in_executor(self._pool, self._decode_many, c) for c in chunks)
+            )
+            outcomes = [o for part in parts for o in part]
         failures = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, BaseException)]
         if failures:
             raise _combine(files, failures)

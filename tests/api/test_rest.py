@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from pathlib import Path
 
 import numpy as np
@@ -220,3 +221,18 @@ def test_openapi_documents_routes_and_errors(client: TestClient) -> None:
     assert "multipart/form-data" in predict["requestBody"]["content"]
     assert "/v2/models/{name}/infer" in spec["paths"]
     assert client.get("/docs").status_code == 200
+
+
+def test_readiness_turns_503_when_the_batch_loop_dies(client: TestClient, mnist_sample) -> None:
+    plane = client.app.state.dataplane  # type: ignore[attr-defined]
+    assert client.get("/v2/health/ready").status_code == 200
+    task = plane.batcher._task
+    task.get_loop().call_soon_threadsafe(task.cancel)
+    for _ in range(100):
+        if task.done():
+            break
+        time.sleep(0.01)
+    r = client.get("/v2/health/ready")
+    assert (r.status_code, r.json()) == (503, {"ready": False, "reason": "inference loop stopped"})
+    r = client.post("/v1/predict", files=files_of(("a.png", png_bytes(mnist_sample[0][0]))))
+    assert (r.status_code, r.json()["code"]) == (503, "model_not_ready")

@@ -1,0 +1,35 @@
+"""`python -m service.check`: load and warm the configured model, then exit (0 = servable).
+
+The multi-worker supervisor runs this in a child process so that it fails fast with one line
+without importing torch itself.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from pydantic import ValidationError
+
+from service.config import Settings
+
+
+def main() -> int:
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        sys.stderr.write(f"error: invalid setting: {exc.errors()[0]['msg']}\n")
+        return 2
+    from service.app import load_classifier
+    from service.model import ModelLoadError
+
+    try:
+        clf = load_classifier(settings)
+    except ModelLoadError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 1
+    sys.stdout.write(f"ok: {clf.name} v{clf.version} on {clf.device}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
