@@ -23,7 +23,7 @@ class ModelLoadError(Exception):
 
 
 @contextlib.contextmanager
-def _quiet_torchscript() -> Iterator[None]:
+def quiet_torchscript() -> Iterator[None]:
     # NOTE: torch 2.14 deprecates TorchScript; our artifacts are TorchScript by design, so
     # silence exactly that warning around the calls that raise it.
     with warnings.catch_warnings():
@@ -129,7 +129,7 @@ class Classifier:
         except CardError as exc:
             raise ModelLoadError(str(exc)) from exc
         try:
-            with _quiet_torchscript():
+            with quiet_torchscript():
                 module = torch.jit.load(str(model_path), map_location=device)
         except Exception as exc:
             raise ModelLoadError(f"cannot load TorchScript from {model_path}: {exc}") from exc
@@ -139,7 +139,7 @@ class Classifier:
         spec = card.output
         serving: torch.jit.ScriptModule
         try:
-            with _quiet_torchscript():
+            with quiet_torchscript():
                 serving = torch.jit.script(
                     _Serving(
                         module, norm.mean, norm.std, spec.temperature, spec.kind != "probabilities"

@@ -14,7 +14,6 @@ import logging
 import platform
 import shutil
 import sys
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import torchvision
 from service.card import MODEL_FILE, InputSpec, Metrics, ModelCard, Normalization, OutputSpec
 from service.card import sha256_file as _sha256
 from training.data import DataError, load_mnist
-from training.train import TrainingError, _prepare_out, load_scripted
+from training.train import TrainingError, _prepare_out, load_scripted, staged_version
 
 logger = logging.getLogger("training.package")
 
@@ -54,8 +53,8 @@ def package(args: argparse.Namespace) -> Path:
             nll=round(float(F.nll_loss(log_probs, test.targets)), 5),
             test_size=len(test.targets),
         )
-    scratch = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=model_root))
-    try:
+    final = model_root / str(version)
+    with staged_version(model_root, version) as scratch:
         shutil.copyfile(args.model, scratch / MODEL_FILE)
         card = ModelCard(
             name=args.name,
@@ -75,12 +74,6 @@ def package(args: argparse.Namespace) -> Path:
             sha256=_sha256(scratch / MODEL_FILE),
         )
         card.write(scratch)
-        scratch.chmod(0o755)
-        final = model_root / str(version)
-        scratch.rename(final)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
     logger.info("wrote %s (accuracy %s)", final, metrics.accuracy if metrics else "not measured")
     return final
 

@@ -12,7 +12,6 @@ import shutil
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +33,7 @@ from service.card import (
     list_versions,
     sha256_file,
 )
+from service.model import quiet_torchscript
 from training.augment import augment
 from training.data import DataError, file_checksums, load_mnist
 from training.net import Net, count_mflops, count_parameters
@@ -158,28 +158,34 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: 
 # ----------------------------------------------------------------------------- export
 
 
-@contextlib.contextmanager
-def _quiet_torchscript() -> Iterator[None]:
-    # NOTE: torch 2.14 deprecates TorchScript in favour of torch.export. Our users asked for
-    # TorchScript artifacts, so we keep it and silence exactly that warning, only here.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*TorchScript.*deprecat", category=Warning)
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\..*deprecat", category=Warning)
-        yield
-
-
 def export(model: nn.Module, out_dir: Path) -> Path:
     """Script the eval-mode model and save it as `out_dir/model.pt`."""
     model = model.cpu().eval()
-    with _quiet_torchscript():
+    with quiet_torchscript():
         scripted = torch.jit.script(model)
         path = out_dir / MODEL_FILE
         torch.jit.save(scripted, str(path))
     return path
 
 
+@contextlib.contextmanager
+def staged_version(model_root: Path, version: int) -> Iterator[Path]:
+    """A scratch folder that becomes `model_root/version` only if the block succeeds.
+
+    Never a half-written version, never an overwrite: the rename is the commit.
+    """
+    scratch = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=model_root))
+    try:
+        yield scratch
+        scratch.chmod(0o755)
+        scratch.rename(model_root / str(version))
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+
+
 def load_scripted(path: Path, device: torch.device) -> torch.jit.ScriptModule:
-    with _quiet_torchscript():
+    with quiet_torchscript():
         return torch.jit.load(str(path), map_location=device)
 
 
@@ -295,10 +301,8 @@ def run(args: argparse.Namespace) -> Path:
         temperature = 1.0
     logger.info("best epoch %d (val acc %.4f); temperature %.3f", best_epoch, best_acc, temperature)
 
-    # Build the version in a scratch folder next to the target, then rename: never a half
-    # written version, never an overwrite.
-    scratch = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=model_root))
-    try:
+    final = model_root / str(version)
+    with staged_version(model_root, version) as scratch:
         eager_model = model.cpu().eval()
         model_path = export(eager_model, scratch)
         reloaded = load_scripted(model_path, torch.device("cpu"))
@@ -360,12 +364,6 @@ def run(args: argparse.Namespace) -> Path:
             sha256=sha256_file(model_path),
         )
         card.write(scratch)
-        scratch.chmod(0o755)
-        final = model_root / str(version)
-        scratch.rename(final)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
     logger.info(
         "wrote %s: test accuracy %.4f, ece %.4f, max |eager - scripted| %.2e, %.1f s total",
         final, test.accuracy, card.metrics.ece if card.metrics else float("nan"), max_abs_diff,
