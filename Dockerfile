@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# mnist-serving image. CPU by default (about 900 MB: torch's CPU wheels are ~700 MB of it).
+# mnist-serving image. CPU by default (expected ~1 GB, most of it torch's CPU wheels).
 # CUDA variant: docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu126 \
 #                 -t mnist-serving:cuda .   (run with --gpus all; MNIST_DEVICE=auto picks the GPU)
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
