@@ -223,3 +223,14 @@ def test_e2e_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path: Path, mn
     assert proc.proc is not None
     assert proc.proc.wait(30) == 0, proc.log()
     assert proc.stop() == 0
+
+
+def test_e2e_readme_example_files_are_answered_correctly(server) -> None:
+    """The README's first curl command, as a new user runs it."""
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    expected = {"seven.png": 7, "two.jpg": 2, "three-marker.png": 3, "four-mnist.png": 4}
+    files = [("files", (n, (examples / n).read_bytes(), "image/*")) for n in expected]
+    r = httpx.post(server.url + "/v1/predict", files=files, timeout=30)
+    assert r.status_code == 200
+    got = {p["filename"]: p["digit"] for p in r.json()["predictions"]}
+    assert got == expected
