@@ -194,13 +194,47 @@ def _otsu(values: np.ndarray) -> float:
     return float(centers[int(np.argmax(between))])
 
 
+def _ruling(mask: np.ndarray) -> np.ndarray:
+    """Pixels of ruled-paper lines: thin bands of ink spanning the whole page.
+
+    Rulings repeat, so a direction counts only with two or more such bands (one long bar is
+    not enough: a 7 drawn edge to edge has one). Once a page is ruled, a single full-height
+    line across it (the margin) is page structure too.
+    """
+    found: dict[int, list[tuple[int, int]]] = {}
+    for axis in (1, 0):  # axis 1: bands of rows (horizontal lines); axis 0: columns
+        span = mask.mean(axis=axis) > 0.7
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], span.astype(np.int8), [0]))))
+        limit = max(2, round(0.02 * span.size))
+        found[axis] = [
+            (a, b) for a, b in zip(edges[::2], edges[1::2], strict=True) if b - a <= limit
+        ]
+    ruled = len(found[1]) >= 2 or len(found[0]) >= 2
+    lines = np.zeros_like(mask)
+    if not ruled:
+        return lines
+    for a, b in found[1]:
+        lines[a:b, :] = mask[a:b, :]
+    for a, b in found[0]:
+        lines[:, a:b] = mask[:, a:b]
+    return lines
+
+
 def _select_digit(mask: np.ndarray) -> np.ndarray:
-    """Keep the largest ink component and sizeable ones near it; drop specks and far blobs."""
+    """Keep the largest ink component and sizeable ones near it; drop specks, far blobs and
+    page structure (rulings, thin lines running across the whole image)."""
+    mask = mask & ~_ruling(mask)
     labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
     if count <= 1:
         return mask
     areas = np.bincount(labels.ravel())[1:]
     boxes = ndimage.find_objects(labels)
+    h, w = mask.shape
+    for i, (by, bx) in enumerate(boxes):
+        bh, bw = by.stop - by.start, bx.stop - bx.start
+        # A margin line or a page edge: spans (almost) the whole image and is thin.
+        if (bh > 0.9 * h and bw < 0.05 * w) or (bw > 0.9 * w and bh < 0.05 * h):
+            areas[i] = 0
     order = np.argsort(areas)[::-1]
     main = int(order[0])
     y0, y1 = boxes[main][0].start, boxes[main][0].stop
@@ -253,6 +287,8 @@ def normalize(gray: np.ndarray) -> np.ndarray:
         raise InvalidImage("no digit found: the image is blank or has no contrast")
     threshold = max(_otsu(np.clip(ink / peak, 0, 1)) * peak, 0.15 * peak)
     digit = _select_digit(ink > threshold)
+    if not digit.any():
+        raise InvalidImage("no digit found: only page lines or noise in the image")
     ys, xs = np.nonzero(digit)
     grow = max(1, round(max(ink.shape) / 200))
     y0, y1 = max(ys.min() - grow, 0), ys.max() + 1 + grow

@@ -119,6 +119,22 @@ def inverted(digit: np.ndarray, rng: np.random.Generator) -> tuple[bytes, str]:
     return _encode(rgb, "WEBP", quality=80), "board.webp"
 
 
+def ruled(digit: np.ndarray, rng: np.random.Generator) -> tuple[bytes, str]:
+    """Pen on ruled notebook paper (grey or blue rulings, red margin line), scanned to JPEG."""
+    size = int(rng.integers(160, 240))
+    h, w = int(size * 1.6), int(size * 1.5)
+    ink = _place(_strokes(digit, size), (h, w), rng)
+    paper = np.ones((h, w, 3)) * np.array([0.97, 0.97, 0.95])
+    rule = np.array([0.35, 0.35, 0.4]) if rng.random() < 0.5 else np.array([0.55, 0.65, 0.9])
+    pitch = int(rng.integers(24, 40))
+    for row in range(int(rng.integers(5, 20)), h, pitch):
+        paper[row : row + 2] = rule
+    margin = int(rng.integers(10, 40))
+    paper[:, margin : margin + 2] = np.array([0.9, 0.4, 0.4])
+    rgb = _paint(ink, paper, np.array([0.05, 0.05, 0.3])) + rng.normal(0, 0.015, (h, w, 3))
+    return _encode(rgb, "JPEG", quality=int(rng.integers(75, 92))), "notebook.jpg"
+
+
 def formats(digit: np.ndarray, rng: np.random.Generator) -> tuple[bytes, str]:
     """The same digit as 16-bit TIFF, palette GIF or BMP at an odd size."""
     size = int(rng.integers(60, 140))
@@ -145,6 +161,7 @@ KINDS: dict[str, Maker] = {
     "marker": marker,
     "small": small,
     "inverted": inverted,
+    "ruled": ruled,
     "formats": formats,
 }
 

@@ -120,6 +120,25 @@ def test_preprocess_noisy_uneven_photo_keeps_the_digit(mnist_sample) -> None:
     assert similarity(out, digit / 255.0) > 0.75
 
 
+def test_preprocess_ignores_notebook_rulings(mnist_sample) -> None:
+    digit = mnist_sample[0][6]
+    paper = np.full((320, 300), 245, dtype=np.uint8)
+    paper[20::32] = 90  # dark ruled lines across the page
+    paper[:, 40] = 120  # margin line
+    up = np.asarray(Image.fromarray(digit).resize((200, 200), Image.BICUBIC))
+    patch = paper[60:260, 50:250]
+    paper[60:260, 50:250] = np.minimum(patch, 255 - up)
+    out = preprocess(encode(Image.fromarray(paper), "PNG"), LIMITS)
+    assert similarity(out, digit / 255.0) > 0.8
+
+
+def test_preprocess_page_with_only_lines_is_a_client_error() -> None:
+    paper = np.full((200, 200), 245, dtype=np.uint8)
+    paper[10::25] = 60
+    with pytest.raises(InvalidImage, match="no digit"):
+        preprocess(encode(Image.fromarray(paper), "PNG"), LIMITS)
+
+
 def test_normalize_fits_20px_box_and_centres_by_mass() -> None:
     gray = np.ones((100, 300), dtype=np.float32)
     gray[40:60, 20:280] = 0.0  # a wide bar, dark on light
