@@ -20,8 +20,6 @@ import os
 import platform
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +30,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
+
+from tests.e2e.server import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).resolve().parent / "wrk_post.lua"
@@ -61,12 +61,6 @@ def write_images(folder: Path) -> list[int]:
     return labels
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def group_rss_mb(pgid: int) -> float:
     """Resident memory of every process in the server's process group."""
     total = 0
@@ -81,41 +75,10 @@ def group_rss_mb(pgid: int) -> float:
     return total / 1024
 
 
-class Server:
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        # Access logs off, as for every peer in the shared harness.
-        cmd = [sys.executable, "-m", "service", "--port", str(self.port), "--log-level",
-               "warning", "--no-access-log", *args]  # fmt: skip
-        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self.log.seek(0)
-                raise RuntimeError(f"server exited: {self.log.read().decode()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError("server not ready")
-
-    def rss_mb(self) -> float:
-        return group_rss_mb(self.proc.pid)
-
-    def stop(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+def start_server(args: list[str], env: dict[str, str], log_dir: Path) -> ServerProcess:
+    """`python -m service` on a free port, ready; access logs off as for every peer."""
+    extra = ["--log-level", "warning", "--no-access-log", *args]
+    return ServerProcess(env=env, args=extra).start(log_dir, timeout_s=120)
 
 
 def verify(url: str, images: Path, labels: list[int]) -> int:
@@ -180,7 +143,7 @@ def inprocess_ceiling(images: Path, seconds: float = 5.0) -> float:
 
 def soak(images: Path, target: int, env: dict[str, str]) -> dict[str, float]:
     """Server RSS after ~10% and 100% of `target` single-image requests at c=64."""
-    server = Server([], env)
+    server = start_server([], env, images)
     try:
         wrk_env = {**os.environ, "BENCH_IMAGES": str(images), "BENCH_PER_REQUEST": "1"}
         load = subprocess.Popen(
@@ -195,7 +158,7 @@ def soak(images: Path, target: int, env: dict[str, str]) -> dict[str, float]:
                 count = sum(float(v) for v in re.findall(pattern, text, re.M))
                 for mark in marks:
                     if count >= mark and not marks[mark]:
-                        marks[mark] = server.rss_mb()
+                        marks[mark] = group_rss_mb(server.proc.pid)
                         print(f"  {int(count):>7} requests: RSS {marks[mark]:.1f} MB", flush=True)
                 if all(marks.values()):
                     break
@@ -246,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"in-process ceiling (decode + forward, batch 64): {ceiling:,.0f} images/s")
         rows = []
         for name in args.configs.split(","):
-            server = Server(CONFIGS[name], env)
+            server = start_server(CONFIGS[name], env, images)
             try:
                 wrong = verify(server.url, images, labels)
                 print(f"[{name}] verification: {wrong} wrong of {len(labels)}", flush=True)
@@ -254,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                     run_wrk(server.url, images, per, conc, args.warmup)
                     cell = run_wrk(server.url, images, per, conc, args.duration)
                     cell.update(config=name, workload=workload, concurrency=conc,
-                                rss_mb=server.rss_mb(), wrong=wrong)  # fmt: skip
+                                rss_mb=group_rss_mb(server.proc.pid), wrong=wrong)  # fmt: skip
                     rows.append(cell)
                     print(f"[{name}] {workload:7} c={conc:<3} {cell['rps']:8,.0f} req/s "
                           f"{cell['images_per_s']:8,.0f} img/s p50 {cell['p50_ms']:7.2f} ms "

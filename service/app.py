@@ -58,9 +58,10 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
         # Python's default 5 ms switch interval each hand-over can stall a batch that long.
         previous_interval = sys.getswitchinterval()
         sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
-        clf = classifier if classifier is not None else None
-        if clf is None:
+        if classifier is None:
             clf = await asyncio.to_thread(load_classifier, settings)
+        else:
+            clf = classifier
         batcher = Batcher(
             clf,
             max_batch_size=settings.max_batch_size,

@@ -100,8 +100,6 @@ class Classifier:
     device: torch.device
     half: bool
     path: Path
-    mean: float
-    std: float
     warmup_ms: float = 0.0
 
     @property
@@ -156,7 +154,7 @@ class Classifier:
                         serving = torch.jit.optimize_for_inference(serving)
         except Exception as exc:
             raise ModelLoadError(f"cannot prepare {model_path} for serving: {exc}") from exc
-        clf = cls(card, serving, device, use_half, model_path, norm.mean, norm.std)
+        clf = cls(card, serving, device, use_half, model_path)
         started = time.perf_counter()
         for size in warmup_batch_sizes:
             try:
