@@ -26,6 +26,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -103,7 +104,7 @@ def _ms(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-def run_wrk(url: str, images: Path, per: int, conc: int, duration: float) -> dict[str, float]:
+def run_wrk(url: str, images: Path, per: int, conc: int, duration: float) -> dict[str, Any]:
     env = {**os.environ, "BENCH_IMAGES": str(images), "BENCH_PER_REQUEST": str(per)}
     cmd = ["wrk", "-t", str(min(conc, 4)), "-c", str(conc), "-d", f"{duration:g}s",
            "--latency", "--timeout", "30s", "-s", str(LUA), url]  # fmt: skip
@@ -158,7 +159,7 @@ def soak(images: Path, target: int, env: dict[str, str]) -> dict[str, float]:
                 count = sum(float(v) for v in re.findall(pattern, text, re.M))
                 for mark in marks:
                     if count >= mark and not marks[mark]:
-                        marks[mark] = group_rss_mb(server.proc.pid)
+                        marks[mark] = group_rss_mb(server.pid)
                         print(f"  {int(count):>7} requests: RSS {marks[mark]:.1f} MB", flush=True)
                 if all(marks.values()):
                     break
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                     run_wrk(server.url, images, per, conc, args.warmup)
                     cell = run_wrk(server.url, images, per, conc, args.duration)
                     cell.update(config=name, workload=workload, concurrency=conc,
-                                rss_mb=group_rss_mb(server.proc.pid), wrong=wrong)  # fmt: skip
+                                rss_mb=group_rss_mb(server.pid), wrong=wrong)  # fmt: skip
                     rows.append(cell)
                     print(f"[{name}] {workload:7} c={conc:<3} {cell['rps']:8,.0f} req/s "
                           f"{cell['images_per_s']:8,.0f} img/s p50 {cell['p50_ms']:7.2f} ms "

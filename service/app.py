@@ -17,6 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
 from service.api import ops, rest
+from service.api.hot import HotRoutes
 from service.batching import Batcher
 from service.config import Settings
 from service.dataplane import DataPlane, _warmup_sizes
@@ -117,8 +118,6 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
     register_error_handlers(app)
     app.include_router(ops.router)
     app.include_router(rest.router)
-    # Hot routes first: matched before the documented FastAPI route of the same path.
-    app.router.routes[0:0] = rest.fast_routes
     from service.api import v2
 
     app.include_router(v2.router)
@@ -134,6 +133,8 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
         from fastapi.staticfiles import StaticFiles
 
         app.mount("/static", StaticFiles(directory=static), name="static")
+    # Innermost middleware: the hot route skips the router but keeps CORS and request context.
+    app.add_middleware(HotRoutes, routes=rest.hot_routes)
     if settings.cors_origins.strip():
         app.add_middleware(
             CORSMiddleware,

@@ -108,13 +108,18 @@ def _error_response(exc: ServiceError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
 
-async def _service_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ServiceError)
+def service_error_response(request: Request, exc: ServiceError) -> JSONResponse:
+    """The JSON error response for a ServiceError, logged at a level that fits its status."""
     if exc.status_code >= 500 and not isinstance(exc, Overloaded | ModelNotReady | ShuttingDown):
         logger.error("%s %s failed: %r", request.method, request.url.path, exc, exc_info=exc)
     else:
         logger.info("%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.code)
     return _error_response(exc)
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return service_error_response(request, exc)
 
 
 def _describe(error: dict[str, Any]) -> str:
@@ -141,10 +146,15 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+def unhandled_error_response(request: Request, exc: Exception) -> JSONResponse:
+    """500 with a generic body, the exception logged with its traceback."""
     # NOTE: never echo the exception text: it can leak paths and internals.
     logger.error("%s %s: unhandled error", request.method, request.url.path, exc_info=exc)
     return JSONResponse({"error": "internal server error", "code": "internal"}, status_code=500)
+
+
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    return unhandled_error_response(request, exc)
 
 
 def register_error_handlers(app: FastAPI) -> None:

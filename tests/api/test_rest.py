@@ -236,3 +236,30 @@ def test_readiness_turns_503_when_the_batch_loop_dies(client: TestClient, mnist_
     assert (r.status_code, r.json()) == (503, {"ready": False, "reason": "inference loop stopped"})
     r = client.post("/v1/predict", files=files_of(("a.png", png_bytes(mnist_sample[0][0]))))
     assert (r.status_code, r.json()["code"]) == (503, "model_not_ready")
+
+
+def test_predict_wrong_method_falls_through_to_a_json_405(client: TestClient) -> None:
+    r = client.get("/v1/predict")
+    assert (r.status_code, r.json()["code"]) == (405, "method_not_allowed")
+    assert r.headers["allow"] == "POST"
+
+
+def test_predict_bug_is_a_json_500_and_the_next_request_is_served(
+    client: TestClient, mnist_sample, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.api import rest
+
+    image = files_of(("a.png", png_bytes(mnist_sample[0][0])))
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(rest, "render_predictions", broken)
+    r = client.post("/v1/predict", files=image)
+    assert (r.status_code, r.json()) == (
+        500,
+        {"error": "internal server error", "code": "internal"},
+    )
+    assert r.headers["x-request-id"]
+    monkeypatch.undo()
+    assert client.post("/v1/predict", files=image).status_code == 200

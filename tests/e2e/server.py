@@ -77,9 +77,14 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
 
-    def signal(self, sig: int) -> None:
+    @property
+    def pid(self) -> int:
+        """The server's pid, which is also its process group (it starts a new session)."""
         assert self.proc is not None
-        os.kill(self.proc.pid, sig)
+        return self.proc.pid
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
 
     def stop(self, timeout_s: float = 30) -> int:
         assert self.proc is not None
