@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -50,6 +50,8 @@ class HotRoutes:
         request = Request(scope, receive)
         try:
             response = await route.endpoint(request)
+        except ClientDisconnect:
+            return  # the client left mid-upload: nobody to answer, nothing went wrong here
         except ServiceError as exc:
             response = service_error_response(request, exc)
         except Exception as exc:
