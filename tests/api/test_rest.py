@@ -263,3 +263,29 @@ def test_predict_bug_is_a_json_500_and_the_next_request_is_served(
     assert r.headers["x-request-id"]
     monkeypatch.undo()
     assert client.post("/v1/predict", files=image).status_code == 200
+
+
+def test_cors_applies_to_the_hot_route_when_configured(shipped_models: Path, mnist_sample) -> None:
+    origin = "https://app.example"
+    settings = make_settings(shipped_models, cors_origins=origin)
+    with TestClient(create_app(settings)) as c:
+        pre = c.options(
+            "/v1/predict",
+            headers={"Origin": origin, "Access-Control-Request-Method": "POST"},
+        )
+        assert pre.status_code == 200
+        assert pre.headers["access-control-allow-origin"] == origin
+        r = c.post(
+            "/v1/predict",
+            files=files_of(("a.png", png_bytes(mnist_sample[0][0]))),
+            headers={"Origin": origin},
+        )
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == origin
+        assert "x-request-id" in r.headers["access-control-expose-headers"].lower()
+        other = c.post(
+            "/v1/predict",
+            files=files_of(("a.png", b"x")),
+            headers={"Origin": "https://evil.example"},
+        )
+        assert "access-control-allow-origin" not in other.headers
