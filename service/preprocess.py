@@ -53,6 +53,8 @@ def decode(data: bytes, limits: ImageLimits) -> Image.Image:
         raise UnsupportedMediaType(
             "not a supported image file (PNG, JPEG, BMP, GIF, WebP or TIFF)"
         ) from exc
+    except Image.DecompressionBombError as exc:  # only if someone re-enabled Pillow's check
+        raise PayloadTooLarge("image dimensions are too large (decompression bomb)") from exc
     except Exception as exc:  # malformed headers raise many types inside Pillow's plugins
         raise InvalidImage("corrupt image: the header cannot be read") from exc
     width, height = img.size

@@ -190,6 +190,17 @@ def test_decode_rejects_pixel_bombs_from_the_header(w: int, h: int) -> None:
         decode(_png_header_only(w, h), LIMITS)
 
 
+def test_decode_relies_on_its_own_pixel_limit_not_pillows(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 100 MP is over Pillow's default warning threshold: no warning, our limit decides.
+    with pytest.raises(PayloadTooLarge, match="pixels"):
+        decode(_png_header_only(10_000, 10_000), LIMITS)
+    assert Image.MAX_IMAGE_PIXELS is None
+    # Should anything re-enable Pillow's check, its error is still a 413, not a 400.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(PayloadTooLarge, match="decompression bomb"):
+        decode(_png_header_only(100, 100), LIMITS)
+
+
 def test_decode_rejects_animations_with_too_many_frames() -> None:
     frames = [Image.new("L", (8, 8), color=i % 255) for i in range(30)]
     buf = io.BytesIO()
