@@ -121,15 +121,16 @@ def run_wrk(url: str, images: Path, per: int, conc: int, duration: float) -> dic
             "p99_ms": _ms(lat["99"]), "errors": errors, "requests": total}  # fmt: skip
 
 
-def inprocess_ceiling(images: Path, seconds: float = 5.0) -> float:
-    """Images/s for decode + preprocess + forward at batch 64, no HTTP, one process."""
+def inprocess_ceiling(images: Path, model: dict[str, str], seconds: float = 5.0) -> float:
+    """Images/s for decode + preprocess + forward at batch 64, no HTTP, one process, on the
+    same model the servers get (`model`: Settings overrides, e.g. model_repository)."""
     import torch
 
     from service.config import Settings
     from service.model import Classifier, resolve_version
     from service.preprocess import ImageLimits, preprocess
 
-    settings = Settings()
+    settings = Settings(**model)  # type: ignore[arg-type]
     folder = resolve_version(settings.model_repository, settings.model_name, None)
     clf = Classifier.load(folder, torch.device("cpu"))
     files = [p.read_bytes() for p in sorted(images.glob("*.png"))][:64]
@@ -191,11 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     if not shutil.which("wrk"):
         print("wrk is missing: apt-get install wrk", file=sys.stderr)
         return 2
-    env = {}
-    if args.model_repository:
-        env["MNIST_MODEL_REPOSITORY"] = args.model_repository
-    if args.model_name:
-        env["MNIST_MODEL_NAME"] = args.model_name
+    model = {
+        k: v
+        for k, v in (("model_repository", args.model_repository), ("model_name", args.model_name))
+        if v
+    }
+    env = {"MNIST_" + k.upper(): v for k, v in model.items()}
     results: dict[str, object] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         images = Path(tmp)
         labels = write_images(images)
-        ceiling = inprocess_ceiling(images)
+        ceiling = inprocess_ceiling(images, model)
         results["inprocess_ceiling_images_per_s"] = ceiling
         print(f"in-process ceiling (decode + forward, batch 64): {ceiling:,.0f} images/s")
         rows = []
