@@ -42,6 +42,8 @@ CONFIGS: dict[str, list[str]] = {
     "batching": [],
     "no-batching": ["--no-batching"],
     "workers2": ["--workers", "2"],
+    "workers2-no-inline": ["--workers", "2", "--no-inline-when-idle"],
+    "no-inline": ["--no-inline-when-idle"],
     "batching-1thread": ["--torch-threads", "1"],
 }
 CELLS = [("single", 1, 1), ("single", 1, 8), ("single", 1, 64), ("batch64", 64, 1),

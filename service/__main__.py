@@ -40,7 +40,7 @@ _FLAGS: dict[str, dict[str, Any]] = {
     "gil_switch_interval_ms": {"type": float},
     "log_level": {"choices": ["debug", "info", "warning", "error"]},
 }
-_SWITCHES = ("batching", "optimize", "log_json", "half_precision", "access_log")
+_SWITCHES = ("batching", "inline_when_idle", "optimize", "log_json", "half_precision", "access_log")
 
 
 def parse_args(argv: list[str] | None) -> dict[str, Any]:

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     )
     request_timeout_s: float = Field(10.0, gt=0, description="Per-request deadline (504).")
     batching: bool = Field(True, description="Coalesce concurrent requests into batches.")
+    inline_when_idle: bool = Field(
+        True,
+        description="CPU: a one-image request from a client that has the worker to itself "
+        "runs its forward pass on the event loop, skipping two thread hand-offs.",
+    )
     preprocess_threads: int = Field(2, ge=1, le=64, description="Image decoding threads.")
 
     max_files: int = Field(64, ge=1, description="Images per request.")

@@ -22,13 +22,54 @@ def _route_label(scope: Scope) -> str:
     return str(path) if path else "unmatched"
 
 
+class InFlight:
+    """HTTP requests this process is serving now, and whether one client has it to itself.
+
+    A plain counter the batcher can read for free (the Prometheus gauge is shared between
+    workers and takes a lock), plus how many requests in a row came over the same connection.
+    """
+
+    __slots__ = ("count", "_client", "_streak")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._client: object = None
+        self._streak = 0
+
+    def started(self, client: object) -> None:
+        self.count += 1
+        if client is not None and client == self._client:
+            self._streak += 1
+        else:
+            self._client, self._streak = client, 1
+
+    def finished(self) -> None:
+        self.count -= 1
+
+    def alone(self) -> bool:
+        """Nothing else in flight, and the previous request came over this connection.
+
+        The second half matters: two clients taking turns each find the process otherwise
+        empty, yet each would wait for the other's forward pass if it ran on the event loop
+        (measured: c=2 on one worker 1,147 -> 613 req/s without it).
+        """
+        return self.count <= 1 and self._streak >= 2
+
+
 class RequestContextMiddleware:
     """Pure ASGI (no BaseHTTPMiddleware): it adds microseconds, not a task per request."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, access_log: bool = True) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        access_log: bool = True,
+        in_flight: InFlight | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.access_log = access_log
+        self.in_flight = in_flight or InFlight()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,9 +98,11 @@ class RequestContextMiddleware:
             await send(message)
 
         self.metrics.in_flight.inc()
+        self.in_flight.started(scope.get("client"))
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            self.in_flight.finished()
             self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - started
             route = _route_label(scope)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 import time
 from pathlib import Path
 
@@ -289,3 +290,38 @@ def test_cors_applies_to_the_hot_route_when_configured(shipped_models: Path, mni
             headers={"Origin": "https://evil.example"},
         )
         assert "access-control-allow-origin" not in other.headers
+
+
+class ThreadSpy:
+    """Wraps the real classifier and records which thread ran each forward pass."""
+
+    def __init__(self, model: object) -> None:
+        self.model = model
+        self.threads: list[str] = []
+
+    def predict_batch(self, pixels: object) -> object:
+        self.threads.append(threading.current_thread().name)
+        return self.model.predict_batch(pixels)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:  # name, version, ... of the real model
+        return getattr(self.model, name)
+
+
+@pytest.mark.parametrize("inline", [True, False])
+def test_lone_request_forward_runs_inline_only_when_enabled(
+    shipped_models: Path, mnist_sample, inline: bool
+) -> None:
+    images, labels = mnist_sample
+    settings = make_settings(shipped_models, inline_when_idle=inline)
+    with TestClient(create_app(settings)) as client:
+        batcher = client.app.state.dataplane.batcher  # type: ignore[attr-defined]
+        spy = ThreadSpy(batcher.model)
+        batcher.model = spy
+        for i in range(3):
+            r = client.post("/v1/predict", files=files_of(("a.png", png_bytes(images[i]))))
+            assert r.json()["predictions"][0]["digit"] == int(labels[i])
+        r = client.post("/v1/predict", files=files_of(*[("a.png", png_bytes(images[0]))] * 2))
+        assert r.status_code == 200
+    on_inference_thread = [name.startswith("inference") for name in spy.threads]
+    # The first request has no predecessor on its connection, so it takes the batch path.
+    assert on_inference_thread == [True] + [not inline] * 2 + [True], spy.threads

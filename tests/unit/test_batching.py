@@ -17,6 +17,7 @@ class RecordingModel:
 
     def __init__(self, delay_s: float = 0.0, fail: bool = False) -> None:
         self.sizes: list[int] = []
+        self.threads: list[int] = []
         self.delay_s = delay_s
         self.fail = fail
         self.gate = threading.Event()
@@ -25,6 +26,7 @@ class RecordingModel:
     def predict_batch(self, pixels: torch.Tensor) -> torch.Tensor:
         self.gate.wait(5)
         self.sizes.append(int(pixels.shape[0]))
+        self.threads.append(threading.get_ident())
         if self.delay_s:
             threading.Event().wait(self.delay_s)
         if self.fail:
@@ -195,3 +197,79 @@ async def test_batcher_stop_refuses_new_work() -> None:
     with pytest.raises(ShuttingDown):
         await b.submit(rows(1, 0))
     assert not b.alive
+
+
+class Batches:
+    """Observer that records what the batcher reports."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def observe_batch(self, size: int, queue_wait_s: float, forward_s: float) -> None:
+        self.sizes.append(size)
+
+    def set_queue_depth(self, images: int) -> None:
+        pass
+
+
+async def test_batcher_lone_image_runs_on_the_event_loop_when_alone() -> None:
+    model, seen = RecordingModel(), Batches()
+    b = await started(model, alone=lambda: True, observer=seen)
+    x = rows(1, 3)
+    out, used = await b.submit(x)
+    torch.testing.assert_close(out, x.reshape(1, -1)[:, :10] * 2)
+    assert used is model
+    assert model.threads == [threading.get_ident()], "expected the forward on the loop thread"
+    assert seen.sizes == [1], "an inline forward is still reported as a batch"
+    assert b.idle
+    await b.stop()
+
+
+async def test_batcher_goes_through_the_thread_when_not_alone_or_several_images() -> None:
+    model = RecordingModel()
+    company = await started(model, alone=lambda: False)
+    await company.submit(rows(1, 0))
+    await company.stop()
+    alone = await started(model, alone=lambda: True)
+    await alone.submit(rows(3, 0))
+    await alone.stop()
+    assert model.sizes == [1, 3]
+    assert threading.get_ident() not in model.threads
+
+
+async def test_batcher_requests_arriving_together_are_still_coalesced_when_alone() -> None:
+    # `alone` says yes to everyone: the claim alone must send simultaneous arrivals (and the
+    # claimant) through one batch on the inference thread.
+    model = RecordingModel()
+    b = await started(model, max_batch_size=64, alone=lambda: True)
+    inputs = [rows(1, i) for i in range(5)]
+    results = await asyncio.gather(*(b.submit(x) for x in inputs))
+    for x, (out, _) in zip(inputs, results, strict=True):
+        torch.testing.assert_close(out, x.reshape(1, -1)[:, :10] * 2)
+    assert sum(model.sizes) == 5
+    assert len(model.sizes) < 5, model.sizes
+    assert threading.get_ident() not in model.threads
+    await b.stop()
+
+
+async def test_batcher_request_arriving_during_the_claim_sends_it_to_the_batch_path() -> None:
+    answers = iter([True, False])  # alone when it looks, not any more after one loop turn
+    model = RecordingModel()
+    b = await started(model, alone=lambda: next(answers))
+    await b.submit(rows(1, 0))
+    assert len(model.threads) == 1
+    assert threading.get_ident() not in model.threads
+    await b.stop()
+
+
+async def test_batcher_inline_failure_fails_that_request_and_the_next_is_served() -> None:
+    model = RecordingModel(fail=True)
+    b = await started(model, alone=lambda: True)
+    with pytest.raises(InferenceFailed):
+        await b.submit(rows(1, 0))
+    assert b.idle, "a failed inline forward must not leave the batcher busy"
+    model.fail = False
+    out, _ = await b.submit(rows(1, 1))
+    assert out.shape == (1, 10)
+    assert b.alive
+    await b.stop()

@@ -40,3 +40,22 @@ def test_settings_api_keys_from_list_and_file(tmp_path: Path) -> None:
     keys.write_text("k1\nk2\n\n")
     assert Settings(api_keys=f"@{keys}").api_key_list() == ["k1", "k2"]
     assert Settings().api_key_list() == []
+
+
+def test_readme_configuration_table_matches_settings() -> None:
+    # The README is the user's reference: every setting must be there with its env var, its
+    # default (scalar ones) and its description, so that the table cannot drift from the code.
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`") and cells[1].startswith("`MNIST_"):
+            rows[cells[0].strip("`")] = cells
+    assert set(rows) == set(Settings.model_fields)
+    for name, field in Settings.model_fields.items():
+        _, env, default, meaning = rows[name]
+        assert env == f"`MNIST_{name.upper()}`", name
+        assert meaning == field.description, name
+        if isinstance(field.default, bool | int | float | str):
+            shown = f"`{field.default}`" if field.default != "" else "(empty)"
+            assert default == shown, name
