@@ -9,6 +9,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import CLIENT_CLOSED
 from service.logging_config import QUIET_PATHS
 from service.metrics import Metrics
 
@@ -85,7 +86,7 @@ class RequestContextMiddleware:
                 break
         request_id = request_id or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
-        status = 500
+        status = 0
         raw_id = request_id.encode("latin-1")
 
         async def send_with_id(message: Message) -> None:
@@ -101,7 +102,12 @@ class RequestContextMiddleware:
         self.in_flight.started(scope.get("client"))
         try:
             await self.app(scope, receive, send_with_id)
+        except BaseException:
+            status = status or 500
+            raise
         finally:
+            # Returned without answering: the client hung up (HotRoutes drops the request).
+            status = status or CLIENT_CLOSED
             self.in_flight.finished()
             self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - started

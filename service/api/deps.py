@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.requests import ClientDisconnect
 
 from service.config import Settings
 from service.dataplane import DataPlane
@@ -68,3 +72,47 @@ async def require_admin_key(request: Request) -> None:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+#: Requests still waiting for the model this long start watching for a hang-up. Watching
+#: costs a task per request, which the many that finish sooner never pay.
+WATCH_AFTER_S = 0.05
+
+
+@contextlib.contextmanager
+def cancelled_on_disconnect(request: Request, after_s: float = WATCH_AFTER_S) -> Iterator[None]:
+    """Stop waiting for the model once the client has hung up, and raise ClientDisconnect.
+
+    Cancelling the wait releases the request's queue slot at once, so clients that gave up
+    (timeouts, retries) cannot fill the queue with work nobody will read. Use after the body
+    has been read: from then on the only message `receive` can bring is the disconnect.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    watcher: asyncio.Task[None] | None = None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        task.cancel()
+
+    def start() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(watch())
+
+    timer = loop.call_later(after_s, start)
+    try:
+        yield
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        task.uncancel()
+        raise ClientDisconnect() from None
+    finally:
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()

@@ -12,7 +12,13 @@ import torch
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from service.api.deps import DataPlaneDep, SettingsDep, get_dataplane, require_api_key
+from service.api.deps import (
+    DataPlaneDep,
+    SettingsDep,
+    cancelled_on_disconnect,
+    get_dataplane,
+    require_api_key,
+)
 from service.api.hot import HotRoute
 from service.config import Settings
 from service.dataplane import NamedFile
@@ -152,7 +158,8 @@ async def predict_digits(request: Request) -> Response:
     )
     files = [NamedFile(u.filename, u.data) for u in uploads]
     request.state.images = len(files)
-    pixels, probs, model = await plane.predict_files(files)
+    with cancelled_on_disconnect(request):
+        pixels, probs, model = await plane.predict_files(files)
     body = render_predictions(
         [f.filename for f in files], probs, model, top_k, pixels if return_image else None
     )
@@ -194,7 +201,8 @@ async def predict_digits_base64(
             raise InvalidInput(f"images[{i}].data is not valid base64") from exc
         files.append(NamedFile(image.filename or f"image{i}", data))
     request.state.images = len(files)
-    pixels, probs, model = await plane.predict_files(files)
+    with cancelled_on_disconnect(request):
+        pixels, probs, model = await plane.predict_files(files)
     return _json(
         render_predictions(
             [f.filename for f in files],

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from service import __version__
-from service.api.deps import DataPlaneDep, SettingsDep, require_api_key
+from service.api.deps import DataPlaneDep, SettingsDep, cancelled_on_disconnect, require_api_key
 from service.api.ops import readiness
 from service.dataplane import DataPlane, NamedFile
 from service.errors import InvalidInput, ModelNotFound, ModelNotReady, PayloadTooLarge
@@ -431,11 +431,13 @@ async def _infer(
     if item.name == "input":
         pixels = _tensor_input(item, raw.get(item.name), clf, settings.max_queue_size)
         request.state.images = len(pixels)
-        probs, model = await plane.infer(pixels)
+        with cancelled_on_disconnect(request):
+            probs, model = await plane.infer(pixels)
     elif item.name == "image":
         files = _image_input(item, raw.get(item.name), settings.max_files)
         request.state.images = len(files)
-        _, probs, model = await plane.predict_files(files)
+        with cancelled_on_disconnect(request):
+            _, probs, model = await plane.predict_files(files)
     else:
         raise InvalidInput(f"unknown input {item.name!r}; expected 'input' or 'image'")
     outputs, blobs = _build_outputs(req, probs)

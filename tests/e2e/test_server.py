@@ -118,6 +118,41 @@ def test_e2e_bad_requests_do_not_disturb_good_ones_and_batches_form(server, mnis
     assert count > ones, "concurrent requests should have formed at least one batch > 1"
 
 
+def _metric(text: str, pattern: str) -> float:
+    found = re.findall(pattern, text, re.M)
+    return sum(float(v) for v in found)
+
+
+def test_e2e_clients_that_hang_up_free_the_queue_and_are_counted_499(server, mnist_sample) -> None:
+    images, labels = mnist_sample
+    many = [("files", (f"{i}.png", png_bytes(images[i]), "image/png")) for i in range(64)]
+    predicted = r"^mnist_images_predicted_total\{[^}]*\} (\S+)$"
+    hung_up = r'^mnist_requests_total\{[^}]*status="499"[^}]*\} (\S+)$'
+    server_errors = r'^mnist_requests_total\{[^}]*status="5\d\d"[^}]*\} (\S+)$'
+    before = httpx.get(server.url + "/metrics").text
+
+    def impatient(_: int) -> None:
+        # The whole upload is sent; the client gives up 20 ms into waiting for the answer.
+        with contextlib.suppress(httpx.TimeoutException):
+            httpx.post(server.url + "/v1/predict", files=many, timeout=httpx.Timeout(5, read=0.02))
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(impatient, range(32)))
+    deadline = time.monotonic() + 10
+    while True:
+        after = httpx.get(server.url + "/metrics").text
+        if _metric(after, r"^mnist_queue_depth (\S+)$") == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert _metric(after, r"^mnist_queue_depth (\S+)$") == 0
+    assert _metric(after, hung_up) > _metric(before, hung_up), "no hang-up was noticed"
+    done = _metric(after, predicted) - _metric(before, predicted)
+    assert done < 32 * 64, "abandoned requests were still run through the model"
+    assert _metric(after, server_errors) == _metric(before, server_errors)
+    r = httpx.post(server.url + "/v1/predict", files=many[:1])
+    assert r.json()["predictions"][0]["digit"] == labels[0]
+
+
 def test_e2e_models_and_v2_metadata(server) -> None:
     models = httpx.get(server.url + "/v1/models").json()
     assert models["served"]["version"] == "1"
