@@ -55,7 +55,7 @@ class Batcher:
     With `alone` (a callable that says whether the caller is the only request its process is
     serving), a single image that finds everything idle runs its forward pass right on the
     event loop: nobody can be delayed by it, and it saves the two thread hand-offs, which cost
-    more than the forward itself on an idle machine (see `_claim_inline`).
+    0.25-0.3 ms on an idle machine (see `_claim_inline`).
     """
 
     def __init__(
