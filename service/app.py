@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
             request_timeout_s=settings.request_timeout_s,
             enabled=settings.batching,
             observer=metrics,
-            # NOTE: CPU only: measured there (c=1 p50 -20 to -26 %, README); on CUDA the
+            # NOTE: CPU only: measured there (c=1 p50 -11 to -20 %, README); on CUDA the
             # forward is asynchronous and its synchronisation belongs off the event loop.
             alone=in_flight.alone
             if settings.inline_when_idle and clf.device.type == "cpu"
