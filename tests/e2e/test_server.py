@@ -123,18 +123,26 @@ def _metric(text: str, pattern: str) -> float:
     return sum(float(v) for v in found)
 
 
-def test_e2e_clients_that_hang_up_free_the_queue_and_are_counted_499(server, mnist_sample) -> None:
+@pytest.mark.parametrize("route", ["/v1/predict", "/v1/predict/base64"])
+def test_e2e_clients_that_hang_up_free_the_queue_and_are_counted_499(
+    server, mnist_sample, route: str
+) -> None:
     images, labels = mnist_sample
     many = [("files", (f"{i}.png", png_bytes(images[i]), "image/png")) for i in range(64)]
+    as_json = {"images": [{"data": base64.b64encode(f[1][1]).decode()} for f in many]}
     predicted = r"^mnist_images_predicted_total\{[^}]*\} (\S+)$"
-    hung_up = r'^mnist_requests_total\{[^}]*status="499"[^}]*\} (\S+)$'
+    hung_up = rf'^mnist_requests_total\{{[^}}]*route="{route}"[^}}]*status="499"[^}}]*\}} (\S+)$'
     server_errors = r'^mnist_requests_total\{[^}]*status="5\d\d"[^}]*\} (\S+)$'
     before = httpx.get(server.url + "/metrics").text
 
     def impatient(_: int) -> None:
         # The whole upload is sent; the client gives up 20 ms into waiting for the answer.
+        timeout = httpx.Timeout(5, read=0.02)
         with contextlib.suppress(httpx.TimeoutException):
-            httpx.post(server.url + "/v1/predict", files=many, timeout=httpx.Timeout(5, read=0.02))
+            if route.endswith("base64"):
+                httpx.post(server.url + route, json=as_json, timeout=timeout)
+            else:
+                httpx.post(server.url + route, files=many, timeout=timeout)
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(impatient, range(32)))
