@@ -43,7 +43,6 @@ CONFIGS: dict[str, list[str]] = {
     "no-batching": ["--no-batching"],
     "workers2": ["--workers", "2"],
     "workers2-no-inline": ["--workers", "2", "--no-inline-when-idle"],
-    "workers2-shared-socket": ["--workers", "2", "--no-reuse-port"],
     "no-inline": ["--no-inline-when-idle"],
     "batching-1thread": ["--torch-threads", "1"],
 }

@@ -40,15 +40,7 @@ _FLAGS: dict[str, dict[str, Any]] = {
     "gil_switch_interval_ms": {"type": float},
     "log_level": {"choices": ["debug", "info", "warning", "error"]},
 }
-_SWITCHES = (
-    "reuse_port",
-    "batching",
-    "inline_when_idle",
-    "optimize",
-    "log_json",
-    "half_precision",
-    "access_log",
-)
+_SWITCHES = ("batching", "inline_when_idle", "optimize", "log_json", "half_precision", "access_log")
 
 
 def parse_args(argv: list[str] | None) -> dict[str, Any]:
@@ -131,14 +123,6 @@ def main(argv: list[str] | None = None) -> int:
         return check.returncode
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mnist-metrics-")
-    from service import listeners
-
-    if settings.reuse_port and listeners.available(settings.port):
-        config = uvicorn.Config(
-            "service.app:create_app", factory=True, workers=settings.workers, **common
-        )
-        listeners.run_workers(config)
-        return 0
     uvicorn.run("service.app:create_app", factory=True, workers=settings.workers, **common)
     return 0
 

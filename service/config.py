@@ -25,11 +25,6 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Interface to bind.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port).")
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")
-    reuse_port: bool = Field(
-        True,
-        description="With several workers on Linux, each listens on its own SO_REUSEPORT "
-        "socket, so the kernel spreads connections evenly (off: one shared socket).",
-    )
     model_repository: Path = Field(
         default_factory=_default_repository, description="Root of <name>/<version>/ folders."
     )

@@ -99,18 +99,6 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def listening_sockets(port: int) -> int:
-    """Sockets in LISTEN state on `port`, from the kernel's own tables (Linux)."""
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(FileNotFoundError), open(table) as fh:
-            next(fh)  # header
-            for line in fh:
-                local, state = line.split()[1], line.split()[3]
-                count += int(local.rsplit(":", 1)[1], 16) == port and state == "0A"
-    return count
-
-
 def run_to_exit(
     env: dict[str, str], args: list[str] | None = None, timeout_s: float = 60
 ) -> subprocess.CompletedProcess[str]:
