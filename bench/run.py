@@ -3,6 +3,7 @@
     python -m bench                      # batching on vs off, all cells, ~4 minutes
     python -m bench --configs batching,no-batching,workers2 --duration 10
     python -m bench --soak 100000        # RSS at 10k and 100k requests
+    python -m bench --configs workers2,workers2-no-inline --rounds 3   # interleaved, medians
 
 For each server configuration it starts `python -m service` on a free port, checks its
 answers digit by digit, then drives it with wrk (`apt-get install wrk`): single-image
@@ -20,6 +21,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -186,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", default="batching,no-batching")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per cell")
     p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat every config, interleaved; cells report medians")  # fmt: skip
     p.add_argument("--soak", type=int, default=0, help="requests for the RSS soak (0 = skip)")
     p.add_argument("--model-repository", default="", help="serve another repository")
     p.add_argument("--model-name", default="")
@@ -204,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
         "duration_s": args.duration,
+        "rounds": args.rounds,
         "cells": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -213,24 +218,28 @@ def main(argv: list[str] | None = None) -> int:
         results["inprocess_ceiling_images_per_s"] = ceiling
         print(f"in-process ceiling (decode + forward, batch 64): {ceiling:,.0f} images/s")
         rows = []
-        for name in args.configs.split(","):
-            server = start_server(CONFIGS[name], env, images)
-            try:
-                wrong = verify(server.url, images, labels)
-                print(f"[{name}] verification: {wrong} wrong of {len(labels)}", flush=True)
-                for workload, per, conc in CELLS:
-                    run_wrk(server.url, images, per, conc, args.warmup)
-                    cell = run_wrk(server.url, images, per, conc, args.duration)
-                    cell.update(config=name, workload=workload, concurrency=conc,
-                                rss_mb=group_rss_mb(server.pid), wrong=wrong)  # fmt: skip
-                    rows.append(cell)
-                    print(f"[{name}] {workload:7} c={conc:<3} {cell['rps']:8,.0f} req/s "
-                          f"{cell['images_per_s']:8,.0f} img/s p50 {cell['p50_ms']:7.2f} ms "
-                          f"p99 {cell['p99_ms']:7.2f} ms errors {cell['errors']} "
-                          f"RSS {cell['rss_mb']:.0f} MB", flush=True)  # fmt: skip
-            finally:
-                server.stop()
-        results["cells"] = rows
+        # NOTE: rounds take turns config by config, so a machine that drifts between minutes
+        # (this project's VM moves by 30-60 % between hours) shifts every config alike.
+        for rnd in range(args.rounds):
+            for name in args.configs.split(","):
+                server = start_server(CONFIGS[name], env, images)
+                try:
+                    wrong = verify(server.url, images, labels)
+                    print(f"[{name}] verification: {wrong} wrong of {len(labels)}", flush=True)
+                    for workload, per, conc in CELLS:
+                        run_wrk(server.url, images, per, conc, args.warmup)
+                        cell = run_wrk(server.url, images, per, conc, args.duration)
+                        cell.update(config=name, workload=workload, concurrency=conc, round=rnd,
+                                    rss_mb=group_rss_mb(server.pid), wrong=wrong)  # fmt: skip
+                        rows.append(cell)
+                        print(f"[{name}] {workload:7} c={conc:<3} {cell['rps']:8,.0f} req/s "
+                              f"{cell['images_per_s']:8,.0f} img/s p50 {cell['p50_ms']:7.2f} ms "
+                              f"p99 {cell['p99_ms']:7.2f} ms errors {cell['errors']} "
+                              f"RSS {cell['rss_mb']:.0f} MB", flush=True)  # fmt: skip
+                finally:
+                    server.stop()
+        results["runs"] = rows
+        results["cells"] = median_cells(rows)
         if args.soak:
             print(f"soak: {args.soak} single-image requests at c=64")
             results["soak"] = soak(images, args.soak, env)
@@ -242,17 +251,41 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def median_cells(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One cell per (config, workload, concurrency), in first-run order: medians of the
+    rounds' rates and latencies, errors and requests summed, the largest RSS, and every
+    round's req/s (`rps_runs`) so the spread stays visible."""
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["config"], run["workload"], run["concurrency"]), []).append(run)
+    cells = []
+    for (config, workload, conc), group in groups.items():
+        cell: dict[str, Any] = {"config": config, "workload": workload, "concurrency": conc}
+        for key in ("rps", "images_per_s", "p50_ms", "p99_ms"):
+            cell[key] = statistics.median(r[key] for r in group)
+        for key in ("errors", "requests", "wrong"):
+            cell[key] = sum(r[key] for r in group)
+        cell["rss_mb"] = max(r["rss_mb"] for r in group)
+        cell["rps_runs"] = [r["rps"] for r in group]
+        cells.append(cell)
+    return cells
+
+
 def table(results: dict) -> str:
+    rounds = results.get("rounds", 1)
     lines = [
-        f"{results['date']} · {results['machine']} · {results['duration_s']:g} s per cell",
+        f"{results['date']} · {results['machine']} · {results['duration_s']:g} s per cell"
+        + (f" · medians of {rounds} interleaved rounds" if rounds > 1 else ""),
         "",
-        "| config | workload | conc | req/s | images/s | p50 ms | p99 ms | errors | RSS MB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| config | workload | conc | req/s | req/s by round | images/s | p50 ms | p99 ms "
+        "| errors | RSS MB |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for c in results["cells"]:
+        by_round = " / ".join(f"{r:,.0f}" for r in c.get("rps_runs", [c["rps"]]))
         lines.append(
             f"| {c['config']} | {c['workload']} | {c['concurrency']} | {c['rps']:,.0f} | "
-            f"{c['images_per_s']:,.0f} | {c['p50_ms']:.2f} | {c['p99_ms']:.2f} | "
+            f"{by_round} | {c['images_per_s']:,.0f} | {c['p50_ms']:.2f} | {c['p99_ms']:.2f} | "
             f"{c['errors']} | {c['rss_mb']:.0f} |"
         )
     lines.append("")
