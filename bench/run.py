@@ -274,7 +274,7 @@ def median_cells(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def table(results: dict) -> str:
-    rounds = results.get("rounds", 1)
+    rounds = results["rounds"]
     lines = [
         f"{results['date']} · {results['machine']} · {results['duration_s']:g} s per cell"
         + (f" · medians of {rounds} interleaved rounds" if rounds > 1 else ""),
@@ -284,7 +284,7 @@ def table(results: dict) -> str:
         "|---|---|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for c in results["cells"]:
-        by_round = " / ".join(f"{r:,.0f}" for r in c.get("rps_runs", [c["rps"]]))
+        by_round = " / ".join(f"{r:,.0f}" for r in c["rps_runs"])
         lines.append(
             f"| {c['config']} | {c['workload']} | {c['concurrency']} | {c['rps']:,.0f} | "
             f"{by_round} | {c['images_per_s']:,.0f} | {c['p50_ms']:.2f} | {c['p99_ms']:.2f} | "
