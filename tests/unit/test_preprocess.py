@@ -8,11 +8,23 @@ import zlib
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
-from service.preprocess import ImageLimits, decode, normalize, preprocess, to_gray
+from service.errors import InvalidImage, PayloadTooLarge, ServiceError, UnsupportedMediaType
+from service.preprocess import (
+    ImageLimits,
+    _decode_plain_png,
+    _plain_png,
+    decode,
+    normalize,
+    preprocess,
+    to_gray,
+)
 from tests.conftest import png_bytes
+from training.uploads import make_upload
 
 LIMITS = ImageLimits()
 
@@ -221,3 +233,118 @@ def test_to_gray_float_mode_is_stretched() -> None:
     g = to_gray(img)
     assert g.min() == 0.0
     assert g.max() == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------ plain PNGs through libspng
+
+
+def _pillow_gray(data: bytes) -> np.ndarray:
+    """What the Pillow path makes of a file: the reference the libspng path must match."""
+    return to_gray(decode(data, LIMITS))
+
+
+_PLAIN = st.sampled_from([((), "L"), ((3,), "RGB"), ((4,), "RGBA")]).flatmap(
+    lambda channels: st.tuples(
+        arrays(
+            np.uint8,
+            st.tuples(st.integers(1, 40), st.integers(1, 40)).map(lambda hw: hw + channels[0]),
+        ),
+        st.just(channels[1]),
+        st.booleans(),
+    )
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_PLAIN)
+def test_plain_pngs_decode_to_the_same_pixels_as_pillow(
+    case: tuple[np.ndarray, str, bool],
+) -> None:
+    pixels, mode, optimize = case
+    data = encode(Image.fromarray(pixels), "PNG", optimize=optimize)
+    assert _plain_png(data) == mode
+    fast = _decode_plain_png(data, LIMITS)
+    assert fast is not None
+    assert fast.dtype == np.float32
+    np.testing.assert_array_equal(fast, _pillow_gray(data))
+
+
+@pytest.mark.parametrize("kind", ["canvas", "marker", "small"])
+def test_realistic_png_uploads_preprocess_exactly_as_through_pillow(
+    mnist_sample, kind: str
+) -> None:
+    for seed, digit in enumerate(mnist_sample[0][:3]):
+        data, _ = make_upload(kind, digit, seed)
+        assert _plain_png(data) is not None, kind
+        np.testing.assert_array_equal(preprocess(data, LIMITS), normalize(_pillow_gray(data)))
+
+
+def _with_chunk(data: bytes, name: bytes, payload: bytes) -> bytes:
+    """`data` with one more ancillary chunk right after IHDR."""
+    chunk = name + payload
+    extra = struct.pack(">I", len(payload)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    return data[:33] + extra + data[33:]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda px: encode(Image.fromarray(px).convert("LA"), "PNG"), id="LA"),
+        pytest.param(lambda px: encode(Image.fromarray(px).convert("P"), "PNG"), id="palette"),
+        pytest.param(
+            lambda px: encode(Image.fromarray(px.astype(np.uint16) * 257), "PNG"), id="16-bit"
+        ),
+        pytest.param(lambda px: encode(Image.fromarray(px), "PNG", transparency=0), id="tRNS"),
+        pytest.param(
+            lambda px: _with_chunk(encode(Image.fromarray(px), "PNG"), b"eXIf", b"MM\0*"),
+            id="eXIf",
+        ),
+        pytest.param(
+            lambda px: encode(Image.fromarray(np.resize(px, (2100, 40))), "PNG"), id="huge"
+        ),
+    ],
+)
+def test_other_pngs_are_left_to_pillow(mnist_sample, make) -> None:
+    data = make(mnist_sample[0][0])
+    assert _plain_png(data) is None
+    assert _decode_plain_png(data, LIMITS) is None
+
+
+def test_plain_png_limits_hold_before_decoding() -> None:
+    data = encode(Image.new("L", (100, 100), 30), "PNG")
+    with pytest.raises(PayloadTooLarge, match="10000 pixels"):
+        preprocess(data, ImageLimits(max_pixels=5000))
+    with pytest.raises(PayloadTooLarge, match="bytes"):
+        preprocess(data, ImageLimits(max_bytes=len(data) - 1))
+    bomb = _png_header_only(2000, 2000)  # claims 4 MP in 100 bytes
+    assert _plain_png(bomb) == "L"
+    with pytest.raises(PayloadTooLarge, match="pixels"):
+        preprocess(bomb, ImageLimits(max_pixels=1_000_000))
+
+
+@st.composite
+def _damaged_plain_png(draw: st.DrawFn) -> bytes:
+    side = draw(st.integers(4, 40))
+    mode = draw(st.sampled_from(["L", "RGB", "RGBA"]))
+    noise = np.random.default_rng(draw(st.integers(0, 2**16))).integers(0, 256, (side, side, 4))
+    img = Image.fromarray(noise.astype(np.uint8)).convert(mode)
+    data = bytearray(encode(img, "PNG"))
+    if draw(st.booleans()):
+        for _ in range(draw(st.integers(1, 8))):
+            data[draw(st.integers(8, len(data) - 1))] = draw(st.integers(0, 255))
+    else:
+        data = data[: draw(st.integers(33, len(data) - 1))]
+    return bytes(data)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=_damaged_plain_png())
+def test_damaged_plain_pngs_are_client_errors_or_images(data: bytes) -> None:
+    """Mutated or truncated PNGs: a digit or a ServiceError (a 4xx), never anything else."""
+    status, shape = 200, (28, 28)
+    try:
+        shape = preprocess(data, LIMITS).shape
+    except ServiceError as exc:
+        status = exc.status_code
+    assert 200 <= status < 500
+    assert shape == (28, 28)
