@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import logging
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -115,6 +117,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
         version=__version__,
         summary="Handwritten-digit model server: REST, KServe V2 / Open Inference Protocol.",
         lifespan=lifespan,
+        **_telemetry(settings),
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -201,3 +204,12 @@ def _log_reload(task: asyncio.Task[Classifier]) -> None:
     if exc is None:
         metrics_model = task.result()
         logger.info("reload finished: serving v%s", metrics_model.version)
+
+
+def _telemetry(settings: Settings) -> dict[str, Any]:
+    """FastAPI's native OpenTelemetry switch (FastAPI versions that have it)."""
+    # NOTE: with it on, FastAPI asks OpenTelemetry for its providers on every request
+    # (~4 us, ~2 % of a one-image request's CPU) even when no SDK is configured.
+    if "telemetry" not in inspect.signature(FastAPI).parameters or settings.opentelemetry:
+        return {}
+    return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}

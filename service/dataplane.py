@@ -112,6 +112,8 @@ class DataPlane:
         failures = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, BaseException)]
         if failures:
             raise _combine(files, failures)
+        if len(outcomes) == 1:
+            return outcomes[0][None]  # type: ignore[index]  # a view: np.stack copies
         return np.stack(outcomes)  # type: ignore[arg-type]
 
     # ---------------------------------------------------------------- inference

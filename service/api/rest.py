@@ -83,9 +83,9 @@ def render_predictions(
     pixels: np.ndarray | None,
 ) -> dict[str, Any]:
     rows = probs.tolist()
-    digits = probs.argmax(dim=1).tolist()
     predictions = []
-    for i, (name, row, digit) in enumerate(zip(filenames, rows, digits, strict=True)):
+    for i, (name, row) in enumerate(zip(filenames, rows, strict=True)):
+        digit = max(range(len(row)), key=row.__getitem__)  # first maximum, as torch.argmax
         item: dict[str, Any] = {
             "index": i,
             "filename": name,
@@ -121,6 +121,8 @@ _QUERY_DOCS = [
 
 
 def _query(request: Request) -> tuple[int | None, bool]:
+    if not request.scope["query_string"]:
+        return None, False  # the usual case: skip building QueryParams
     params = request.query_params
     top_k: int | None = None
     raw = params.get("top_k")

@@ -7,10 +7,12 @@ import io
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from opentelemetry import trace
 from PIL import Image
 
 from service.app import create_app
@@ -325,3 +327,27 @@ def test_lone_request_forward_runs_inline_only_when_enabled(
     on_inference_thread = [name.startswith("inference") for name in spy.threads]
     # The first request has no predecessor on its connection, so it takes the batch path.
     assert on_inference_thread == [True] + [not inline] * 2 + [True], spy.threads
+
+
+class _RecordingTracerProvider(trace.TracerProvider):
+    """A configured OpenTelemetry provider that records which tracers were asked for."""
+
+    def __init__(self) -> None:
+        self.tracers: list[str] = []
+
+    def get_tracer(self, instrumenting_module_name: str, *args: Any, **kw: Any) -> trace.Tracer:
+        self.tracers.append(instrumenting_module_name)
+        return trace.NoOpTracer()
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_fastapi_opentelemetry_only_when_enabled(
+    shipped_models: Path, mnist_sample, monkeypatch: pytest.MonkeyPatch, enabled: bool
+) -> None:
+    provider = _RecordingTracerProvider()
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    settings = make_settings(shipped_models, opentelemetry=enabled)
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/v1/predict", files=files_of(("a.png", png_bytes(mnist_sample[0][0]))))
+    assert r.status_code == 200
+    assert bool(provider.tracers) is enabled
