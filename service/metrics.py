@@ -30,6 +30,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._model_labels: tuple[str, str, str] | None = None
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         mp = multiprocess_dir() is not None
         r = self.registry
         live: Any = "livesum" if mp else "all"
@@ -74,6 +75,19 @@ class Metrics:
         )  # fmt: skip
 
     # BatchObserver protocol
+    def observe_request(self, route: str, method: str, status: int, elapsed_s: float) -> None:
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            # NOTE: `labels()` takes a lock and builds a key on every call: ~3 us a metric.
+            children = (
+                self.requests.labels(route, method, str(status)),
+                self.request_latency.labels(route),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(elapsed_s)
+
     def observe_batch(self, size: int, queue_wait_s: float, forward_s: float) -> None:
         self.batch_size.observe(size)
         self.queue_wait.observe(queue_wait_s)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
-import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -84,7 +84,9 @@ class RequestContextMiddleware:
                 if candidate.isprintable():
                     request_id = candidate
                 break
-        request_id = request_id or uuid.uuid4().hex
+        # 128 random bits from the process's Mersenne Twister: unique, not secret, and
+        # ~5x cheaper than uuid4 (a getrandom syscall and a UUID object per request).
+        request_id = request_id or f"{random.getrandbits(128):032x}"
         scope.setdefault("state", {})["request_id"] = request_id
         status = 0
         raw_id = request_id.encode("latin-1")
@@ -113,8 +115,7 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - started
             route = _route_label(scope)
             method = scope["method"]
-            self.metrics.requests.labels(route, method, str(status)).inc()
-            self.metrics.request_latency.labels(route).observe(elapsed)
+            self.metrics.observe_request(route, method, status, elapsed)
             path = scope["path"]
             if self.access_log and path not in QUIET_PATHS:
                 images: Any = scope["state"].get("images", 0)

@@ -160,6 +160,19 @@ async def test_batcher_deadline_raises_timeout_and_frees_the_slot() -> None:
     await b.stop()
 
 
+async def test_batcher_deadline_covers_every_chunk_of_a_split_request() -> None:
+    model = RecordingModel()
+    model.gate.clear()
+    b = await started(model, max_batch_size=2, max_queue_size=8, request_timeout_s=0.2)
+    with pytest.raises(InferenceTimeout, match="0.2 s request deadline"):
+        await b.submit(rows(5, 0))  # three chunks: 2 + 2 + 1 rows
+    assert b.queued_images == 0
+    model.gate.set()
+    out, _ = await b.submit(rows(3, 1))
+    assert out.shape == (3, 10)
+    await b.stop()
+
+
 async def test_batcher_cancelled_client_frees_its_slot_and_is_skipped() -> None:
     model = RecordingModel()
     model.gate.clear()
