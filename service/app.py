@@ -81,6 +81,8 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
             else None,
         )
         await batcher.start()
+        metrics.track(in_flight=lambda: in_flight.count, queue_depth=lambda: batcher.queued_images)
+        sampler = asyncio.create_task(_sample_gauges(metrics), name="gauges")
         plane = DataPlane(settings, clf, batcher, metrics)
         app.state.dataplane = plane
         app.state.shutting_down = False
@@ -107,6 +109,8 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
             if not drained:
                 logger.warning("drain timeout: failing %d queued images", batcher.queued_images)
             await batcher.stop(timeout_s=0)
+            sampler.cancel()
+            metrics.refresh()
             plane.close()
             app.state.dataplane = None
             sys.setswitchinterval(previous_interval)
@@ -213,3 +217,9 @@ def _telemetry(settings: Settings) -> dict[str, Any]:
     if "telemetry" not in inspect.signature(FastAPI).parameters or settings.opentelemetry:
         return {}
     return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+
+
+async def _sample_gauges(metrics: Metrics, every_s: float = 0.1) -> None:
+    while True:
+        metrics.refresh()
+        await asyncio.sleep(every_s)

@@ -32,7 +32,6 @@ class Predictor(Protocol):
 
 class BatchObserver(Protocol):
     def observe_batch(self, size: int, queue_wait_s: float, forward_s: float) -> None: ...
-    def set_queue_depth(self, images: int) -> None: ...
 
 
 @dataclass(eq=False)
@@ -178,7 +177,6 @@ class Batcher:
             items.append(item)
             self._queue.put_nowait(item)
             self._queued_images += int(chunk.shape[0])
-        self._report_depth()
         self._arrived.set()
         # NOTE: a timer handle, not `asyncio.timeout`: that costs a Timeout object, a
         # reschedule and a cancellation check per request (~4 % of the event loop's time).
@@ -244,11 +242,6 @@ class Batcher:
         if item.counted:
             item.counted = False
             self._queued_images -= int(item.rows.shape[0])
-            self._report_depth()
-
-    def _report_depth(self) -> None:
-        if self.observer is not None:
-            self.observer.set_queue_depth(self._queued_images)
 
     async def _collect(self) -> list[_Item]:
         assert self._queue is not None

@@ -100,7 +100,6 @@ class RequestContextMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        self.metrics.in_flight.inc()
         self.in_flight.started(scope.get("client"))
         try:
             await self.app(scope, receive, send_with_id)
@@ -111,7 +110,6 @@ class RequestContextMiddleware:
             # Returned without answering: the client hung up (HotRoutes drops the request).
             status = status or CLIENT_CLOSED
             self.in_flight.finished()
-            self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - started
             route = _route_label(scope)
             method = scope["method"]

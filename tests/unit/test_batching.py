@@ -221,9 +221,6 @@ class Batches:
     def observe_batch(self, size: int, queue_wait_s: float, forward_s: float) -> None:
         self.sizes.append(size)
 
-    def set_queue_depth(self, images: int) -> None:
-        pass
-
 
 async def test_batcher_lone_image_runs_on_the_event_loop_when_alone() -> None:
     model, seen = RecordingModel(), Batches()
