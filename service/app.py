@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import inspect
 import logging
@@ -110,6 +111,8 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
                 logger.warning("drain timeout: failing %d queued images", batcher.queued_images)
             await batcher.stop(timeout_s=0)
             sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
             metrics.refresh()
             plane.close()
             app.state.dataplane = None

@@ -77,7 +77,6 @@ class Metrics:
             registry=r, multiprocess_mode="max" if mp else "all",
         )  # fmt: skip
 
-    # BatchObserver protocol
     def observe_request(self, route: str, method: str, status: int, elapsed_s: float) -> None:
         key = (route, method, status)
         children = self._request_children.get(key)
@@ -91,6 +90,7 @@ class Metrics:
         children[0].inc()
         children[1].observe(elapsed_s)
 
+    # BatchObserver protocol
     def observe_batch(self, size: int, queue_wait_s: float, forward_s: float) -> None:
         self.batch_size.observe(size)
         self.queue_wait.observe(queue_wait_s)
