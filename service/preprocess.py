@@ -42,10 +42,7 @@ class ImageLimits:
 def decode(data: bytes, limits: ImageLimits) -> Image.Image:
     """Open an image file with every limit checked before its pixels are decoded."""
     img: Image.Image
-    if not data:
-        raise InvalidImage("empty file")
-    if len(data) > limits.max_bytes:
-        raise PayloadTooLarge(f"file is {len(data)} bytes; the limit is {limits.max_bytes}")
+    _check_bytes(data, limits)
     try:
         img = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError as exc:
@@ -77,6 +74,13 @@ def decode(data: bytes, limits: ImageLimits) -> Image.Image:
     except Exception as exc:  # truncated data, bad CRCs, bad EXIF
         raise InvalidImage("corrupt or truncated image") from exc
     return img
+
+
+def _check_bytes(data: bytes, limits: ImageLimits) -> None:
+    if not data:
+        raise InvalidImage("empty file")
+    if len(data) > limits.max_bytes:
+        raise PayloadTooLarge(f"file is {len(data)} bytes; the limit is {limits.max_bytes}")
 
 
 def _check_size(width: int, height: int, limits: ImageLimits) -> None:
@@ -126,8 +130,7 @@ def _decode_plain_png(data: bytes, limits: ImageLimits) -> np.ndarray | None:
     mode = _plain_png(data)
     if mode is None:
         return None
-    if len(data) > limits.max_bytes:
-        raise PayloadTooLarge(f"file is {len(data)} bytes; the limit is {limits.max_bytes}")
+    _check_bytes(data, limits)
     _check_size(*_png_size(data), limits)
     try:
         pixels = pyspng.load(data, format=mode)
