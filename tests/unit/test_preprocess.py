@@ -13,16 +13,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
+from service.decode import ImageLimits, _plain_png, decode, decode_plain_png, to_gray
 from service.errors import InvalidImage, PayloadTooLarge, ServiceError, UnsupportedMediaType
-from service.preprocess import (
-    ImageLimits,
-    _decode_plain_png,
-    _plain_png,
-    decode,
-    normalize,
-    preprocess,
-    to_gray,
-)
+from service.preprocess import normalize, preprocess
 from tests.conftest import png_bytes
 from training.uploads import make_upload
 
@@ -263,7 +256,7 @@ def test_plain_pngs_decode_to_the_same_pixels_as_pillow(
     pixels, mode, optimize = case
     data = encode(Image.fromarray(pixels), "PNG", optimize=optimize)
     assert _plain_png(data) == mode
-    fast = _decode_plain_png(data, LIMITS)
+    fast = decode_plain_png(data, LIMITS)
     assert fast is not None
     assert fast.dtype == np.float32
     np.testing.assert_array_equal(fast, _pillow_gray(data))
@@ -307,7 +300,7 @@ def _with_chunk(data: bytes, name: bytes, payload: bytes) -> bytes:
 def test_other_pngs_are_left_to_pillow(mnist_sample, make) -> None:
     data = make(mnist_sample[0][0])
     assert _plain_png(data) is None
-    assert _decode_plain_png(data, LIMITS) is None
+    assert decode_plain_png(data, LIMITS) is None
 
 
 def test_plain_png_limits_hold_before_decoding() -> None:
