@@ -11,6 +11,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,21 +148,29 @@ class DataPlane:
 
     # ---------------------------------------------------------------- inference
 
-    async def infer(self, pixels: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, Classifier]:
-        """Probabilities [N,10] for [N,28,28] pixels in [0,1], through the batcher."""
+    async def infer(
+        self, pixels: np.ndarray | torch.Tensor, client: Hashable = None, admitted: bool = False
+    ) -> tuple[torch.Tensor, Classifier]:
+        """Probabilities [N,10] for [N,28,28] pixels in [0,1], through the batcher.
+
+        `client` keys the batcher's fair share and round-robin lanes.
+        """
         tensor = torch.as_tensor(pixels, dtype=torch.float32)
-        probs, model = await self.batcher.submit(tensor)
+        probs, model = await self.batcher.submit(tensor, client, admitted)
         if self.metrics is not None:
             self.metrics.images.labels(model.name, model.version).inc(len(probs))
         return probs, model
 
-    async def predict_files(self, files: list[NamedFile]) -> tuple[np.ndarray, torch.Tensor, Any]:
+    async def predict_files(
+        self, files: list[NamedFile], client: Hashable = None
+    ) -> tuple[np.ndarray, torch.Tensor, Any]:
         started = time.perf_counter()
-        with self.batcher.incoming(len(files)):
+        # Admission (or a 503) before any decoding: refused work must cost almost nothing.
+        with self.batcher.incoming(len(files), client):
             pixels = await self.decode_images(files)
         if self.metrics is not None:
             self.metrics.preprocess_latency.observe(time.perf_counter() - started)
-        probs, model = await self.infer(pixels)
+        probs, model = await self.infer(pixels, client, admitted=True)
         return pixels, probs, model
 
     # ---------------------------------------------------------------- versions

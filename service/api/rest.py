@@ -17,6 +17,8 @@ from service.api.deps import (
     DataPlaneDep,
     SettingsDep,
     cancelled_on_disconnect,
+    check_capacity,
+    client_key,
     get_dataplane,
     require_api_key,
 )
@@ -161,6 +163,7 @@ async def predict_digits(request: Request) -> Response:
     # documents the route.
     await require_api_key(request)
     plane = await get_dataplane(request)
+    check_capacity(request)
     settings: Settings = request.app.state.settings
     top_k, return_image = _query(request)
     limits = UploadLimits(settings.max_files, settings.max_file_bytes, settings.max_request_bytes)
@@ -173,7 +176,7 @@ async def predict_digits(request: Request) -> Response:
     files = [NamedFile(u.filename, u.data) for u in uploads]
     request.state.images = len(files)
     with cancelled_on_disconnect(request):
-        pixels, probs, model = await plane.predict_files(files)
+        pixels, probs, model = await plane.predict_files(files, client_key(request))
     body = render_predictions(
         [f.filename for f in files], probs, model, top_k, pixels if return_image else None
     )
@@ -214,6 +217,7 @@ async def predict_digits_base64(
         if isinstance(images, list) and len(images) > settings.max_files:
             raise PayloadTooLarge(f"too many files: at most {settings.max_files} per request")
 
+    check_capacity(request)
     body = await parse_json(await read_body(request), PredictBase64Request, count_images)
     files = (
         await asyncio.to_thread(_decode_base64, body)
@@ -222,7 +226,7 @@ async def predict_digits_base64(
     )
     request.state.images = len(files)
     with cancelled_on_disconnect(request):
-        pixels, probs, model = await plane.predict_files(files)
+        pixels, probs, model = await plane.predict_files(files, client_key(request))
     return _json(
         render_predictions(
             [f.filename for f in files],
