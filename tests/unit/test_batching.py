@@ -330,9 +330,8 @@ async def test_batcher_serves_clients_round_robin() -> None:
 async def test_batcher_admission_happens_before_decoding() -> None:
     b = await started(RecordingModel(), max_batch_size=4, max_queue_size=8)
     with b.incoming(4, client="a"):
-        with pytest.raises(Overloaded):
-            with b.incoming(5, client="b"):
-                pytest.fail("admitted past the queue size")
+        with pytest.raises(Overloaded), b.incoming(5, client="b"):
+            pytest.fail("admitted past the queue size")
         with b.incoming(4, client="b"):
             assert b.pending_images == 8
     assert b.pending_images == 0
