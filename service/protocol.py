@@ -164,6 +164,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._timer_at = 0.0
         self._deadline = 0.0
         self._waiting_head = False  # the deadline is a header deadline
+        self._app_was_not_reading = False  # at the last body deadline
         self._closing = False  # refused: discard input, close soon
 
     # Connection life
@@ -267,6 +268,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._state = _BODY
         self._head_raw = 0
+        self._app_was_not_reading = False
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -355,9 +357,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 )
             return
         if self._state == _BODY and cycle is not None:
-            if self.flow.read_paused or cycle.waiting_for_100_continue:
+            app_not_reading = self.flow.read_paused or cycle.waiting_for_100_continue
+            if app_not_reading or self._app_was_not_reading:
                 # The app is not reading (or has not asked for the body): not the client's
-                # fault, so the clock restarts.
+                # fault. The clock restarts, and once more after the app starts reading, so
+                # the client always gets a whole period from then.
+                self._app_was_not_reading = app_not_reading
                 self._set_deadline(now + self.limits.body_timeout_s)
                 return
             timeout = self.limits.body_timeout_s
