@@ -158,8 +158,6 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.limits = limits
         self._state = _IDLE
         self._head_raw = 0  # bytes received since the current head began
-        self._head_bytes = 0  # URL and header bytes parsed for the current head
-        self._head_count = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._deadline = 0.0
@@ -229,7 +227,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._set_deadline(self.loop.time() + self.limits.body_timeout_s)
         elif state == _HEAD or self.cycle is None or self.cycle.response_complete:
             if self._head_raw > self.limits.max_header_bytes:
-                self._refuse_large_head()
+                # Still in the request line when the URL is (nearly) all that came.
+                url_at_fault = state == _HEAD and len(self.url) + 32 >= self._head_raw
+                refused = self._head_too_large(url_at_fault)
+                self._refuse(refused.status, refused.code, refused.message, refused.kind)
             elif not self._waiting_head:
                 self._waiting_head = True
                 self._set_deadline(self.loop.time() + self.limits.header_timeout_s)
@@ -242,30 +243,18 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._state = _HEAD
-        self._head_bytes = self._head_count = 0
-
-    def on_url(self, url: bytes) -> None:
-        self._head_bytes += len(url)
-        if self._head_bytes > self.limits.max_header_bytes:
-            raise _Refused(
-                414,
-                "uri_too_long",
-                f"request URL over {self.limits.max_header_bytes} bytes",
-                "414 URL too long",
-            )
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_count += 1
-        self._head_bytes += len(name) + len(value) + 4
-        if (
-            self._head_count > self.limits.max_header_count
-            or self._head_bytes > self.limits.max_header_bytes
-        ):
-            self._refuse_large_head(raise_=True)
-        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        # NOTE: no per-header callback of ours: the count is one len(), and the raw count
+        # (which includes any body sharing the head's last read) is summed exactly only
+        # when it is over the cap, so a typical request pays two comparisons.
+        limits = self.limits
+        if len(self.headers) > limits.max_header_count or (
+            self._head_raw > limits.max_header_bytes
+            and len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+            > limits.max_header_bytes
+        ):
+            raise self._head_too_large(len(self.url) > limits.max_header_bytes)
         self._state = _BODY
         self._head_raw = 0
         self._app_was_not_reading = False
@@ -277,15 +266,18 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     # Refusals and timers
 
-    def _refuse_large_head(self, raise_: bool = False) -> None:
+    def _head_too_large(self, url_at_fault: bool) -> _Refused:
+        if self.headers:
+            self.headers.clear()  # at once: one read can hold thousands of them
         limits = self.limits
+        if url_at_fault:
+            message = f"request URL over {limits.max_header_bytes} bytes"
+            return _Refused(414, "uri_too_long", message, "414 URL too long")
         message = (
             f"request headers over {limits.max_header_bytes} bytes "
             f"or {limits.max_header_count} fields"
         )
-        if raise_:
-            raise _Refused(431, "headers_too_large", message, "431 headers too large")
-        self._refuse(431, "headers_too_large", message, "431 headers too large")
+        return _Refused(431, "headers_too_large", message, "431 headers too large")
 
     def _refuse(self, status: int, code: str, message: str, kind: str) -> None:
         """Answer with a JSON error unless a response has begun, and close the connection

@@ -76,7 +76,7 @@ def make_app(read_after_s: float = 0.0) -> Any:
 def connect(
     limits: ConnectionLimits, app: Any = None, state: ServerState | None = None
 ) -> tuple[GuardedHttpProtocol, RecordingTransport]:
-    config = Config(app=app or make_app(), lifespan="off", timeout_keep_alive=5)
+    config = Config(app=app or make_app(), lifespan="off", log_config=None, access_log=False)
     config.load()
     proto = GuardedHttpProtocol(
         config=config, server_state=state or ServerState(), app_state={}, limits=limits
@@ -101,6 +101,22 @@ async def test_protocol_counts_head_bytes_across_chunks() -> None:
     assert transport.eof, "the error is followed by a half-close, then lingering"
     proto.data_received(b"a" * 100_000)  # discarded
     assert transport.status() == 431
+
+
+async def test_protocol_answers_a_url_over_the_cap_with_414_in_any_number_of_reads() -> None:
+    for reads in ([b"GET /?q=" + b"a" * 5000], [b"GET /?q="] + [b"a" * 1000] * 5):
+        proto, transport = connect(ConnectionLimits(max_header_bytes=4096))
+        for data in reads:
+            proto.data_received(data)
+        proto.data_received(b" HTTP/1.1\r\n\r\n")
+        assert (transport.status(), transport.body()["code"]) == (414, "uri_too_long"), reads
+
+
+async def test_protocol_drops_headers_over_the_count_at_once() -> None:
+    proto, transport = connect(ConnectionLimits(max_header_count=10))
+    proto.data_received(b"GET / HTTP/1.1\r\n" + b"a: b\r\n" * 5000 + b"\r\n")
+    assert transport.status() == 431
+    assert proto.headers == [], "the parsed headers are not kept while lingering"
 
 
 async def test_protocol_does_not_count_a_body_that_shares_a_read_with_its_head() -> None:
