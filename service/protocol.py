@@ -76,8 +76,8 @@ class ConnectionLimits:
         if self.fd_limit is None:
             return f"cap {self.max_connections} per worker"
         return (
-            f"cap {self.max_connections} per worker: RLIMIT_NOFILE {self.fd_limit} "
-            f"minus {FD_RESERVE} reserved"
+            f"cap {self.max_connections} per worker (RLIMIT_NOFILE {self.fd_limit} "
+            f"minus {FD_RESERVE} reserved)"
         )
 
 
