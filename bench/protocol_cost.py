@@ -24,6 +24,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from service.config import Settings
 from service.protocol import ConnectionLimits, protocol_factory
 
 BODY = b"x" * 400
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=20_000)
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args(argv)
-    protocols = {"plain": HttpToolsProtocol, "guarded": protocol_factory(ConnectionLimits())}
+    ours = protocol_factory(ConnectionLimits.from_settings(Settings()))
+    protocols = {"plain": HttpToolsProtocol, "guarded": ours}
     for split in (False, True):
         times: dict[str, list[float]] = {name: [] for name in protocols}
         for _ in range(args.rounds):

@@ -96,13 +96,7 @@ def uvicorn_options(settings: Settings, log_config: dict[str, Any]) -> dict[str,
     if settings.connection_limits:
         from service.protocol import ConnectionLimits, protocol_factory
 
-        limits = ConnectionLimits.below_fd_limit(
-            max_header_bytes=settings.max_header_bytes,
-            max_header_count=settings.max_header_count,
-            header_timeout_s=settings.header_timeout_s,
-            body_timeout_s=settings.body_timeout_s,
-            max_connections=settings.max_connections,
-        )
+        limits = ConnectionLimits.from_settings(settings)
         if limits.fd_limit is not None:
             logging.getLogger("service").warning(
                 "max_connections %d lowered to %d: RLIMIT_NOFILE is %d (ulimit -n)",

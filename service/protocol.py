@@ -25,10 +25,13 @@ import logging
 import resource
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+if TYPE_CHECKING:
+    from service.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -53,24 +56,33 @@ _IDLE, _HEAD, _BODY = 0, 1, 2
 @dataclass(frozen=True)
 class ConnectionLimits:
     """What one worker enforces; frozen and picklable, since uvicorn pickles its config
-    into every worker process."""
+    into every worker process. The defaults live in Settings."""
 
-    max_header_bytes: int = 32 * 1024
-    max_header_count: int = 100
-    header_timeout_s: float = 10.0
-    body_timeout_s: float = 20.0
-    max_connections: int = 2048
+    max_header_bytes: int
+    max_header_count: int
+    header_timeout_s: float
+    body_timeout_s: float
+    max_connections: int
     #: RLIMIT_NOFILE when it lowered `max_connections`, for the log line; None otherwise.
     fd_limit: int | None = None
 
     @classmethod
-    def below_fd_limit(cls, **limits: Any) -> ConnectionLimits:
-        """Limits whose connection cap leaves FD_RESERVE descriptors under RLIMIT_NOFILE."""
-        wanted = limits.pop("max_connections", cls.max_connections)
+    def from_settings(cls, settings: Settings, **overrides: Any) -> ConnectionLimits:
+        """The limits of `settings` (and `overrides`), with a connection cap that leaves
+        FD_RESERVE descriptors free under RLIMIT_NOFILE."""
+        fields = {
+            "max_header_bytes": settings.max_header_bytes,
+            "max_header_count": settings.max_header_count,
+            "header_timeout_s": settings.header_timeout_s,
+            "body_timeout_s": settings.body_timeout_s,
+            "max_connections": settings.max_connections,
+            **overrides,
+        }
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft == resource.RLIM_INFINITY or soft - FD_RESERVE >= wanted:
-            return cls(max_connections=wanted, **limits)
-        return cls(max_connections=max(1, soft - FD_RESERVE), fd_limit=soft, **limits)
+        if soft == resource.RLIM_INFINITY or soft - FD_RESERVE >= fields["max_connections"]:
+            return cls(**fields)
+        fields["max_connections"] = max(1, soft - FD_RESERVE)
+        return cls(**fields, fd_limit=soft)
 
     def describe_cap(self) -> str:
         if self.fd_limit is None:

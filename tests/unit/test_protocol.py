@@ -14,6 +14,8 @@ from uvicorn.config import Config
 from uvicorn.server import ServerState
 
 from service import protocol
+from service.__main__ import uvicorn_options
+from service.config import Settings
 from service.protocol import ConnectionLimits, GuardedHttpProtocol, protocol_factory
 
 
@@ -73,6 +75,11 @@ def make_app(read_after_s: float = 0.0) -> Any:
     return app
 
 
+def limits(**overrides: Any) -> ConnectionLimits:
+    """The defaults of Settings, with `overrides` (Settings' validation does not apply)."""
+    return ConnectionLimits.from_settings(Settings(), **overrides)
+
+
 def connect(
     limits: ConnectionLimits, app: Any = None, state: ServerState | None = None
 ) -> tuple[GuardedHttpProtocol, RecordingTransport]:
@@ -90,7 +97,7 @@ POST = b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n"
 
 
 async def test_protocol_counts_head_bytes_across_chunks() -> None:
-    proto, transport = connect(ConnectionLimits(max_header_bytes=4096))
+    proto, transport = connect(limits(max_header_bytes=4096))
     proto.data_received(b"GET / HTTP/1.1\r\nX-Long: ")
     for _ in range(3):
         proto.data_received(b"a" * 1000)
@@ -105,7 +112,7 @@ async def test_protocol_counts_head_bytes_across_chunks() -> None:
 
 async def test_protocol_answers_a_url_over_the_cap_with_414_in_any_number_of_reads() -> None:
     for reads in ([b"GET /?q=" + b"a" * 5000], [b"GET /?q="] + [b"a" * 1000] * 5):
-        proto, transport = connect(ConnectionLimits(max_header_bytes=4096))
+        proto, transport = connect(limits(max_header_bytes=4096))
         for data in reads:
             proto.data_received(data)
         proto.data_received(b" HTTP/1.1\r\n\r\n")
@@ -113,14 +120,14 @@ async def test_protocol_answers_a_url_over_the_cap_with_414_in_any_number_of_rea
 
 
 async def test_protocol_drops_headers_over_the_count_at_once() -> None:
-    proto, transport = connect(ConnectionLimits(max_header_count=10))
+    proto, transport = connect(limits(max_header_count=10))
     proto.data_received(b"GET / HTTP/1.1\r\n" + b"a: b\r\n" * 5000 + b"\r\n")
     assert transport.status() == 431
     assert proto.headers == [], "the parsed headers are not kept while lingering"
 
 
 async def test_protocol_does_not_count_a_body_that_shares_a_read_with_its_head() -> None:
-    proto, transport = connect(ConnectionLimits(max_header_bytes=1024))
+    proto, transport = connect(limits(max_header_bytes=1024))
     proto.data_received(POST % 5000 + b"a" * 5000)
     await asyncio.sleep(0.01)
     assert transport.status() == 200, transport.written
@@ -128,7 +135,7 @@ async def test_protocol_does_not_count_a_body_that_shares_a_read_with_its_head()
 
 async def test_protocol_body_deadline_moves_with_progress_then_fires() -> None:
     app = make_app()
-    proto, transport = connect(ConnectionLimits(body_timeout_s=0.15), app)
+    proto, transport = connect(limits(body_timeout_s=0.15), app)
     proto.data_received(POST % 100)
     for _ in range(5):  # 0.5 s of slow but steady progress
         await asyncio.sleep(0.08)
@@ -143,7 +150,7 @@ async def test_protocol_body_deadline_moves_with_progress_then_fires() -> None:
 async def test_protocol_body_clock_waits_while_the_app_does_not_read() -> None:
     # Past uvicorn's 64 KiB buffer reading pauses: a client blocked by us is not timed out.
     app = make_app(read_after_s=0.4)
-    proto, transport = connect(ConnectionLimits(body_timeout_s=0.1), app)
+    proto, transport = connect(limits(body_timeout_s=0.1), app)
     proto.data_received(POST % 200_000 + b"a" * 100_000)
     assert transport.paused
     await asyncio.sleep(0.3)
@@ -155,7 +162,7 @@ async def test_protocol_body_clock_waits_while_the_app_does_not_read() -> None:
 
 async def test_protocol_waits_for_100_continue_before_timing_the_body() -> None:
     app = make_app(read_after_s=0.3)
-    proto, transport = connect(ConnectionLimits(body_timeout_s=0.1), app)
+    proto, transport = connect(limits(body_timeout_s=0.1), app)
     proto.data_received(b"POST /x HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
     await asyncio.sleep(0.35)
     assert transport.written.startswith(b"HTTP/1.1 100 Continue"), transport.written
@@ -165,14 +172,14 @@ async def test_protocol_waits_for_100_continue_before_timing_the_body() -> None:
 
 
 async def test_protocol_closes_a_silent_connection_without_an_answer() -> None:
-    proto, transport = connect(ConnectionLimits(header_timeout_s=0.05))
+    proto, transport = connect(limits(header_timeout_s=0.05))
     await asyncio.sleep(0.1)
     assert (transport.closed, transport.written) == (True, b"")
 
 
 async def test_protocol_times_out_a_trickle_of_empty_lines() -> None:
     # llhttp skips CRLFs before a request: they must not keep the connection open forever.
-    proto, transport = connect(ConnectionLimits(header_timeout_s=0.15))
+    proto, transport = connect(limits(header_timeout_s=0.15))
     for _ in range(5):
         await asyncio.sleep(0.05)
         proto.data_received(b"\r\n")
@@ -185,10 +192,10 @@ async def test_protocol_refuses_over_the_cap_and_tallies_one_warning(
 ) -> None:
     monkeypatch.setattr(protocol, "_tally", protocol._Tally())
     state = ServerState()
-    limits = ConnectionLimits(max_connections=2)
-    kept = [connect(limits, state=state) for _ in range(2)]
+    capped = limits(max_connections=2)
+    kept = [connect(capped, state=state) for _ in range(2)]
     with caplog.at_level(logging.INFO, logger="service.protocol"):
-        refused = [connect(limits, state=state)[1] for _ in range(3)]
+        refused = [connect(capped, state=state)[1] for _ in range(3)]
     assert len(state.connections) == 2
     assert all(t.closed and t.status() == 503 for t in refused)
     assert refused[0].body()["code"] == "too_many_connections"
@@ -207,16 +214,26 @@ async def test_protocol_refuses_over_the_cap_and_tallies_one_warning(
 
 def test_limits_lower_the_cap_below_the_fd_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 4096))
-    limits = ConnectionLimits.below_fd_limit(max_connections=2048, header_timeout_s=3.0)
-    assert (limits.max_connections, limits.fd_limit) == (1024 - protocol.FD_RESERVE, 1024)
-    assert limits.header_timeout_s == 3.0
-    assert "RLIMIT_NOFILE 1024" in limits.describe_cap()
+    lowered = limits(max_connections=2048, header_timeout_s=3.0)
+    assert (lowered.max_connections, lowered.fd_limit) == (1024 - protocol.FD_RESERVE, 1024)
+    assert lowered.header_timeout_s == 3.0
+    assert "RLIMIT_NOFILE 1024" in lowered.describe_cap()
     monkeypatch.setattr(resource, "getrlimit", lambda _: (resource.RLIM_INFINITY,) * 2)
-    assert ConnectionLimits.below_fd_limit(max_connections=50).max_connections == 50
+    assert limits(max_connections=50).max_connections == 50
 
 
 def test_protocol_factory_pickles_for_worker_processes() -> None:
-    limits = ConnectionLimits(max_header_bytes=2048, max_connections=7)
-    factory = pickle.loads(pickle.dumps(protocol_factory(limits)))
+    wanted = limits(max_header_bytes=2048, max_connections=7)
+    factory = pickle.loads(pickle.dumps(protocol_factory(wanted)))
     assert factory.func is GuardedHttpProtocol
-    assert factory.keywords == {"limits": limits}
+    assert factory.keywords == {"limits": wanted}
+
+
+def test_uvicorn_options_carry_the_limits_of_the_settings() -> None:
+    settings = Settings(max_header_bytes=4096, header_timeout_s=2.5, keep_alive_timeout_s=7)
+    options = uvicorn_options(settings, log_config={})
+    assert options["timeout_keep_alive"] == 7
+    got = options["http"].keywords["limits"]
+    assert (got.max_header_bytes, got.header_timeout_s) == (4096, 2.5)
+    plain = uvicorn_options(Settings(connection_limits=False), log_config={})
+    assert plain["http"] == "httptools"
