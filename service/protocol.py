@@ -231,6 +231,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 self._refuse(refused.status, refused.code, refused.message, refused.kind)
             else:
                 message = f"malformed HTTP request: {exc}"
+                if self.cycle is not None and not self.cycle.response_complete:
+                    # Bytes past a whole request arrived before its answer.
+                    message += " (after a complete request: Content-Length shorter than the body?)"
                 self._refuse(400, "bad_request", message, "400 malformed request")
             return
         state = self._state

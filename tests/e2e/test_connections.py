@@ -209,6 +209,27 @@ def test_protocol_answers_lying_content_length_with_408(
     assert int(logged.group(1)) in (400, 499), logged.group(0)
 
 
+def test_protocol_answers_other_lying_lengths(guarded: ServerProcess) -> None:
+    head = (
+        b"POST /v1/predict HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    )
+    # A chunk that promises 1 KiB and sends 5 bytes: the body timeout.
+    raw = _exchange(guarded, head + b"Transfer-Encoding: chunked\r\n\r\n400\r\n--b\r\n")[1]
+    assert _parse(raw)[2]["code"] == "request_timeout", raw[:300]
+    # A Content-Length shorter than the body: the rest is a malformed request, said so.
+    raw = _exchange(guarded, head + b"Content-Length: 5\r\n\r\n--b\r\nXXXXXXXXXXXX")[1]
+    status, _, body = _parse(raw)
+    assert (status, body["code"]) == (400, "bad_request"), raw[:300]
+    assert "Content-Length shorter than the body?" in body["error"]
+    # Both lengths, or two different ones: refused by the parser, never guessed.
+    for lengths in (
+        b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+        b"Content-Length: 5\r\nContent-Length: 7\r\n",
+    ):
+        raw = _exchange(guarded, head + lengths + b"\r\n12345")[1]
+        assert _parse(raw)[:1] == (400,), raw[:300]
+
+
 def test_protocol_keeps_serving_keep_alive_then_closes_idle(guarded: ServerProcess) -> None:
     with _connect(guarded) as sock:
         for _ in range(3):
