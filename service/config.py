@@ -84,6 +84,39 @@ class Settings(BaseSettings):
     )
     max_image_frames: int = Field(100, ge=1, description="Frames in an animated image.")
 
+    connection_limits: bool = Field(
+        True,
+        description="Enforce the header, body and connection limits below (service/protocol.py); "
+        "off = uvicorn's plain httptools protocol.",
+    )
+    max_header_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Request line and header bytes per request; beyond it 431 (414 for the URL).",
+    )
+    max_header_count: int = Field(
+        100, ge=1, le=10_000, description="Header fields per request; beyond it 431."
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="From connection open (or a request's first byte) to the end of its "
+        "headers; then 408, or a silent close if nothing came.",
+    )
+    body_timeout_s: float = Field(
+        20.0, gt=0, description="Longest pause between request body bytes; then 408."
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, description="Idle keep-alive connections are closed after this."
+    )
+    max_connections: int = Field(
+        2048,
+        ge=1,
+        description="Open connections per worker, lowered to fit RLIMIT_NOFILE; beyond it "
+        "503 and close.",
+    )
+
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="debug, info, warning or error."
     )
