@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.card import CardError, ModelCard, list_versions
+from service.card import CardError, ModelCard, is_version, list_versions
 
 logger = logging.getLogger(__name__)
 
@@ -49,19 +49,23 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_version(repository: Path, name: str, version: str | None) -> Path:
-    """The folder of a pinned version, or of the newest one."""
-    available = list_versions(repository, name)
+    """The folder of a pinned version, or of the newest one (raises ModelLoadError)."""
+    try:
+        available = list_versions(repository, name)
+    except CardError as exc:
+        raise ModelLoadError(str(exc)) from exc
     if version is None:
         if not available:
             raise ModelLoadError(f"no versions of model {name!r} found under {repository}")
         return Path(repository) / name / str(available[-1])
-    folder = Path(repository) / name / str(version)
-    if not folder.is_dir():
+    if not is_version(version):
+        raise ModelLoadError(f"model version must be 1 to 18 ASCII digits, got {version[:40]!r}")
+    if int(version) not in available:
         raise ModelLoadError(
             f"model {name!r} version {version} not found under {repository} "
             f"(available: {', '.join(map(str, available)) or 'none'})"
         )
-    return folder
+    return Path(repository) / name / str(int(version))
 
 
 class _Serving(torch.nn.Module):
