@@ -123,7 +123,19 @@ def main(argv: list[str] | None = None) -> int:
         return check.returncode
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mnist-metrics-")
-    uvicorn.run("service.app:create_app", factory=True, workers=settings.workers, **common)
+    from service.supervisor import Supervisor
+
+    # What uvicorn.run does for workers > 1, with our supervisor in place of uvicorn's.
+    # SIGHUP's rolling restart waits this long for each new worker to load and warm its
+    # model before giving up on it (uvicorn's 5 s is too short on a busy machine).
+    config = uvicorn.Config(
+        "service.app:create_app",
+        factory=True,
+        workers=settings.workers,
+        timeout_worker_healthcheck=60,
+        **common,
+    )
+    Supervisor(config, sockets=[config.bind_socket()]).run()
     return 0
 
 

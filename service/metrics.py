@@ -74,7 +74,7 @@ class Metrics:
         )
         self.model_info = Gauge(
             "mnist_model_info", "The served model (value 1)", ["name", "version", "device"],
-            registry=r, multiprocess_mode="max" if mp else "all",
+            registry=r, multiprocess_mode="livemax" if mp else "all",
         )  # fmt: skip
 
     def observe_request(self, route: str, method: str, status: int, elapsed_s: float) -> None:
