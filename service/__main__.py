@@ -39,6 +39,7 @@ _FLAGS: dict[str, dict[str, Any]] = {
     "drain_timeout_s": {"type": float},
     "gil_switch_interval_ms": {"type": float},
     "log_level": {"choices": ["debug", "info", "warning", "error"]},
+    "log_queue_records": {"type": int},
 }
 _SWITCHES = ("batching", "inline_when_idle", "optimize", "log_json", "half_precision", "access_log")
 
@@ -85,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         settings.api_key_list()
     except OSError as exc:
         return _fail(f"cannot read API keys file: {exc}")
-    log_config = build_log_config(settings.log_level, settings.log_json)
+    log_config = build_log_config(
+        settings.log_level, settings.log_json, queue_records=settings.log_queue_records
+    )
     logging.config.dictConfig(log_config)
     common: dict[str, Any] = {
         "host": settings.host,

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     )
     log_json: bool = Field(False, description="One JSON object per log line.")
     access_log: bool = Field(True, description="One log line per request.")
+    log_queue_records: int = Field(
+        10_000, ge=1, description="Log records waiting for a slow log reader; beyond it dropped."
+    )
     api_keys: str = Field("", description="Comma-separated API keys, or @/path/to/file.")
     admin_key: str = Field("", description="Enables /admin routes when set.")
     cors_origins: str = Field("", description="Comma-separated allowed origins; off when empty.")
