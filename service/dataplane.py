@@ -8,6 +8,7 @@ with the model version that produced them. It also owns hot reload.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -181,13 +182,19 @@ class DataPlane:
             current.name, current.version, current.card.sha256,
         ):  # fmt: skip
             return current
-        return Classifier.load(
+        new = Classifier.load(
             folder,
             current.device,
             half=self.settings.half_precision,
             optimize=self.settings.optimize,
             warmup_batch_sizes=_warmup_sizes(self.settings),
         )
+        # NOTE: the intermediate script modules of a load (as loaded, frozen, optimised) sit
+        # in reference cycles inside torch.jit, holding weights and graphs. The tuned GC
+        # (gc.freeze, high thresholds) seldom runs the full collection that frees them, so
+        # free them now: the reload leak measured in docs/operations.md.
+        gc.collect()
+        return new
 
 
 def _warmup_sizes(settings: Settings) -> tuple[int, ...]:
