@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     max_files: int = Field(64, ge=1, description="Images per request.")
     max_file_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Bytes per image file.")
     max_request_bytes: int = Field(50 * 1024 * 1024, ge=1, description="Bytes per request body.")
+    max_inflight_body_mib: int = Field(
+        256,
+        ge=1,
+        description="Request bodies a worker holds at once (declared sizes, from the first "
+        "byte until the answer); past it new uploads get 503. A request alone always passes.",
+    )
     max_image_pixels: int = Field(
         16_000_000,
         ge=1,
