@@ -45,6 +45,7 @@ _FLAGS: dict[str, dict[str, Any]] = {
     "max_connections": {"type": int},
     "gil_switch_interval_ms": {"type": float},
     "log_level": {"choices": ["debug", "info", "warning", "error"]},
+    "log_queue_records": {"type": int},
 }
 _SWITCHES = (
     "batching",
@@ -127,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         settings.api_key_list()
     except OSError as exc:
         return _fail(f"cannot read API keys file: {exc}")
-    log_config = build_log_config(settings.log_level, settings.log_json)
+    log_config = build_log_config(
+        settings.log_level, settings.log_json, queue_records=settings.log_queue_records
+    )
     logging.config.dictConfig(log_config)
     common = uvicorn_options(settings, log_config)
     # NOTE: uvicorn re-raises the signal that stopped it once it has drained, under the
@@ -158,7 +161,19 @@ def main(argv: list[str] | None = None) -> int:
         return check.returncode
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mnist-metrics-")
-    uvicorn.run("service.app:create_app", factory=True, workers=settings.workers, **common)
+    from service.supervisor import Supervisor
+
+    # What uvicorn.run does for workers > 1, with our supervisor in place of uvicorn's.
+    # SIGHUP's rolling restart waits this long for each new worker to load and warm its
+    # model before giving up on it (uvicorn's 5 s is too short on a busy machine).
+    config = uvicorn.Config(
+        "service.app:create_app",
+        factory=True,
+        workers=settings.workers,
+        timeout_worker_healthcheck=60,
+        **common,
+    )
+    Supervisor(config, sockets=[config.bind_socket()]).run()
     return 0
 
 

@@ -427,7 +427,7 @@ async def _infer(
     request: Request, plane: DataPlane, limit: int, name: str, version: str | None
 ) -> Response:
     clf = _check_model(plane, name, version)
-    plane.batcher.check_capacity()  # before the body is read
+    plane.batcher.check_capacity(client_key(request))  # before the body is read
     body = await _read_body(request, limit)
     req, binary = _parse_request(body, request.headers.get(HEADER_LENGTH))
     raw = _split_binary(req, binary)
