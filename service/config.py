@@ -9,6 +9,12 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def decode_cost_mib(pixels: int) -> int:
+    from service.decode import decode_cost
+
+    return -(-decode_cost(pixels, 1) // (1 << 20))
+
+
 def _default_repository() -> Path:
     # The shipped models/ beside the package in a checkout; the working directory otherwise.
     checkout = Path(__file__).resolve().parent.parent / "models"
@@ -61,8 +67,61 @@ class Settings(BaseSettings):
     max_files: int = Field(64, ge=1, description="Images per request.")
     max_file_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Bytes per image file.")
     max_request_bytes: int = Field(50 * 1024 * 1024, ge=1, description="Bytes per request body.")
-    max_image_pixels: int = Field(40_000_000, ge=1, description="Pixels per image (w x h).")
+    max_inflight_body_mib: int = Field(
+        256,
+        ge=1,
+        description="Request bodies a worker holds at once (declared sizes, from the first "
+        "byte until the answer); past it new uploads get 503. A request alone always passes.",
+    )
+    max_image_pixels: int = Field(
+        16_000_000,
+        ge=1,
+        description="Pixels decoded per image (w x h; for JPEG after libjpeg's reduced-scale "
+        "decoding, so bigger phone photos fit).",
+    )
+    max_image_aspect: float = Field(
+        32.0, ge=1, description="Longest over shortest side, for images over 1024 px."
+    )
+    decode_memory_mib: int = Field(
+        320,
+        ge=16,
+        description="Memory the images being decoded may hold at once, per worker; a decode "
+        "waits for room, an image that could never fit is refused (413).",
+    )
     max_image_frames: int = Field(100, ge=1, description="Frames in an animated image.")
+
+    connection_limits: bool = Field(
+        True,
+        description="Enforce the header, body and connection limits below (service/protocol.py); "
+        "off = uvicorn's plain httptools protocol.",
+    )
+    max_header_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Request line and header bytes per request; beyond it 431 (414 for the URL).",
+    )
+    max_header_count: int = Field(
+        100, ge=1, le=10_000, description="Header fields per request; beyond it 431."
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="From connection open (or a request's first byte) to the end of its "
+        "headers; then 408, or a silent close if nothing came.",
+    )
+    body_timeout_s: float = Field(
+        20.0, gt=0, description="Longest pause between request body bytes; then 408."
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, description="Idle keep-alive connections are closed after this."
+    )
+    max_connections: int = Field(
+        2048,
+        ge=1,
+        description="Open connections per worker, lowered to fit RLIMIT_NOFILE; beyond it "
+        "503 and close.",
+    )
 
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="debug, info, warning or error."
@@ -118,6 +177,11 @@ class Settings(BaseSettings):
             raise ValueError("max_batch_wait_ms must be shorter than request_timeout_s")
         if self.max_file_bytes > self.max_request_bytes:
             raise ValueError("max_file_bytes cannot exceed max_request_bytes")
+        if decode_cost_mib(self.max_image_pixels) > self.decode_memory_mib:
+            raise ValueError(
+                f"decode_memory_mib must be at least {decode_cost_mib(self.max_image_pixels)} "
+                "for images of max_image_pixels"
+            )
         if self.max_batch_size > self.max_queue_size:
             raise ValueError("max_queue_size must be at least max_batch_size")
         return self
