@@ -322,3 +322,18 @@ def test_dockerignore_keeps_the_model_and_drops_the_venv() -> None:
     assert ".venv" in ignored
     assert "models" not in ignored
     assert ".git" in ignored
+
+
+def test_compose_services_are_limited_and_hardened_like_the_pods() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    deployment = _kinds(DEPLOY / "rendered/base.yaml")["Deployment"]
+    (pod_container,) = deployment["spec"]["template"]["spec"]["containers"]
+    for name, service in compose["services"].items():
+        assert service["read_only"] is True, name
+        assert service["tmpfs"] == ["/tmp"], name
+        assert service["cap_drop"] == ["ALL"], name
+        assert service["mem_limit"], name
+        assert "PYTHON_IMAGE" in service["build"]["args"], name
+    cpu = compose["services"]["mnist"]
+    assert cpu["image"] == pod_container["image"]
+    assert int(cpu["environment"]["MNIST_WORKERS"]) == cpu["cpus"]
