@@ -32,6 +32,10 @@ COPY service ./service
 COPY training ./training
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
     && python -c "import service.app, torch; print('torch', torch.__version__)"
+# C++ headers and torch's own test binaries serve building extensions and testing torch, not
+# loading a TorchScript model (make image-test checks the result serves).
+RUN site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+    && rm -rf "$site/torch/include" "$site/torch/test"
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="mnist-serving" \

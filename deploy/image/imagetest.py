@@ -377,9 +377,16 @@ def kube_play(engine: str) -> None:
     try:
         started = time.monotonic()
         sh(engine, "kube", "play", "--replace", f.name, env=env)
-        ready = wait_ready(f"http://127.0.0.1:{port}", READY_BOUND_S)
+        # The pod's own start-up bound: what its startupProbe allows before a restart.
+        startup = c["startupProbe"]
+        bound_s = startup["periodSeconds"] * startup["failureThreshold"]
+        ready = wait_ready(f"http://127.0.0.1:{port}", bound_s)
         elapsed = time.monotonic() - started
-        check(ready is not None, "kube play of the Deployment: ready", f"{elapsed:.1f} s")
+        check(
+            ready is not None,
+            f"kube play of the Deployment: ready within its startupProbe ({bound_s} s)",
+            f"{elapsed:.1f} s",
+        )
         if ready is not None:
             check_predictions(f"http://127.0.0.1:{port}", "kube play")
             pods = sh(engine, "ps", "--format", "{{.Names}}").stdout.split()
