@@ -70,8 +70,8 @@ bench: install
 lock:
 	uv pip compile pyproject.toml --python-version 3.11 \
 	  --python-platform x86_64-unknown-linux-gnu --extra-index-url $(TORCH_CPU_INDEX) \
-	  --index-strategy unsafe-best-match --no-emit-package torch --generate-hashes \
-	  --no-header --quiet -o requirements/image.txt
+	  --index-strategy unsafe-best-match --override requirements/image-overrides.txt \
+	  --no-emit-package torch --generate-hashes --no-header --quiet -o requirements/image.txt
 
 # Build with docker or podman, whichever is present (deploy/image/imagetest.py lists the knobs).
 image: install

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -337,3 +338,34 @@ def test_compose_services_are_limited_and_hardened_like_the_pods() -> None:
     cpu = compose["services"]["mnist"]
     assert cpu["image"] == pod_container["image"]
     assert int(cpu["environment"]["MNIST_WORKERS"]) == cpu["cpus"]
+
+
+def _requirement_name(spec: str) -> str:
+    return re.split(r"[\s<>=!~;\[]", spec, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_image_lock_covers_the_runtime_dependencies_and_no_training_ones() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = {_requirement_name(d) for d in project["dependencies"]}
+    train = {_requirement_name(d) for d in project["optional-dependencies"]["train"]}
+    lock_text = (ROOT / "requirements/image.txt").read_text()
+    locked = dict(
+        re.findall(r"^([a-z0-9][a-z0-9._-]*)==(\S+)", lock_text, flags=re.MULTILINE | re.I)
+    )
+    locked = {k.lower().replace("_", "-"): v for k, v in locked.items()}
+    assert runtime - {"torch"} <= set(locked), runtime - set(locked)
+    assert not train & set(locked), "torchvision/tqdm must stay out of the serving image"
+    assert "torch" not in locked, "torch comes from the variant's index, not the lock"
+    # Every pin is hash-checked (the Dockerfile installs with --require-hashes).
+    assert lock_text.count("--hash=sha256:") >= len(locked)
+
+
+def test_dockerfile_torch_is_the_one_the_lock_was_resolved_against() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    match = re.search(r"^ARG TORCH_VERSION=(\S+)", text, flags=re.MULTILINE)
+    assert match
+    overrides = (ROOT / "requirements/image-overrides.txt").read_text()
+    assert f"torch=={match.group(1)}" in overrides.split()
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)", text, flags=re.MULTILINE)
+    assert base
+    assert re.search(r":3\.11\.\d+-", base.group(1)), "the base image is pinned to a patch release"
