@@ -19,12 +19,14 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
 from service.api import ops, rest
+from service.api.guard import BodyBudget
 from service.api.hot import HotRoutes
 from service.batching import Batcher
 from service.config import Settings
 from service.cpus import available_cpus
 from service.dataplane import DataPlane, _warmup_sizes
 from service.errors import register_error_handlers
+from service.logging_config import flush_logs
 from service.metrics import Metrics
 from service.middleware import InFlight, RequestContextMiddleware
 from service.model import Classifier, resolve_device, resolve_version
@@ -119,6 +121,8 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
             app.state.dataplane = None
             sys.setswitchinterval(previous_interval)
             logger.info("stopped")
+            # A worker process ends by re-raising SIGTERM: write the queued lines first.
+            flush_logs()
 
     app = FastAPI(
         title="mnist-serving",
@@ -132,6 +136,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
     app.state.dataplane = None
     app.state.shutting_down = False
     app.state.api_keys = settings.api_key_list()
+    app.state.body_budget = BodyBudget(settings.max_inflight_body_mib << 20)
     register_error_handlers(app)
     _document_body_models(app)
     app.include_router(ops.router)

@@ -215,7 +215,14 @@ def _fit_and_centre(crop: np.ndarray) -> np.ndarray:
 
 def preprocess(data: bytes, limits: ImageLimits, budget: DecodeBudget | None = None) -> np.ndarray:
     """Image file bytes -> 28x28 float32 in [0, 1], light ink on dark (before normalisation)."""
-    return normalize(decode_gray(data, limits, budget) if budget else decode_gray(data, limits))
+    gray = decode_gray(data, limits, budget) if budget else decode_gray(data, limits)
+    if float(gray.max() - gray.min()) < _MIN_CONTRAST:  # at every size, 28x28 included
+        raise InvalidImage("no digit found: the image is blank or uniform")
+    return normalize(gray)
+
+
+#: Below this range of grey levels an image holds nothing to read, whatever its size.
+_MIN_CONTRAST = 0.08
 
 
 def to_png(pixels: np.ndarray) -> bytes:

@@ -26,6 +26,7 @@ from service.api.deps import (
     client_key,
     require_api_key,
 )
+from service.api.guard import guarded_route
 from service.api.ops import readiness
 from service.dataplane import DataPlane, NamedFile
 from service.errors import InvalidInput, ModelNotFound, ModelNotReady, PayloadTooLarge
@@ -42,7 +43,11 @@ from service.schemas.v2 import (
 )
 
 router = APIRouter(prefix="/v2", tags=["v2"])
-protected = APIRouter(tags=["v2"], dependencies=[Depends(require_api_key)])
+protected = APIRouter(
+    tags=["v2"],
+    dependencies=[Depends(require_api_key)],
+    route_class=guarded_route(require_api_key, lambda s: s.max_request_bytes),
+)
 
 EXTENSIONS = ["binary_tensor_data", "classification"]
 HEADER_LENGTH = "inference-header-content-length"
@@ -427,7 +432,7 @@ async def _infer(
     request: Request, plane: DataPlane, limit: int, name: str, version: str | None
 ) -> Response:
     clf = _check_model(plane, name, version)
-    plane.batcher.check_capacity()  # before the body is read
+    plane.batcher.check_capacity(client_key(request))  # before the body is read
     body = await _read_body(request, limit)
     req, binary = _parse_request(body, request.headers.get(HEADER_LENGTH))
     raw = _split_binary(req, binary)
