@@ -7,7 +7,6 @@ import contextlib
 import gc
 import inspect
 import logging
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -24,6 +23,7 @@ from service.api.guard import BodyBudget
 from service.api.hot import HotRoutes
 from service.batching import Batcher
 from service.config import Settings
+from service.cpus import available_cpus
 from service.dataplane import DataPlane, _warmup_sizes
 from service.errors import register_error_handlers
 from service.logging_config import flush_logs
@@ -57,9 +57,10 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         import torch
 
-        # Intra-op threads: explicit, or the cores shared out between the worker processes
-        # (2 workers x 2 threads on 2 cores measured slower than 2 x 1, see README).
-        threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // settings.workers)
+        # Intra-op threads: explicit, or the CPUs shared out between the worker processes
+        # (2 workers x 2 threads on 2 cores measured slower than 2 x 1, see README). The CPUs
+        # are the container's quota, not the node's cores a pod limited to 2 would oversubscribe.
+        threads = settings.torch_threads or max(1, available_cpus() // max(1, settings.workers))
         torch.set_num_threads(threads)
         # NOTE: the inference thread hands the GIL back and forth with the event loop; at
         # Python's default 5 ms switch interval each hand-over can stall a batch that long.
