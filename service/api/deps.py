@@ -35,14 +35,19 @@ async def get_metrics(request: Request) -> Metrics:
 
 
 def _presented_key(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
+    return presented_key(request.headers.get("authorization"), request.headers.get("x-api-key"))
+
+
+def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
+    """The key from `Authorization: Bearer <key>`, else from `X-API-Key` (HTTP and gRPC)."""
+    auth = authorization or ""
     scheme, _, token = auth.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    return request.headers.get("x-api-key")
+    return x_api_key
 
 
-def _matches(presented: str, keys: list[str]) -> bool:
+def matches_any_key(presented: str, keys: list[str]) -> bool:
     # Compare against every key so the time taken does not reveal which one matched.
     found = False
     for key in keys:
@@ -53,12 +58,15 @@ def _matches(presented: str, keys: list[str]) -> bool:
 async def require_api_key(request: Request) -> None:
     """401 unless a configured API key is presented (no-op when none are configured)."""
     keys: list[str] = request.app.state.api_keys
-    if not keys:
-        return
-    presented = _presented_key(request)
+    if keys:
+        check_api_key(keys, _presented_key(request))
+
+
+def check_api_key(keys: list[str], presented: str | None) -> None:
+    """Raise Unauthorized unless `presented` is one of `keys` (HTTP and gRPC)."""
     if presented is None:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'")
-    if not _matches(presented, keys):
+    if not matches_any_key(presented, keys):
         raise Unauthorized("invalid API key")
 
 
