@@ -15,8 +15,15 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse, Response
 
 from service import __version__
-from service.api.deps import DataPlaneDep, SettingsDep, cancelled_on_disconnect, require_api_key
+from service.api.deps import (
+    DataPlaneDep,
+    MetricsDep,
+    SettingsDep,
+    cancelled_on_disconnect,
+    require_api_key,
+)
 from service.api.ops import readiness
+from service.codec import triton
 from service.codec import v2 as codec
 from service.dataplane import DataPlane, NamedFile
 from service.errors import ModelNotReady, PayloadTooLarge
@@ -52,6 +59,51 @@ async def get_server_metadata() -> ServerMetadataResponse:
     return ServerMetadataResponse(
         name="mnist-serving", version=__version__, extensions=codec.EXTENSIONS
     )
+
+
+# Triton's statistics and model configuration extensions (tritonclient's
+# get_inference_statistics and get_model_config). `/models/stats` is declared before
+# `/models/{name}` so that it is not taken for a model called "stats".
+@protected.get("/models/stats", response_model=dict[str, Any], responses=_ERRORS)
+async def get_all_model_statistics(plane: DataPlaneDep, metrics: MetricsDep) -> Response:
+    """Triton statistics extension: every served model, this worker process."""
+    return JSONResponse(triton.model_statistics(plane.classifier, metrics.registry))
+
+
+@protected.get("/models/{name}/stats", response_model=dict[str, Any], responses=_ERRORS)
+async def get_model_statistics(
+    name: ModelName, plane: DataPlaneDep, metrics: MetricsDep
+) -> Response:
+    """Triton statistics extension: inference counts and durations, this worker process."""
+    clf = codec.resolve_model(plane, name, None)
+    return JSONResponse(triton.model_statistics(clf, metrics.registry))
+
+
+@protected.get(
+    "/models/{name}/versions/{version}/stats", response_model=dict[str, Any], responses=_ERRORS
+)
+async def get_model_version_statistics(
+    name: ModelName, version: ModelVersion, plane: DataPlaneDep, metrics: MetricsDep
+) -> Response:
+    """Triton statistics extension for one model version."""
+    clf = codec.resolve_model(plane, name, version)
+    return JSONResponse(triton.model_statistics(clf, metrics.registry))
+
+
+@protected.get("/models/{name}/config", response_model=dict[str, Any], responses=_ERRORS)
+async def get_model_config(name: ModelName, plane: DataPlaneDep, settings: SettingsDep) -> Response:
+    """Triton model configuration extension, built from the model card and settings."""
+    return JSONResponse(triton.model_config(codec.resolve_model(plane, name, None), settings))
+
+
+@protected.get(
+    "/models/{name}/versions/{version}/config", response_model=dict[str, Any], responses=_ERRORS
+)
+async def get_model_version_config(
+    name: ModelName, version: ModelVersion, plane: DataPlaneDep, settings: SettingsDep
+) -> Response:
+    """Triton model configuration extension for one model version."""
+    return JSONResponse(triton.model_config(codec.resolve_model(plane, name, version), settings))
 
 
 @protected.get("/models/{name}", response_model=MetadataModelResponse, responses=_ERRORS)
