@@ -87,6 +87,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
         plane = DataPlane(settings, clf, batcher, metrics)
         app.state.dataplane = plane
         app.state.shutting_down = False
+        grpc_server = await _start_grpc(app, settings, metrics)
         loop = asyncio.get_running_loop()
         hup_installed = _install_sighup(loop, app)
         _flag_shutdown_on_signals(app)
@@ -106,9 +107,14 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
             app.state.shutting_down = True
             if hup_installed:
                 loop.remove_signal_handler(signal.SIGHUP)
+            if grpc_server is not None:
+                # Refuse new RPCs at once; running ones finish while the batcher drains.
+                grpc_stopped = asyncio.create_task(grpc_server.stop(settings.drain_timeout_s))
             drained = await batcher.drain(settings.drain_timeout_s)
             if not drained:
                 logger.warning("drain timeout: failing %d queued images", batcher.queued_images)
+            if grpc_server is not None:
+                await grpc_stopped
             await batcher.stop(timeout_s=0)
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -166,6 +172,17 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
         in_flight=in_flight,
     )
     return app
+
+
+async def _start_grpc(app: FastAPI, settings: Settings, metrics: Metrics) -> Any:
+    """The gRPC front end on this worker's loop, or None when MNIST_GRPC_PORT is 0."""
+    if not settings.grpc_port:
+        return None
+    from service.rpc.server import GrpcServer  # grpcio is only imported when it is used
+
+    server = GrpcServer(app.state, settings, metrics)
+    app.state.grpc_port = await server.start()
+    return server
 
 
 def _install_sighup(loop: asyncio.AbstractEventLoop, app: FastAPI) -> bool:
