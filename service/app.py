@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
-from service.api import ops, rest
+from service.api import docs, ops, rest
 from service.api.hot import HotRoutes
 from service.batching import Batcher
 from service.config import Settings
@@ -130,6 +130,9 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
         version=__version__,
         summary="Handwritten-digit model server: REST, KServe V2 / Open Inference Protocol.",
         lifespan=lifespan,
+        docs_url=None,  # served by service.api.docs from local assets
+        redoc_url=None,
+        generate_unique_id_function=docs.operation_id,
         **_telemetry(settings),
     )
     app.state.settings = settings
@@ -150,6 +153,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
     from service.api import web
 
     app.include_router(web.router)
+    docs.install(app)
     static = Path(__file__).parent / "static"
     if static.is_dir():
         from fastapi.staticfiles import StaticFiles

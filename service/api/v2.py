@@ -149,16 +149,17 @@ async def get_model_version_readiness(
     return await _model_ready(request, name, version)
 
 
+# NOTE: only the JSON form is a content type here. The binary tensor data extension sends
+# the same JSON followed by raw bytes, in any content type; listing it as a second media
+# type made openapi-python-client generate a client that does not import.
 _INFER_BODY = {
     "requestBody": {
         "required": True,
+        "description": "An $inference_request. Binary tensor data extension: the JSON header "
+        "(its length in the Inference-Header-Content-Length header) followed by the raw "
+        "tensors, each input declaring its parameters.binary_data_size.",
         "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
-            "application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"},
-                "description": "Binary tensor data extension: JSON header of "
-                "Inference-Header-Content-Length bytes followed by the raw tensors.",
-            },
         },
     }
 }
