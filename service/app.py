@@ -141,6 +141,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
     app.state.shutting_down = False
     app.state.api_keys = settings.api_key_list()
     register_error_handlers(app)
+    _document_body_models(app)
     app.include_router(ops.router)
     app.include_router(rest.router)
     from service.api import v2
@@ -187,6 +188,20 @@ async def _start_grpc(app: FastAPI, settings: Settings, metrics: Metrics) -> Any
     server = GrpcServer(app.state, settings, metrics)
     app.state.grpc_port = await server.start()
     return server
+
+
+def _document_body_models(app: FastAPI) -> None:
+    """Routes that read their JSON body themselves still document its schema."""
+    from service.api.guard import add_body_schemas
+
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = add_body_schemas(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _install_sighup(loop: asyncio.AbstractEventLoop, app: FastAPI) -> bool:

@@ -9,6 +9,12 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def decode_cost_mib(pixels: int) -> int:
+    from service.decode import decode_cost
+
+    return -(-decode_cost(pixels, 1) // (1 << 20))
+
+
 def _default_repository() -> Path:
     # The shipped models/ beside the package in a checkout; the working directory otherwise.
     checkout = Path(__file__).resolve().parent.parent / "models"
@@ -64,7 +70,21 @@ class Settings(BaseSettings):
     max_files: int = Field(64, ge=1, description="Images per request.")
     max_file_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Bytes per image file.")
     max_request_bytes: int = Field(50 * 1024 * 1024, ge=1, description="Bytes per request body.")
-    max_image_pixels: int = Field(40_000_000, ge=1, description="Pixels per image (w x h).")
+    max_image_pixels: int = Field(
+        16_000_000,
+        ge=1,
+        description="Pixels decoded per image (w x h; for JPEG after libjpeg's reduced-scale "
+        "decoding, so bigger phone photos fit).",
+    )
+    max_image_aspect: float = Field(
+        32.0, ge=1, description="Longest over shortest side, for images over 1024 px."
+    )
+    decode_memory_mib: int = Field(
+        320,
+        ge=16,
+        description="Memory the images being decoded may hold at once, per worker; a decode "
+        "waits for room, an image that could never fit is refused (413).",
+    )
     max_image_frames: int = Field(100, ge=1, description="Frames in an animated image.")
 
     log_level: Literal["debug", "info", "warning", "error"] = Field(
@@ -98,6 +118,11 @@ class Settings(BaseSettings):
             raise ValueError("max_batch_wait_ms must be shorter than request_timeout_s")
         if self.max_file_bytes > self.max_request_bytes:
             raise ValueError("max_file_bytes cannot exceed max_request_bytes")
+        if decode_cost_mib(self.max_image_pixels) > self.decode_memory_mib:
+            raise ValueError(
+                f"decode_memory_mib must be at least {decode_cost_mib(self.max_image_pixels)} "
+                "for images of max_image_pixels"
+            )
         if self.max_batch_size > self.max_queue_size:
             raise ValueError("max_queue_size must be at least max_batch_size")
         return self

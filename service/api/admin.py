@@ -6,9 +6,15 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.deps import DataPlaneDep, require_admin_key
+from service.api.guard import guarded_route
 from service.schemas.rest import ErrorResponse
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin_key)])
+router = APIRouter(
+    prefix="/admin",
+    tags=["admin"],
+    dependencies=[Depends(require_admin_key)],
+    route_class=guarded_route(require_admin_key, lambda _: 4096),  # a version number, at most
+)
 
 
 class ReloadRequest(BaseModel):

@@ -13,7 +13,6 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
@@ -29,9 +28,17 @@ _UNUSED_SCHEMAS = ("HTTPValidationError", "ValidationError")
 
 
 def install(app: FastAPI) -> None:
-    """Replace app.openapi and add /docs, /redoc and their assets (create the app with
+    """Finish app.openapi's document and add /docs, /redoc and their assets (create the app with
     docs_url=None, redoc_url=None and generate_unique_id_function=operation_id)."""
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    generate = app.openapi
+    finished: dict[str, Any] = {}
+
+    def openapi() -> dict[str, Any]:
+        if not finished:
+            finished.update(finish(generate()))
+        return finished
+
+    app.openapi = openapi  # type: ignore[method-assign]
     static = resources.files("fastapi_offline") / "static"
     app.mount(ASSETS, StaticFiles(directory=str(static)), name="docs-assets")
 
@@ -54,18 +61,6 @@ def install(app: FastAPI) -> None:
             redoc_favicon_url=f"{ASSETS}/favicon.png",
             with_google_fonts=False,
         )
-
-
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    if app.openapi_schema is None:
-        spec = get_openapi(
-            title=app.title,
-            version=app.version,
-            summary=app.summary,
-            routes=app.routes,
-        )
-        app.openapi_schema = finish(spec)
-    return app.openapi_schema
 
 
 def operation_id(route: APIRoute) -> str:

@@ -7,6 +7,7 @@ outputs, and the classification extension (`classification: k` on an output).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Hashable
 from typing import Annotated, Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from service.api.deps import (
     MetricsDep,
     SettingsDep,
     cancelled_on_disconnect,
+    client_key,
     require_api_key,
 )
 from service.api.ops import readiness
@@ -128,7 +130,11 @@ async def _model_ready(request: Request, name: str, version: str | None) -> Resp
         raise ModelNotReady("the model is not loaded yet")
     clf = codec.resolve_model(plane, name, version)
     ready, _ = readiness(request)
-    return JSONResponse({"name": clf.name, "ready": ready}, status_code=200 if ready else 503)
+    return JSONResponse(
+        {"name": clf.name, "ready": ready},
+        status_code=200 if ready else 503,
+        headers=None if ready else {"Retry-After": "1"},
+    )
 
 
 @protected.get("/models/{name}/ready", response_model=ModelReadyResponse, responses=_ERRORS)
@@ -228,6 +234,7 @@ async def _infer(
     request: Request, plane: DataPlane, limit: int, name: str, version: str | None
 ) -> Response:
     clf = codec.resolve_model(plane, name, version)
+    plane.batcher.check_capacity()  # before the body is read
     body = await _read_body(request, limit)
     norm = clf.card.input.normalization
     limits = codec.Limits(
@@ -240,7 +247,7 @@ async def _infer(
         req, plan, decoded = _decode(*args)
     request.state.images = len(decoded)
     with cancelled_on_disconnect(request):
-        probs, model = await infer_decoded(plane, decoded)
+        probs, model = await infer_decoded(plane, decoded, client_key(request))
     tensors = codec.encode_outputs(plan, probs.numpy())
     header, blobs = codec.render_json(tensors, model.name, model.version, req.id)
     if not blobs:
@@ -253,13 +260,15 @@ async def _infer(
 
 
 async def infer_decoded(
-    plane: DataPlane, decoded: np.ndarray | list[bytes]
+    plane: DataPlane, decoded: np.ndarray | list[bytes], client: Hashable
 ) -> tuple[torch.Tensor, Classifier]:
-    """Probabilities for a decoded V2 input: pixels straight to the batcher, files decoded."""
+    """Probabilities for a decoded V2 input: pixels straight to the batcher, files decoded.
+
+    `client` keys the batcher's fair share (see `client_key`)."""
     if isinstance(decoded, np.ndarray):
-        return await plane.infer(decoded)
+        return await plane.infer(decoded, client)
     files = [NamedFile(f"image[{i}]", data) for i, data in enumerate(decoded)]
-    _, probs, model = await plane.predict_files(files)
+    _, probs, model = await plane.predict_files(files, client)
     return probs, model
 
 

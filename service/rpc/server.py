@@ -16,7 +16,7 @@ from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from service import __version__
-from service.api.deps import check_api_key, presented_key
+from service.api.deps import check_api_key, client_key_of, presented_key
 from service.api.ops import state_readiness
 from service.api.v2 import infer_decoded
 from service.codec import triton
@@ -122,13 +122,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise ModelNotReady("the model is not loaded yet")
         return plane
 
+    @staticmethod
+    def _presented(context: grpc.aio.ServicerContext) -> str | None:
+        metadata = dict(context.invocation_metadata() or ())
+        return presented_key(metadata.get("authorization"), metadata.get("x-api-key"))
+
     def _authorize(self, context: grpc.aio.ServicerContext) -> None:
         keys: list[str] = self.state.api_keys
-        if not keys:
-            return
-        metadata = dict(context.invocation_metadata() or ())
-        presented = presented_key(metadata.get("authorization"), metadata.get("x-api-key"))
-        check_api_key(keys, presented)
+        if keys:
+            check_api_key(keys, self._presented(context))
+
+    def _client(self, context: grpc.aio.ServicerContext) -> str:
+        """The batcher's fair-share key, as HTTP computes it: the key, else the peer host."""
+        peer = context.peer() or ""  # "ipv4:127.0.0.1:53580", "ipv6:[::1]:53580"
+        host = peer.partition(":")[2].rpartition(":")[0].strip("[]") or None
+        return client_key_of(self._presented(context), host)
 
     async def _call(
         self,
@@ -243,6 +251,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def run(rpc: _Rpc) -> pb.ModelInferResponse:
             plane = self._plane()
             clf = codec.resolve_model(plane, request.model_name, request.model_version or None)
+            plane.batcher.check_capacity()  # before any decoding, as over HTTP
             req = request_from_proto(request)
             plan = codec.plan_outputs(req)
             norm = clf.card.input.normalization
@@ -250,7 +259,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             decoded = codec.decode_input(codec.single_input(req), limits, (norm.mean, norm.std))
             # NOTE: a client deadline cancels this task (grpc.aio), which releases the
             # request's queue slot; the server's own request_timeout_s still applies.
-            probs, model = await infer_decoded(plane, decoded)
+            probs, model = await infer_decoded(plane, decoded, self._client(context))
             tensors = codec.encode_outputs(plan, probs.numpy())
             rpc.images = len(decoded)
             return response_to_proto(tensors, model.name, model.version, request.id)
