@@ -225,7 +225,7 @@ def _decode(
     body: bytes, header_length: str | None, limits: codec.Limits, norm: tuple[float, float]
 ) -> tuple[codec.V2Request, list[codec.OutputSpec], np.ndarray | list[bytes]]:
     header, binary = codec.split_body(body, header_length)
-    req = codec.parse_json_request(header, binary)
+    req = codec.parse_json_request(header, binary, limits)
     plan = codec.plan_outputs(req)
     return req, plan, codec.decode_input(codec.single_input(req), limits, norm)
 

@@ -92,12 +92,13 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return body[:split], body[split:]
 
 
-def parse_json_request(header: bytes, binary: bytes) -> V2Request:
+def parse_json_request(header: bytes, binary: bytes, limits: Limits) -> V2Request:
     """A V2Request from the JSON header, the binary section assigned to its inputs in order."""
     try:
         raw = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"request body is not valid JSON: {exc}") from exc
+    _check_counts(raw, limits)
     try:
         req = InferenceRequest.model_validate(raw)
     except ValidationError as exc:
@@ -114,6 +115,21 @@ def parse_json_request(header: bytes, binary: bytes) -> V2Request:
         else None
     )
     return V2Request(inputs, outputs, dict(req.parameters or {}), req.id)
+
+
+def _check_counts(raw: Any, limits: Limits) -> None:
+    """413 for a `data` list longer than any acceptable input, before pydantic builds
+    millions of objects from it (the JSON parse itself is bounded by the body limit)."""
+    inputs = raw.get("inputs") if isinstance(raw, dict) else None
+    if not isinstance(inputs, list):
+        return  # the schema check names what is wrong
+    most = max(limits.max_rows * PIXELS, limits.max_files)
+    for item in inputs:
+        data = item.get("data") if isinstance(item, dict) else None
+        if isinstance(data, list) and len(data) > most:
+            raise PayloadTooLarge(
+                f"input {item.get('name')!r} has {len(data)} data elements; the limit is {most}"
+            )
 
 
 def _assign_binary(inputs: list[Tensor], binary: bytes) -> None:

@@ -57,3 +57,11 @@ def test_v2_unknown_request_fields_are_ignored(infer_url: str) -> None:
     r = httpx.post(infer_url, json=body)
     assert r.status_code == 200, r.text
     assert r.json()["outputs"][0]["name"] == "label"
+
+
+def test_v2_json_data_list_with_millions_of_elements_is_413(infer_url: str) -> None:
+    header = b'{"inputs":[{"name":"input","shape":[1,784],"datatype":"UINT8","data":['
+    body = header + b",".join([b"0"] * 4_000_000) + b"]}]}"
+    r = httpx.post(infer_url, content=body, timeout=60)
+    assert r.status_code == 413, r.text
+    assert "4000000 data elements" in r.json()["error"]

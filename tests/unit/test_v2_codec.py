@@ -88,10 +88,10 @@ def test_parse_ignores_unknown_fields_and_assigns_binary_in_order() -> None:
             ],
         }
     )  # fmt: skip
-    req = codec.parse_json_request(header, bytes(784))
+    req = codec.parse_json_request(header, bytes(784), LIMITS)
     assert req.inputs[0].raw == bytes(784)
     with pytest.raises(InvalidInput, match="declare 784"):
-        codec.parse_json_request(header, bytes(785))
+        codec.parse_json_request(header, bytes(785), LIMITS)
 
 
 def test_plan_refuses_unknown_or_repeated_outputs_and_bad_parameters() -> None:
@@ -124,3 +124,11 @@ def test_encode_renders_tensors_binary_and_classification() -> None:
     assert np.frombuffer(blob, "<f4").tolist() == pytest.approx(probs[0].tolist())
     assert body["outputs"][2]["data"] == ["0.700000:1:1", "0.200000:2:2"]
     assert body["id"] == "r"
+
+
+def test_parse_refuses_a_data_list_over_any_input_limit_before_validation() -> None:
+    limits = codec.Limits(max_rows=2, max_files=8)
+    body = {"inputs": [{"name": "input", "shape": [1, 784], "datatype": "UINT8",
+                        "data": [0] * (2 * 784 + 1)}]}  # fmt: skip
+    with pytest.raises(PayloadTooLarge, match="1569 data elements; the limit is 1568"):
+        codec.parse_json_request(orjson.dumps(body), b"", limits)
