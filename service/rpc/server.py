@@ -6,6 +6,7 @@ in one batcher. Auth, limits, error statuses, metrics and access logs follow the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -286,15 +287,29 @@ class GrpcServer:
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.state = state
         self.port = 0
+        self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         address = f"{self.settings.host}:{self.settings.grpc_port}"
         self.port = self.server.add_insecure_port(address)
         await self.server.start()
-        await self.set_serving(True)
+        await self.set_serving(state_readiness(self.state)[0])
+        self._watcher = asyncio.create_task(self._follow_readiness(), name="grpc-health")
         logger.info("gRPC listening on %s:%d", self.settings.host, self.port)
         return self.port
+
+    async def _follow_readiness(self, every_s: float = 0.1) -> None:
+        """Keep grpc.health.v1 equal to HTTP readiness: NOT_SERVING from the moment SIGTERM
+        arrives (while HTTP drains) or the batch loop dies, as /v2/health/ready turns 503."""
+        serving = state_readiness(self.state)[0]
+        while True:
+            await asyncio.sleep(every_s)
+            ready = state_readiness(self.state)[0]
+            if ready != serving:
+                serving = ready
+                await self.set_serving(ready)
 
     async def set_serving(self, serving: bool) -> None:
         status = (
@@ -307,5 +322,7 @@ class GrpcServer:
 
     async def stop(self, grace_s: float) -> None:
         """NOT_SERVING for probes, refuse new RPCs, let running ones finish within grace_s."""
+        if self._watcher is not None:
+            self._watcher.cancel()
         await self.set_serving(False)
         await self.server.stop(grace_s)

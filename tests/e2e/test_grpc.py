@@ -229,3 +229,48 @@ def test_grpc_serves_from_every_worker_on_one_port(tmp_path: Path, mnist_sample)
             client.close()
     finally:
         assert proc.stop() == 0, proc.log()
+
+
+def test_grpc_health_turns_not_serving_on_sigterm_while_http_drains(
+    tmp_path: Path, mnist_sample
+) -> None:
+    import signal
+    import threading
+
+    proc = ServerProcess().start(tmp_path)
+    png = png_bytes(mnist_sample[0][0])
+    boundary = "b0undary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; "
+            f"filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n").encode()  # fmt: skip
+    parts = [head, png, f"\r\n--{boundary}--\r\n".encode()]
+
+    def slow_body() -> Iterator[bytes]:
+        for part in parts:
+            yield part
+            time.sleep(1.5)  # keeps the request in flight across the SIGTERM
+
+    result: dict[str, int] = {}
+
+    def upload() -> None:
+        headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+        r = httpx.post(f"{proc.url}/v1/predict", content=slow_body(), headers=headers, timeout=30)
+        result["status"] = r.status_code
+
+    with grpc.insecure_channel(proc.grpc_url) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service="")
+        assert stub.Check(request, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+        thread = threading.Thread(target=upload)
+        thread.start()
+        time.sleep(0.5)
+        proc.signal(signal.SIGTERM)
+        deadline, status = time.monotonic() + 3, None
+        while time.monotonic() < deadline:
+            status = stub.Check(request, timeout=5).status
+            if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                break
+            time.sleep(0.05)
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        thread.join(30)
+    assert result == {"status": 200}, "the in-flight HTTP request drains"
+    assert proc.stop() == 0, proc.log()
