@@ -4,6 +4,7 @@
     python -m bench --configs batching,no-batching,workers2 --duration 10
     python -m bench --soak 100000        # RSS at 10k and 100k requests
     python -m bench --configs workers2,workers2-no-inline --rounds 3   # interleaved, medians
+    python -m bench --configs batching,no-connection-limits --cells single:1,single:64 --rounds 3
 
 For each server configuration it starts `python -m service` on a free port, checks its
 answers digit by digit, then drives it with wrk (`apt-get install wrk`): single-image
@@ -49,6 +50,8 @@ CONFIGS: dict[str, list[str]] = {
     "workers2-no-inline": ["--workers", "2", "--no-inline-when-idle"],
     "no-inline": ["--no-inline-when-idle"],
     "batching-1thread": ["--torch-threads", "1"],
+    # uvicorn's plain httptools protocol: the baseline for service/protocol.py's cost.
+    "no-connection-limits": ["--no-connection-limits"],
 }
 CELLS = [("single", 1, 1), ("single", 1, 8), ("single", 1, 64), ("batch64", 64, 1),
          ("batch64", 64, 8)]  # fmt: skip
@@ -117,7 +120,7 @@ def run_wrk(url: str, images: Path, per: int, conc: int, duration: float) -> dic
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    lat = dict(re.findall(r"^\s+(50|99)(?:\.000)?%\s+(\S+)$", out, re.M))
+    lat = dict(re.findall(r"^\s+(50|99)(?:\.000)?%\s+(\S+)\s*$", out, re.M))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = int(non2xx.group(1)) if non2xx else 0
@@ -271,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--rounds", type=int, default=1,
                    help="repeat every config, interleaved; cells report medians")  # fmt: skip
+    p.add_argument("--cells", default="",
+                   help="only these cells, e.g. single:1,single:64 (default: all)")  # fmt: skip
     p.add_argument("--soak", type=int, default=0, help="requests for the RSS soak (0 = skip)")
     p.add_argument("--overload", type=int, default=0, metavar="FACTOR",
                    help="overload row only: goodput at FACTOR x saturating clients")  # fmt: skip
@@ -280,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
+    cells = [c for c in CELLS if not args.cells or f"{c[0]}:{c[2]}" in args.cells.split(",")]
+    if not cells:
+        p.error(f"--cells matches none of {[f'{w}:{c}' for w, _, c in CELLS]}")
     if not shutil.which("wrk"):
         print("wrk is missing: apt-get install wrk", file=sys.stderr)
         return 2
@@ -319,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     wrong = verify(server.url, images, labels)
                     print(f"[{name}] verification: {wrong} wrong of {len(labels)}", flush=True)
-                    for workload, per, conc in CELLS:
+                    for workload, per, conc in cells:
                         run_wrk(server.url, images, per, conc, args.warmup)
                         cell = run_wrk(server.url, images, per, conc, args.duration)
                         cell.update(config=name, workload=workload, concurrency=conc, round=rnd,

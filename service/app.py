@@ -25,6 +25,7 @@ from service.batching import Batcher
 from service.config import Settings
 from service.dataplane import DataPlane, _warmup_sizes
 from service.errors import register_error_handlers
+from service.logging_config import flush_logs
 from service.metrics import Metrics
 from service.middleware import InFlight, RequestContextMiddleware
 from service.model import Classifier, resolve_device, resolve_version
@@ -124,6 +125,8 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
             app.state.dataplane = None
             sys.setswitchinterval(previous_interval)
             logger.info("stopped")
+            # A worker process ends by re-raising SIGTERM: write the queued lines first.
+            flush_logs()
 
     app = FastAPI(
         title="mnist-serving",

@@ -170,19 +170,17 @@ class Batcher:
         """Images announced (being decoded) or queued: what admission weighs."""
         return self._queued_images + self._incoming
 
-    def check_capacity(self) -> None:
-        """503 now, before a request's body is read, when the queue is already full."""
-        if self.pending_images >= self.max_queue_size:
-            raise Overloaded(
-                f"server is at capacity ({self.pending_images} images pending); retry shortly"
-            )
+    def check_capacity(self, client: Hashable = None) -> None:
+        """503 now, before a request's body is read, when the queue or this client's share
+        of it is already full: refusing must cost far less than the work it turns away."""
+        self._admit(1, client)
 
     def _admit(self, images: int, client: Hashable) -> None:
         if self.pending_images + images > self.max_queue_size:
             raise Overloaded(
                 f"server is at capacity ({self.pending_images} images pending); retry shortly"
             )
-        mine = self._by_client[client]
+        mine = self._by_client.get(client, 0)
         if mine and mine + images > self.max_queue_size // 2:
             raise Overloaded(
                 f"this client already has {mine} images pending; at most half the queue "

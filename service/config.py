@@ -87,11 +87,47 @@ class Settings(BaseSettings):
     )
     max_image_frames: int = Field(100, ge=1, description="Frames in an animated image.")
 
+    connection_limits: bool = Field(
+        True,
+        description="Enforce the header, body and connection limits below (service/protocol.py); "
+        "off = uvicorn's plain httptools protocol.",
+    )
+    max_header_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Request line and header bytes per request; beyond it 431 (414 for the URL).",
+    )
+    max_header_count: int = Field(
+        100, ge=1, le=10_000, description="Header fields per request; beyond it 431."
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="From connection open (or a request's first byte) to the end of its "
+        "headers; then 408, or a silent close if nothing came.",
+    )
+    body_timeout_s: float = Field(
+        20.0, gt=0, description="Longest pause between request body bytes; then 408."
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, description="Idle keep-alive connections are closed after this."
+    )
+    max_connections: int = Field(
+        2048,
+        ge=1,
+        description="Open connections per worker, lowered to fit RLIMIT_NOFILE; beyond it "
+        "503 and close.",
+    )
+
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="debug, info, warning or error."
     )
     log_json: bool = Field(False, description="One JSON object per log line.")
     access_log: bool = Field(True, description="One log line per request.")
+    log_queue_records: int = Field(
+        10_000, ge=1, description="Log records waiting for a slow log reader; beyond it dropped."
+    )
     api_keys: str = Field("", description="Comma-separated API keys, or @/path/to/file.")
     admin_key: str = Field("", description="Enables /admin routes when set.")
     cors_origins: str = Field("", description="Comma-separated allowed origins; off when empty.")
@@ -112,6 +148,26 @@ class Settings(BaseSettings):
             return value
         raise ValueError("device must be auto, cpu, cuda or cuda:N")
 
+    @field_validator("api_keys")
+    @classmethod
+    def _some_key_when_set(cls, value: str) -> str:
+        # Fail closed: a value that parses to no key would silently turn authentication off.
+        if value:
+            try:
+                keys = _parse_api_keys(value)
+            except OSError as exc:
+                raise ValueError(f"cannot read the API keys file: {exc}") from exc
+            if not keys:
+                raise ValueError("set but holds no key; leave it empty to turn API keys off")
+        return value
+
+    @field_validator("admin_key")
+    @classmethod
+    def _admin_key_not_blank(cls, value: str) -> str:
+        if value and not value.strip():
+            raise ValueError("is whitespace only; leave it empty to turn /admin off")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.max_batch_wait_ms / 1000 >= self.request_timeout_s:
@@ -129,7 +185,11 @@ class Settings(BaseSettings):
 
     def api_key_list(self) -> list[str]:
         """Keys from the comma list or, with a leading @, from a file (one per line)."""
-        raw = self.api_keys.strip()
-        if raw.startswith("@"):
-            raw = Path(raw[1:]).read_text(encoding="utf-8").replace("\n", ",")
-        return [k.strip() for k in raw.split(",") if k.strip()]
+        return _parse_api_keys(self.api_keys)
+
+
+def _parse_api_keys(value: str) -> list[str]:
+    raw = value.strip()
+    if raw.startswith("@"):
+        raw = Path(raw[1:]).read_text(encoding="utf-8").replace("\n", ",")
+    return [k.strip() for k in raw.split(",") if k.strip()]

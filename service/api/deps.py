@@ -74,7 +74,7 @@ def check_capacity(request: Request) -> None:
     """503 before the body is read when this worker's queue is already full."""
     plane: DataPlane | None = getattr(request.app.state, "dataplane", None)
     if plane is not None:
-        plane.batcher.check_capacity()
+        plane.batcher.check_capacity(client_key(request))
 
 
 async def require_api_key(request: Request) -> None:

@@ -234,7 +234,7 @@ async def _infer(
     request: Request, plane: DataPlane, limit: int, name: str, version: str | None
 ) -> Response:
     clf = codec.resolve_model(plane, name, version)
-    plane.batcher.check_capacity()  # before the body is read
+    plane.batcher.check_capacity(client_key(request))  # before the body is read
     body = await _read_body(request, limit)
     norm = clf.card.input.normalization
     limits = codec.Limits(

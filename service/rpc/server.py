@@ -252,7 +252,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def run(rpc: _Rpc) -> pb.ModelInferResponse:
             plane = self._plane()
             clf = codec.resolve_model(plane, request.model_name, request.model_version or None)
-            plane.batcher.check_capacity()  # before any decoding, as over HTTP
+            client = self._client(context)
+            plane.batcher.check_capacity(client)  # before any decoding, as over HTTP
             req = request_from_proto(request)
             plan = codec.plan_outputs(req)
             norm = clf.card.input.normalization
@@ -260,7 +261,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             decoded = codec.decode_input(codec.single_input(req), limits, (norm.mean, norm.std))
             # NOTE: a client deadline cancels this task (grpc.aio), which releases the
             # request's queue slot; the server's own request_timeout_s still applies.
-            probs, model = await infer_decoded(plane, decoded, self._client(context))
+            probs, model = await infer_decoded(plane, decoded, client)
             tensors = codec.encode_outputs(plan, probs.numpy())
             rpc.images = len(decoded)
             return response_to_proto(tensors, model.name, model.version, request.id)

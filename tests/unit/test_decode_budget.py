@@ -197,3 +197,38 @@ def test_decode_gray_keeps_the_working_copy_small() -> None:
     gray = decode_gray(encode(Image.new("1", (5000, 3000), 1), "PNG"), ImageLimits())
     assert max(gray.shape) == 1024
     assert gray.dtype == np.float32
+
+
+def test_an_abandoned_request_stops_decoding_its_remaining_files() -> None:
+    """A client that hangs up (or a deadline) cancels the request: files not yet started
+    are never decoded, so the CPU goes to requests someone still waits for."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    decoded: list[int] = []
+    gate = threading.Event()
+
+    plane = DataPlane.__new__(DataPlane)
+    plane.settings = Settings(preprocess_threads=1)
+    plane.limits = ImageLimits()
+    plane.decode_budget = DecodeBudget(1 << 30)
+    plane._pool = ThreadPoolExecutor(1)
+
+    def slow_decode(data: bytes) -> np.ndarray:
+        gate.wait(5)
+        decoded.append(len(data))
+        return np.zeros((28, 28), np.float32)
+
+    plane._decode_one = slow_decode  # type: ignore[method-assign]
+    files = [NamedFile(f"{i}.png", b"x" * (i + 1)) for i in range(64)]
+
+    async def hang_up() -> None:
+        task = asyncio.create_task(plane.decode_images(files))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        gate.set()  # the file being decoded finishes; no other starts
+
+    asyncio.run(hang_up())
+    plane._pool.shutdown(wait=True)
+    assert 1 <= len(decoded) <= 2, len(decoded)

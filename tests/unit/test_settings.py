@@ -42,6 +42,21 @@ def test_settings_api_keys_from_list_and_file(tmp_path: Path) -> None:
     assert Settings().api_key_list() == []
 
 
+@pytest.mark.parametrize("value", [" , ", ",", "  ", "@{blank}", "@{empty}", "@{missing}"])
+def test_settings_api_keys_fail_closed_when_they_hold_no_key(tmp_path: Path, value: str) -> None:
+    (tmp_path / "blank").write_text("\n  \n\n")
+    (tmp_path / "empty").write_text("")
+    value = value.format(blank=tmp_path / "blank", empty=tmp_path / "empty", missing=tmp_path / "x")
+    with pytest.raises(ValidationError, match="holds no key|cannot read the API keys file"):
+        Settings(api_keys=value)
+
+
+def test_settings_admin_key_refuses_whitespace_only() -> None:
+    with pytest.raises(ValidationError, match="whitespace only"):
+        Settings(admin_key=" \t")
+    assert Settings(admin_key="").admin_key == ""
+
+
 def test_readme_configuration_table_matches_settings() -> None:
     # The README is the user's reference: every setting must be there with its env var, its
     # default (scalar ones) and its description, so that the table cannot drift from the code.
