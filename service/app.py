@@ -20,6 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
 from service.api import docs, ops, rest
+from service.api.guard import BodyBudget
 from service.api.hot import HotRoutes
 from service.batching import Batcher
 from service.config import Settings
@@ -143,6 +144,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
     app.state.dataplane = None
     app.state.shutting_down = False
     app.state.api_keys = settings.api_key_list()
+    app.state.body_budget = BodyBudget(settings.max_inflight_body_mib << 20)
     register_error_handlers(app)
     _document_body_models(app)
     app.include_router(ops.router)

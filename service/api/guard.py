@@ -9,7 +9,8 @@ unauthenticated or oversized request costs no more than its headers.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import orjson
@@ -20,7 +21,7 @@ from starlette.responses import Response
 from starlette.types import Message
 
 from service.config import Settings
-from service.errors import InvalidInput, PayloadTooLarge
+from service.errors import InvalidInput, Overloaded, PayloadTooLarge
 
 M = TypeVar("M", bound=BaseModel)
 Check = Callable[[Request], Awaitable[None]]
@@ -29,6 +30,40 @@ Limit = Callable[[Settings], int]
 #: Bodies up to this size are parsed on the event loop; bigger ones on a thread, so that no
 #: request can hold the loop for a time proportional to what it sends.
 INLINE_PARSE_BYTES = 64 * 1024
+
+
+class BodyBudget:
+    """Bytes of request bodies one worker holds at once, from the first byte read until the
+    answer is sent: the memory that concurrent uploads take, bounded.
+
+    A request reserves its declared Content-Length (or its route's limit when it streams
+    without one) before anything is read; past the budget it is a 503 at once. A request
+    alone always passes: its own size limit bounds it.
+    """
+
+    def __init__(self, total_bytes: int) -> None:
+        self.total = total_bytes
+        self.used = 0
+
+    @contextlib.contextmanager
+    def hold(self, request: Request, max_bytes: int) -> Iterator[None]:
+        declared = request.headers.get("content-length")
+        nbytes = int(declared) if declared and declared.isascii() and declared.isdigit() else 0
+        nbytes = min(nbytes, max_bytes) if declared else max_bytes
+        if self.used and self.used + nbytes > self.total:
+            raise Overloaded(
+                f"the server is receiving {self.used >> 20} MiB of uploads; retry shortly"
+            )
+        self.used += nbytes
+        try:
+            yield
+        finally:
+            self.used -= nbytes
+
+
+def body_budget(request: Request) -> BodyBudget:
+    budget: BodyBudget = request.app.state.body_budget
+    return budget
 
 
 def guarded_route(check: Check, limit: Limit) -> type[APIRoute]:
@@ -42,13 +77,17 @@ def guarded_route(check: Check, limit: Limit) -> type[APIRoute]:
 
             async def guarded(request: Request) -> Response:
                 await check(request)
-                limited = _limited(request, limit(request.app.state.settings))
-                if reads_body:
-                    # FastAPI turns any error while it reads a body into a 400: read it here
-                    # first, so that going over the limit stays a 413.
-                    body = await read_body(limited)
-                    limited = _replaying(request, body)
-                return await handler(limited)
+                max_bytes = limit(request.app.state.settings)
+                limited = _limited(request, max_bytes)
+                if limited is request:  # no body
+                    return await handler(request)
+                with body_budget(request).hold(request, max_bytes):
+                    if reads_body:
+                        # FastAPI turns any error while it reads a body into a 400: read it
+                        # here first, so that going over the limit stays a 413.
+                        body = await read_body(limited)
+                        limited = _replaying(request, body)
+                    return await handler(limited)
 
             return guarded
 

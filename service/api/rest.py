@@ -22,7 +22,7 @@ from service.api.deps import (
     get_dataplane,
     require_api_key,
 )
-from service.api.guard import body_schema, guarded_route, parse_json, read_body
+from service.api.guard import body_budget, body_schema, guarded_route, parse_json, read_body
 from service.api.hot import HotRoute
 from service.config import Settings
 from service.dataplane import NamedFile
@@ -166,20 +166,24 @@ async def predict_digits(request: Request) -> Response:
     check_capacity(request)
     settings: Settings = request.app.state.settings
     top_k, return_image = _query(request)
-    limits = UploadLimits(settings.max_files, settings.max_file_bytes, settings.max_request_bytes)
-    uploads = await read_multipart(
-        request.headers.get("content-type"),
-        request.headers.get("content-length"),
-        request.stream(),
-        limits,
-    )
-    files = [NamedFile(u.filename, u.data) for u in uploads]
-    request.state.images = len(files)
-    with cancelled_on_disconnect(request):
-        pixels, probs, model = await plane.predict_files(files, client_key(request))
-    body = render_predictions(
-        [f.filename for f in files], probs, model, top_k, pixels if return_image else None
-    )
+    with body_budget(request).hold(request, settings.max_request_bytes):
+        limits = UploadLimits(
+            settings.max_files, settings.max_file_bytes, settings.max_request_bytes
+        )
+        uploads = await read_multipart(
+            request.headers.get("content-type"),
+            request.headers.get("content-length"),
+            request.stream(),
+            limits,
+        )
+        files = [NamedFile(u.filename, u.data) for u in uploads]
+        del uploads
+        request.state.images = len(files)
+        with cancelled_on_disconnect(request):
+            pixels, probs, model = await plane.predict_files(files, client_key(request))
+        body = render_predictions(
+            [f.filename for f in files], probs, model, top_k, pixels if return_image else None
+        )
     return _json(body)
 
 

@@ -24,6 +24,7 @@ from service.api.deps import (
     client_key,
     require_api_key,
 )
+from service.api.guard import guarded_route
 from service.api.ops import readiness
 from service.codec import triton
 from service.codec import v2 as codec
@@ -39,7 +40,11 @@ from service.schemas.v2 import (
 )
 
 router = APIRouter(prefix="/v2", tags=["v2"])
-protected = APIRouter(tags=["v2"], dependencies=[Depends(require_api_key)])
+protected = APIRouter(
+    tags=["v2"],
+    dependencies=[Depends(require_api_key)],
+    route_class=guarded_route(require_api_key, lambda s: s.max_request_bytes),
+)
 
 HEADER_LENGTH = "inference-header-content-length"
 _DTYPES = {"FP32": np.float32, "UINT8": np.uint8, "FP64": np.float64, "FP16": np.float16}

@@ -42,7 +42,7 @@ async def call(
     method: str,
     path: str,
     headers: dict[str, str],
-    chunks: list[bytes],
+    chunks: list[bytes | None],
 ) -> tuple[int, dict[str, str], dict[str, Any], int]:
     """Send one request straight into the ASGI app; count how many body chunks it read."""
     pending = list(chunks)
@@ -53,8 +53,10 @@ async def call(
         nonlocal reads
         if not pending:  # the client waits for its answer, as a real one does
             await asyncio.Event().wait()
-        reads += 1
         chunk = pending.pop(0)
+        if chunk is None:  # a stalled upload: the rest never comes
+            await asyncio.Event().wait()
+        reads += 1
         return {"type": "http.request", "body": chunk, "more_body": bool(pending)}
 
     async def send(message: dict[str, Any]) -> None:
@@ -178,3 +180,34 @@ async def test_bad_top_k_is_400_never_500(app: FastAPI, value: str) -> None:
         )
     assert response.status_code == 400, response.text
     assert "top_k" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [
+        ("/v1/predict", "multipart/form-data; boundary=x"),
+        ("/v1/predict/base64", "application/json"),
+        ("/v2/models/mnist-cnn/infer", "application/json"),
+    ],
+)
+async def test_uploads_in_flight_are_bounded_per_worker(
+    shipped_models: Path, path: str, content_type: str
+) -> None:
+    application = create_app(make_settings(shipped_models, api_keys=KEY, max_inflight_body_mib=1))
+    headers = {
+        "content-type": content_type,
+        "content-length": str(700 * 1024),
+        "x-api-key": KEY,
+    }
+    async with LifespanManager(application):
+        # A slow upload: its first chunk arrives, the rest never does.
+        slow = asyncio.create_task(call(application, "POST", path, headers, [b"-", None]))
+        await asyncio.sleep(0.1)
+        status, response_headers, body, reads = await call(
+            application, "POST", path, headers, [b"-"]
+        )
+        assert status == 503
+        assert body["code"] == "overloaded"
+        assert response_headers["retry-after"] == "1"
+        assert reads == 0
+        slow.cancel()
