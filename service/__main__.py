@@ -20,6 +20,7 @@ from service.config import Settings
 _FLAGS: dict[str, dict[str, Any]] = {
     "host": {},
     "port": {"type": int},
+    "grpc_port": {"type": int},
     "workers": {"type": int},
     "model_repository": {},
     "model_name": {},

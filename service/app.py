@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
-from service.api import ops, rest
+from service.api import docs, ops, rest
 from service.api.guard import BodyBudget
 from service.api.hot import HotRoutes
 from service.batching import Batcher
@@ -90,6 +90,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
         plane = DataPlane(settings, clf, batcher, metrics)
         app.state.dataplane = plane
         app.state.shutting_down = False
+        grpc_server = await _start_grpc(app, settings, metrics)
         loop = asyncio.get_running_loop()
         hup_installed = _install_sighup(loop, app)
         _flag_shutdown_on_signals(app)
@@ -109,9 +110,14 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
             app.state.shutting_down = True
             if hup_installed:
                 loop.remove_signal_handler(signal.SIGHUP)
+            if grpc_server is not None:
+                # Refuse new RPCs at once; running ones finish while the batcher drains.
+                grpc_stopped = asyncio.create_task(grpc_server.stop(settings.drain_timeout_s))
             drained = await batcher.drain(settings.drain_timeout_s)
             if not drained:
                 logger.warning("drain timeout: failing %d queued images", batcher.queued_images)
+            if grpc_server is not None:
+                await grpc_stopped
             await batcher.stop(timeout_s=0)
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -129,6 +135,9 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
         version=__version__,
         summary="Handwritten-digit model server: REST, KServe V2 / Open Inference Protocol.",
         lifespan=lifespan,
+        docs_url=None,  # served by service.api.docs from local assets
+        redoc_url=None,
+        generate_unique_id_function=docs.operation_id,
         **_telemetry(settings),
     )
     app.state.settings = settings
@@ -151,6 +160,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
     from service.api import web
 
     app.include_router(web.router)
+    docs.install(app)
     static = Path(__file__).parent / "static"
     if static.is_dir():
         from fastapi.staticfiles import StaticFiles
@@ -173,6 +183,17 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
         in_flight=in_flight,
     )
     return app
+
+
+async def _start_grpc(app: FastAPI, settings: Settings, metrics: Metrics) -> Any:
+    """The gRPC front end on this worker's loop, or None when MNIST_GRPC_PORT is 0."""
+    if not settings.grpc_port:
+        return None
+    from service.rpc.server import GrpcServer  # grpcio is only imported when it is used
+
+    server = GrpcServer(app.state, settings, metrics)
+    app.state.grpc_port = await server.start()
+    return server
 
 
 def _document_body_models(app: FastAPI) -> None:

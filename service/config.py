@@ -32,6 +32,9 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Interface to bind.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port).")
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="Open Inference Protocol gRPC port (0 = off)."
+    )
     workers: int = Field(
         1, ge=0, le=64, description="uvicorn worker processes; 0 = one per CPU of the quota."
     )

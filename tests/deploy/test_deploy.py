@@ -292,7 +292,7 @@ def test_image_cmd_runs_on_the_host_and_gets_ready(tmp_path: Path) -> None:
     # loopback address on a free port so the test never listens on the host's interfaces.
     port = free_port()
     run_env = {k: v for k, v in env.items() if k != "PATH"}
-    run_env.update(MNIST_HOST="127.0.0.1", MNIST_PORT=str(port))
+    run_env.update(MNIST_HOST="127.0.0.1", MNIST_PORT=str(port), MNIST_GRPC_PORT=str(free_port()))
     full_env = {**{k: v for k, v in os.environ.items() if not k.startswith("MNIST_")}, **run_env}
     argv = [sys.executable, *cmd[1:]]
     log = open(tmp_path / "server.log", "wb")  # noqa: SIM115
