@@ -6,6 +6,10 @@ PY := $(VENV)/bin/python
 SERVE_STAMP := $(VENV)/.installed-serve
 DEV_STAMP := $(VENV)/.installed-dev
 TORCH_STAMP := $(VENV)/.installed-torch
+# The KServe Python SDK, for its compatibility test, in a virtualenv of its own: it depends on
+# python-multipart, whose `multipart` package shadows the parser the server imports.
+KSERVE_VENV := .venv-kserve
+KSERVE_STAMP := $(KSERVE_VENV)/.installed
 # CPU-only torch (~0.2 GB of wheels instead of several GB of CUDA libraries) where there is
 # no GPU; when the index cannot be reached, pip's default index is used instead.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
@@ -13,7 +17,7 @@ TORCH_SPEC := torch>=2.4,<3
 
 .PHONY: install install-serve serve test test-fast lint train bench lock image image-test manifests clean
 
-install: $(DEV_STAMP)
+install: $(DEV_STAMP) $(KSERVE_STAMP)
 
 install-serve: $(SERVE_STAMP)
 
@@ -41,6 +45,11 @@ $(SERVE_STAMP): pyproject.toml $(TORCH_STAMP)
 $(DEV_STAMP): pyproject.toml $(TORCH_STAMP)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $@ $(SERVE_STAMP)
+
+$(KSERVE_STAMP): Makefile
+	@test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV) || python3 -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install --quiet 'kserve>=0.15,<1' 'numpy>=1.26'
+	@touch $@
 
 serve: install-serve
 	$(PY) -m service $(ARGS)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,9 @@ from tests.conftest import png_bytes
 from tests.e2e.server import ROOT, ServerProcess
 
 KEY = "kserve-key"
+#: The SDK lives in a virtualenv of its own (`make install` builds it): it depends on
+#: python-multipart, whose `multipart` package shadows the parser the server imports.
+KSERVE_PYTHON = ROOT / ".venv-kserve" / "bin" / "python"
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +39,11 @@ def test_kserve_sdk_rest_and_grpc_predict_the_examples(keyed, mnist_sample, tmp_
     np.save(pixels, images[4:12].reshape(8, 784).astype(np.uint8))
     cfg = {"http": keyed.url, "grpc": keyed.grpc_url, "key": KEY, "files": files,
            "pixels": str(pixels)}  # fmt: skip
+    assert KSERVE_PYTHON.exists(), "the KServe SDK's virtualenv is missing: run `make install`"
     run = subprocess.run(
-        [sys.executable, "-m", "tests.e2e.kserve_driver", json.dumps(cfg)],
+        [str(KSERVE_PYTHON), "-m", "tests.e2e.kserve_driver", json.dumps(cfg)],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
-    # kserve is not in the dev extra: its python-multipart dependency installs a `multipart`
-    # package that shadows the `multipart` module the server parses uploads with. Install it
-    # with `pip install --no-deps kserve` plus its client imports (docs/integration.md).
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout.strip().splitlines()[-1])
     expected_images = [int(v) for v in labels[:4]]
