@@ -54,7 +54,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     MNIST_MODEL_REPOSITORY=models \
     MNIST_DEVICE=auto
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import os,sys,urllib.request as u; sys.exit(0 if u.urlopen('http://127.0.0.1:%s/v2/health/ready' % os.environ.get('MNIST_PORT', '8000'), timeout=2).status == 200 else 1)"]
 # Exec form: the server runs as PID 1, so `docker stop`'s SIGTERM reaches it and it drains.

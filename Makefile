@@ -76,9 +76,11 @@ bench: install
 
 # The image's lock: runtime dependencies for CPU torch on Linux x86_64, torch itself left out
 # (the Dockerfile installs it from the variant's index). Needs uv (`pip install uv`).
+# TORCH_WHEEL_DIR: a folder with the CPU torch wheel, where the PyTorch index is unreachable.
 lock:
 	uv pip compile pyproject.toml --python-version 3.11 \
-	  --python-platform x86_64-unknown-linux-gnu --extra-index-url $(TORCH_CPU_INDEX) \
+	  --python-platform x86_64-unknown-linux-gnu \
+	  $(if $(TORCH_WHEEL_DIR),--find-links $(TORCH_WHEEL_DIR),--extra-index-url $(TORCH_CPU_INDEX)) \
 	  --index-strategy unsafe-best-match --override requirements/image-overrides.txt \
 	  --no-emit-package torch --generate-hashes --no-header --quiet -o requirements/image.txt
 
