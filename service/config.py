@@ -86,6 +86,11 @@ class Settings(BaseSettings):
         description="Pixels decoded per image (w x h; for JPEG after libjpeg's reduced-scale "
         "decoding, so bigger phone photos fit).",
     )
+    max_request_pixels: int = Field(
+        256_000_000,
+        ge=1,
+        description="Pixels decoded per request, all its images together (413 beyond).",
+    )
     max_image_aspect: float = Field(
         32.0, ge=1, description="Longest over shortest side, for images over 1024 px."
     )
