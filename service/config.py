@@ -125,6 +125,12 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(
         20.0, gt=0, description="Longest pause between request body bytes; then 408."
     )
+    send_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest time a client may leave its answer unread once the socket's "
+        "send buffer is full; then the connection is closed.",
+    )
     keep_alive_timeout_s: float = Field(
         5.0, gt=0, description="Idle keep-alive connections are closed after this."
     )
