@@ -143,7 +143,7 @@ def test_workers_killed_worker_gauges_are_removed(tmp_path: Path, mnist_sample) 
             time.sleep(0.2)
         assert values == (1.0, 0.0), (values, proc.log()[-3000:])
         assert victim not in _workers(proc)
-        assert f"worker {victim} gone" in proc.log()
+        proc.wait_for_log(f"worker {victim} gone")
     finally:
         assert proc.stop() == 0, proc.log()[-3000:]
 
