@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +17,7 @@ def decode_cost_mib(pixels: int) -> int:
 
 
 def _default_repository() -> Path:
+    """`models/` of the checkout, else `./models`"""
     # The shipped models/ beside the package in a checkout; the working directory otherwise.
     checkout = Path(__file__).resolve().parent.parent / "models"
     return checkout if checkout.is_dir() else Path("models")
@@ -30,7 +32,12 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Interface to bind.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port).")
-    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="Open Inference Protocol gRPC port (0 = off)."
+    )
+    workers: int = Field(
+        1, ge=0, le=64, description="uvicorn worker processes; 0 = one per CPU of the quota."
+    )
     model_repository: Path = Field(
         default_factory=_default_repository, description="Root of <name>/<version>/ folders."
     )
@@ -41,7 +48,7 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     half_precision: bool = Field(False, description="float16 forward on CUDA.")
     torch_threads: int = Field(
-        0, ge=0, description="Intra-op threads per worker; 0 = cores / workers."
+        0, ge=0, description="Intra-op threads per worker; 0 = CPUs of the quota / workers."
     )
     optimize: bool = Field(True, description="Freeze and optimise the TorchScript graph.")
     gil_switch_interval_ms: float = Field(
@@ -196,3 +203,49 @@ def _parse_api_keys(value: str) -> list[str]:
     if raw.startswith("@"):
         raw = Path(raw[1:]).read_text(encoding="utf-8").replace("\n", ",")
     return [k.strip() for k in raw.split(",") if k.strip()]
+
+
+_DOC_HEAD = """\
+# Configuration
+
+Every setting is a field of `service.config.Settings` (pydantic-settings). A value comes, from
+highest to lowest priority, from a flag of `python -m service` where the setting has one
+(`--max-batch-size 32`; yes/no settings as `--batching` / `--no-batching`; `--help` lists
+them), the environment variable in the table, a `.env` file in the working directory, or the
+default. An invalid value or an inconsistent combination stops the server at start-up with
+one line naming the setting. [limits.md](limits.md) explains each limit: what it protects,
+why its default, and what a client sees.
+
+Generated from `Settings` by `python -m service.config > docs/configuration.md`; a test
+fails when this file and the code disagree.
+
+| setting | env var | default | meaning |
+|---|---|---|---|
+"""
+
+
+def _shown_default(name: str) -> str:
+    field = Settings.model_fields[name]
+    if field.default_factory is not None:
+        return (field.default_factory.__doc__ or "computed").strip()
+    value = field.default
+    if value is None:
+        return "unset"
+    if value == "":
+        return "(empty)"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    return f"`{value}`"
+
+
+def configuration_markdown() -> str:
+    """docs/configuration.md: how settings are read, and one table row per Settings field."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        meaning = (field.description or "").replace("|", r"\|")  # a pipe would split the cell
+        rows.append(f"| `{name}` | `MNIST_{name.upper()}` | {_shown_default(name)} | {meaning} |")
+    return _DOC_HEAD + "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(configuration_markdown())

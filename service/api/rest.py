@@ -166,14 +166,14 @@ async def predict_digits(request: Request) -> Response:
     check_capacity(request)
     settings: Settings = request.app.state.settings
     top_k, return_image = _query(request)
-    with body_budget(request).hold(request, settings.max_request_bytes):
+    with body_budget(request).hold(request, settings.max_request_bytes) as reading:
         limits = UploadLimits(
             settings.max_files, settings.max_file_bytes, settings.max_request_bytes
         )
         uploads = await read_multipart(
             request.headers.get("content-type"),
             request.headers.get("content-length"),
-            request.stream(),
+            reading.stream(),
             limits,
         )
         files = [NamedFile(u.filename, u.data) for u in uploads]
