@@ -250,7 +250,9 @@ def test_kserve_inferenceservice_answers_under_its_own_name() -> None:
     (c,) = isvc["spec"]["predictor"]["containers"]
     assert c["name"] == "kserve-container"
     env = _env(c)
-    settings = Settings(model_name=env.get("MNIST_MODEL_NAME", Settings().model_name))
+    # HTTP only: an in-process gRPC server would bind a real port, and its generated protobuf
+    # module cannot share a process with tritonclient's (both define package `inference`).
+    settings = Settings(model_name=env.get("MNIST_MODEL_NAME", Settings().model_name), grpc_port=0)
     from fastapi.testclient import TestClient
 
     from service.app import create_app
