@@ -13,7 +13,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +23,8 @@ from service.config import Settings
 from service.errors import InvalidImage, ServiceError
 from service.metrics import Metrics
 from service.model import Classifier, ModelLoadError, resolve_version
-from service.preprocess import ImageLimits, preprocess
+from service.preprocess import ImageLimits, Scan, scan
+from service.reading import Reading, read
 
 logger = logging.getLogger(__name__)
 
@@ -84,20 +84,23 @@ class DataPlane:
 
     # ---------------------------------------------------------------- images
 
-    def _decode_one(self, data: bytes) -> np.ndarray | BaseException:
+    def _decode_one(self, data: bytes, one_digit: bool) -> Scan | BaseException:
         try:
-            return preprocess(data, self.limits)
+            return scan(data, self.limits, one_digit)
         except Exception as exc:  # returned, not raised: one bad file must not hide the rest
             return exc
 
-    def _decode_many(self, blobs: list[bytes]) -> list[np.ndarray | BaseException]:
-        return [self._decode_one(b) for b in blobs]
+    def _decode_many(self, blobs: list[bytes], one_digit: bool) -> list[Scan | BaseException]:
+        return [self._decode_one(b, one_digit) for b in blobs]
 
-    async def decode_images(self, files: list[NamedFile]) -> np.ndarray:
-        """[N,28,28] float32 pixels, or one ServiceError naming every file that failed."""
-        outcomes: list[np.ndarray | BaseException]
+    async def decode_images(self, files: list[NamedFile], one_digit: bool = False) -> list[Scan]:
+        """Each file's scan, or one ServiceError naming every file that could not be decoded.
+
+        A decodable file with nothing to read is a scan without glyphs, not an error.
+        """
+        outcomes: list[Scan | BaseException]
         if len(files) == 1 and len(files[0].data) <= _INLINE_BYTES:
-            outcomes = [self._decode_one(files[0].data)]
+            outcomes = [self._decode_one(files[0].data, one_digit)]
         else:
             # One pool task per thread, each decoding a contiguous slice of the files: a task
             # per file cost ~40 us of scheduling each (64-file requests, measured).
@@ -106,15 +109,13 @@ class DataPlane:
             bounds = [len(files) * i // n for i in range(n + 1)]
             chunks = [[f.data for f in files[bounds[i] : bounds[i + 1]]] for i in range(n)]
             parts = await asyncio.gather(
-                *(loop.run_in_executor(self._pool, self._decode_many, c) for c in chunks)
+                *(loop.run_in_executor(self._pool, self._decode_many, c, one_digit) for c in chunks)
             )
             outcomes = [o for part in parts for o in part]
         failures = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, BaseException)]
         if failures:
             raise _combine(files, failures)
-        if len(outcomes) == 1:
-            return outcomes[0][None]  # type: ignore[index]  # a view: np.stack copies
-        return np.stack(outcomes)  # type: ignore[arg-type]
+        return outcomes  # type: ignore[return-value]
 
     # ---------------------------------------------------------------- inference
 
@@ -126,14 +127,31 @@ class DataPlane:
             self.metrics.images.labels(model.name, model.version).inc(len(probs))
         return probs, model
 
-    async def predict_files(self, files: list[NamedFile]) -> tuple[np.ndarray, torch.Tensor, Any]:
+    async def predict_files(
+        self, files: list[NamedFile], one_digit: bool = False
+    ) -> tuple[list[Reading], Classifier]:
+        """One reading per file, in order; all glyphs of all files go through one batch."""
         started = time.perf_counter()
         with self.batcher.incoming(len(files)):
-            pixels = await self.decode_images(files)
+            scans = await self.decode_images(files, one_digit)
         if self.metrics is not None:
             self.metrics.preprocess_latency.observe(time.perf_counter() - started)
-        probs, model = await self.infer(pixels)
-        return pixels, probs, model
+        glyphs = [g.pixels for s in scans for g in s.glyphs]
+        model = self.classifier
+        rows: list[list[float]] = []
+        if glyphs:
+            # A lone glyph goes as a view: np.stack copies.
+            pixels = glyphs[0][None] if len(glyphs) == 1 else np.stack(glyphs)
+            probs, model = await self.infer(pixels)
+            rows = probs.tolist()
+        threshold = getattr(model.card.output, "reject_threshold", None)
+        readings = []
+        start = 0
+        for s in scans:
+            end = start + len(s.glyphs)
+            readings.append(read(s, rows[start:end], threshold))
+            start = end
+        return readings, model
 
     # ---------------------------------------------------------------- versions
 

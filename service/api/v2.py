@@ -24,6 +24,7 @@ from service.api.ops import readiness
 from service.dataplane import DataPlane, NamedFile
 from service.errors import InvalidInput, ModelNotFound, ModelNotReady, PayloadTooLarge
 from service.model import Classifier
+from service.reading import Reading
 from service.schemas.v2 import (
     InferenceErrorResponse,
     InferenceRequest,
@@ -88,7 +89,15 @@ def _model_metadata(clf: Classifier) -> dict[str, Any]:
         "outputs": [
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10],
              "parameters": {"labels": card.output.labels}},
-            {"name": "label", "datatype": "INT64", "shape": [-1]},
+            {"name": "label", "datatype": "INT64", "shape": [-1],
+             "parameters": {"image_input": "-1 when the file is not a single digit"}},
+            {"name": "kind", "datatype": "BYTES", "shape": [-1],
+             "parameters": {"image_input_only": True,
+                            "values": ["digit", "number", "not_a_digit"]}},
+            {"name": "number", "datatype": "BYTES", "shape": [-1],
+             "parameters": {"image_input_only": True,
+                            "content": "digits read, rows separated by newlines; empty "
+                                       "for not_a_digit"}},
         ],
     }  # fmt: skip
 
@@ -361,8 +370,22 @@ def _flag(params: dict[str, Any] | None, key: str) -> bool:
     return value
 
 
+def _image_outputs(readings: list[Reading], classes: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Per-file probabilities (zeros unless a single digit) and the label, kind and number
+    outputs of the `image` input."""
+    probs = torch.zeros(len(readings), classes)
+    labels = np.full(len(readings), -1, dtype="<i8")
+    for i, r in enumerate(readings):
+        if r.kind == "digit":
+            probs[i] = torch.tensor(r.digits[0].probabilities[:classes])
+            labels[i] = r.digit
+    kinds = [r.kind.encode() for r in readings]
+    numbers = [(r.number or "").encode() for r in readings]
+    return probs, {"label": labels, "kind": kinds, "number": numbers}
+
+
 def _build_outputs(
-    req: InferenceRequest, probs: torch.Tensor
+    req: InferenceRequest, probs: torch.Tensor, extra: dict[str, Any] | None = None
 ) -> tuple[list[dict[str, Any]], list[bytes]]:
     n = int(probs.shape[0])
     default_binary = _flag(req.parameters, "binary_data_output")
@@ -380,11 +403,18 @@ def _build_outputs(
         if not isinstance(k, int) or isinstance(k, bool) or k < 0:
             raise InvalidInput("parameter 'classification' must be an integer >= 0")
         payload: np.ndarray | list[bytes]
-        if out.name not in ("probabilities", "label"):
+        meta: dict[str, Any]
+        if out.name not in ("probabilities", "label", "kind", "number"):
             raise InvalidInput(
-                f"unknown output {out.name!r}; this model has 'probabilities' and 'label'"
+                f"unknown output {out.name!r}; this model has 'probabilities', 'label', "
+                "and for the 'image' input 'kind' and 'number'"
             )
-        if k:
+        if out.name in ("kind", "number") and extra is None:
+            raise InvalidInput(f"output {out.name!r} needs the 'image' input")
+        if out.name in ("kind", "number") and extra is not None:
+            meta = {"name": out.name, "datatype": "BYTES", "shape": [n]}
+            payload = extra[out.name]
+        elif k:
             # Classification extension: top-k "<score>:<index>:<label>" strings, as Triton.
             k = min(k, 10)
             scores, indices = probs.topk(k, dim=1)
@@ -393,14 +423,17 @@ def _build_outputs(
                 for row_s, row_i in zip(scores.tolist(), indices.tolist(), strict=True)
                 for s, i in zip(row_s, row_i, strict=True)
             ]
-            meta: dict[str, Any] = {"name": out.name, "datatype": "BYTES", "shape": [n, k]}
+            meta = {"name": out.name, "datatype": "BYTES", "shape": [n, k]}
             payload = strings
         elif out.name == "probabilities":
-            meta = {"name": out.name, "datatype": "FP32", "shape": [n, 10]}
+            meta = {"name": out.name, "datatype": "FP32", "shape": [n, int(probs.shape[1])]}
             payload = probs.numpy().astype("<f4")
         else:
             meta = {"name": out.name, "datatype": "INT64", "shape": [n]}
-            payload = probs.argmax(dim=1).numpy().astype("<i8")
+            if extra is not None:
+                payload = extra["label"]
+            else:
+                payload = probs.argmax(dim=1).numpy().astype("<i8")
         if binary:
             blob = _serialize_bytes(payload) if isinstance(payload, list) else payload.tobytes()
             meta["parameters"] = {"binary_data_size": len(blob)}
@@ -427,7 +460,9 @@ async def _infer(
     item = req.inputs[0]
     settings = plane.settings
     # Validate the requested outputs before spending any model time.
-    _build_outputs(req, torch.zeros(1, 10))
+    dummy = {"label": np.zeros(1, "<i8"), "kind": [b""], "number": [b""]}
+    _build_outputs(req, torch.zeros(1, 10), dummy if item.name == "image" else None)
+    extra: dict[str, Any] | None = None
     if item.name == "input":
         pixels = _tensor_input(item, raw.get(item.name), clf, settings.max_queue_size)
         request.state.images = len(pixels)
@@ -437,10 +472,13 @@ async def _infer(
         files = _image_input(item, raw.get(item.name), settings.max_files)
         request.state.images = len(files)
         with cancelled_on_disconnect(request):
-            _, probs, model = await plane.predict_files(files)
+            readings, model = await plane.predict_files(
+                files, one_digit=_flag(req.parameters, "one_digit")
+            )
+        probs, extra = _image_outputs(readings, len(model.card.output.labels))
     else:
         raise InvalidInput(f"unknown input {item.name!r}; expected 'input' or 'image'")
-    outputs, blobs = _build_outputs(req, probs)
+    outputs, blobs = _build_outputs(req, probs, extra)
     response: dict[str, Any] = {
         "model_name": model.name,
         "model_version": model.version,
