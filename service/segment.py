@@ -331,9 +331,9 @@ def _keep_connected(rows: list[list[_Group]]) -> list[list[_Group]]:
         row_h = max(float(np.median([g.h for g in row])), 1.0)
         seed = max(range(len(row)), key=lambda i: row[i].area)
         lo = hi = seed
-        while lo > 0 and row[lo].x0 - row[lo - 1].x1 <= 1.2 * row_h:
+        while lo > 0 and row[lo].x0 - row[lo - 1].x1 <= 2.0 * row_h:
             lo -= 1
-        while hi < len(row) - 1 and row[hi + 1].x0 - row[hi].x1 <= 1.2 * row_h:
+        while hi < len(row) - 1 and row[hi + 1].x0 - row[hi].x1 <= 2.0 * row_h:
             hi += 1
         chains.append(row[lo : hi + 1])
     main = max(range(len(chains)), key=lambda i: sum(g.area for g in chains[i]))
