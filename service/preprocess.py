@@ -179,6 +179,8 @@ def _noise_reason(mask: np.ndarray) -> str | None:
                  for i in range(4) for j in range(4)]  # fmt: skip
         if min(cells) > 0.15:
             return "ink covers all of the image: a texture or photo, not a digit"
+    if float(mask.mean()) < 0.05:
+        return None  # too little ink for noise that could pass for a digit
     labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
     if count >= 40:
         areas = np.bincount(labels.ravel())[1:]
@@ -221,18 +223,18 @@ def read_gray(gray: np.ndarray, one_digit: bool = False) -> Scan:
     if peak < 0.08:
         return Scan((), "blank: no ink in the image")
     threshold = max(_otsu(np.clip(ink / peak, 0, 1)) * peak, 0.15 * peak)
-    mask = _hysteresis(ink, threshold, 0.85 * threshold)
+    mask = _hysteresis(ink, threshold, 0.5 * threshold)
     noise = _noise_reason(mask)
     if noise:
         return Scan((), noise)
-    image = (pad, pad, work.shape[1] - pad, work.shape[0] - pad)
+    image = (pad, pad, ink.shape[1] - pad, ink.shape[0] - pad)
     mask = drop_frame_remnants(remove_structure(mask), image)
     rows = [] if one_digit else find_digits(mask, image)
     if sum(len(r) for r in rows) <= 1:
         digit = select_digit(mask)
         ys, xs = np.nonzero(digit)
         rows = [] if ys.size == 0 else [[_whole(digit, ys, xs)]]
-    speck = max(4, 0.008 * max(work.shape))
+    speck = max(4, 0.008 * max(ink.shape))
     rows = [[p for p in r if max(p.box[2] - p.box[0], p.box[3] - p.box[1]) >= speck] for r in rows]
     rows = [r for r in rows if r]
     if not rows:
@@ -273,7 +275,8 @@ def _render(ink: np.ndarray, part: Part, grow: int, threshold: float) -> np.ndar
     ink_level = float(np.percentile(crop[mask], 90))
     floor = 0.5 * threshold
     clean = np.clip((crop - floor) / max(ink_level - floor, 1e-3), 0.0, 1.0) * keep
-    ys, xs = np.nonzero(clean > 0)
+    # The extent comes from the strokes, not from the faint fringe the hysteresis lets in.
+    ys, xs = np.nonzero(clean > 0.2)
     if ys.size == 0:
         return np.zeros((MNIST_SIZE, MNIST_SIZE), dtype=np.float32)
     clean = clean[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]

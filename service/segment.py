@@ -23,19 +23,28 @@ class Part:
 # ---------------------------------------------------------------- page structure
 
 
-def _runs(mask: np.ndarray, min_len: int) -> np.ndarray:
-    """Pixels on horizontal runs of ink at least `min_len` long (a run-length pass, O(pixels))."""
+def _runs(mask: np.ndarray, min_len: int, bridge: int = 0) -> np.ndarray:
+    """Pixels on horizontal runs of ink at least `min_len` long, counting runs split by gaps
+    of up to `bridge` pixels as one (a run-length pass, O(pixels))."""
     h, w = mask.shape
     padded = np.zeros((h, w + 2), dtype=np.int8)
     padded[:, 1:-1] = mask
     d = np.diff(padded, axis=1)
     sr, sc = np.nonzero(d == 1)
-    er, ec = np.nonzero(d == -1)  # row-major order: the k-th end closes the k-th start
-    long = (ec - sc) >= min_len
+    _, ec = np.nonzero(d == -1)  # row-major order: the k-th end closes the k-th start
+    if sr.size == 0:
+        return np.zeros_like(mask)
+    # A new run begins at each row change or gap wider than `bridge`.
+    new = np.ones(sr.size, dtype=bool)
+    new[1:] = (sr[1:] != sr[:-1]) | (sc[1:] - ec[:-1] > bridge)
+    firsts = np.flatnonzero(new)
+    lasts = np.append(firsts[1:] - 1, sr.size - 1)
+    rows, starts, ends = sr[firsts], sc[firsts], ec[lasts]
+    long = (ends - starts) >= min_len
     marks = np.zeros((h, w + 1), dtype=np.int32)
-    np.add.at(marks, (sr[long], sc[long]), 1)
-    np.add.at(marks, (er[long], ec[long]), -1)
-    return np.cumsum(marks, axis=1)[:, :w] > 0
+    np.add.at(marks, (rows[long], starts[long]), 1)
+    np.add.at(marks, (rows[long], ends[long]), -1)
+    return (np.cumsum(marks, axis=1)[:, :w] > 0) & mask
 
 
 def _bands(lines: np.ndarray, thickest: float) -> list[tuple[int, int]]:
@@ -72,6 +81,9 @@ def _rulings(mask: np.ndarray) -> np.ndarray:
     return lines
 
 
+Bands = list[tuple[int, int]]
+
+
 def _frame_lines(
     mask: np.ndarray,
 ) -> tuple[list[tuple[int, int]], list[tuple[int, int]], np.ndarray]:
@@ -83,12 +95,13 @@ def _frame_lines(
     A single bar (a 7's top, a 1's base) or a bar with a stem (a 4) stays.
     """
     h, w = mask.shape
+    no_lines: tuple[Bands, Bands, np.ndarray] = ([], [], np.zeros_like(mask))
+    if mask.sum(axis=1).max() < 0.5 * w and mask.sum(axis=0).max() < 0.5 * h:
+        return no_lines  # no row or column holds enough ink for a line: skip the run pass
     # Scanned lines are faint and broken: bridge gaps of a few pixels along each direction.
     gap = max(1, round(0.03 * max(h, w)))
-    across = ndimage.binary_closing(mask, structure=np.ones((1, gap + 1), dtype=bool))
-    down = ndimage.binary_closing(mask, structure=np.ones((gap + 1, 1), dtype=bool))
-    hl = _runs(across, max(8, int(0.65 * w))) & mask
-    vl = _runs(down.T, max(8, int(0.65 * h))).T & mask
+    hl = _runs(mask, max(8, int(0.65 * w)), gap)
+    vl = _runs(mask.T, max(8, int(0.65 * h)), gap).T
     hb = _bands(hl, max(2, 0.1 * h))
     vb = _bands(vl.T, max(2, 0.1 * w))
     lines = np.zeros_like(mask)
