@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from service.decode import WORK_SIDE, ImageLimits, decode, decode_plain_png, to_gray
+from service.decode import WORK_SIDE, DecodeBudget, ImageLimits, decode_gray
 from service.errors import InvalidImage
 from service.segment import (
     Part,
@@ -326,34 +326,25 @@ def _fit_and_centre(crop: np.ndarray, stroke_px: float) -> np.ndarray:
     return out
 
 
-def scan(data: bytes, limits: ImageLimits, one_digit: bool = False) -> Scan:
+def scan(
+    data: bytes, limits: ImageLimits, one_digit: bool = False, budget: DecodeBudget | None = None
+) -> Scan:
     """Image file bytes -> its digits (boxes in the file's pixels), or why it has none.
 
-    Raises only for files that cannot be decoded or break the limits.
+    Raises only for files that cannot be decoded or break the limits (`service.decode`).
     """
-    # NOTE: plain 8-bit PNGs go to libspng, everything else to Pillow. torchvision's
-    # decode_png was as fast, but the fuzz tests (tests/e2e/test_fuzz_images.py) crashed the
-    # process with a mutated PNG inside libpng (SIGSEGV): hostile input must never take the
-    # server down. libspng came through the same tests and 300,000 mutated PNGs in-process.
-    # PNGs with alpha go to Pillow too: polarity is decided on their opaque part.
-    if not (len(data) > 25 and data[25] in (4, 6)):
-        gray = decode_plain_png(data, limits)
-        if gray is not None:
-            return read_gray(gray, one_digit)
-    img = decode(data, limits)
-    width, height = _stored_size(data, img)
-    if max(img.size) > 2 * WORK_SIDE and img.mode in ("L", "RGB", "RGBA", "LA", "I", "F"):
-        # Halve big images in Pillow first: cheaper than converting all pixels to float.
-        factor = max(1, max(img.size) // (2 * WORK_SIDE))
-        img = img.reduce(factor)
-    gray = to_gray(img)
+    gray = decode_gray(data, limits, budget) if budget else decode_gray(data, limits)
+    if _plain_png_without_alpha(data):
+        return read_gray(gray, one_digit)
+    width, height = _stored_size(data, gray)
+    # decode_gray may have shrunk the image: boxes are mapped back to the upload's pixels.
+    fx, fy = width / gray.shape[1], height / gray.shape[0]
     x_off, y_off = 0, 0
-    opaque = _opaque_box(img)
+    opaque = _opaque_box(data, gray.shape) if _png_with_alpha(data) else None
     if opaque is not None:
         x_off, y_off, x1, y1 = opaque
         gray = gray[y_off:y1, x_off:x1]
     found = read_gray(gray, one_digit)
-    fx, fy = width / img.size[0], height / img.size[1]
     if (fx, fy) == (1.0, 1.0) and opaque is None:
         return found
     glyphs = tuple(
@@ -372,27 +363,52 @@ def scan(data: bytes, limits: ImageLimits, one_digit: bool = False) -> Scan:
     return Scan(glyphs, found.reason)
 
 
-def _stored_size(data: bytes, img: Image.Image) -> tuple[int, int]:
-    """The uploaded image's size as displayed (decode may have scaled a JPEG down)."""
-    if img.format not in ("JPEG", "MPO"):
-        return img.size
-    with Image.open(io.BytesIO(data)) as header:
-        w, h = header.size
-    if (w > h) != (img.size[0] > img.size[1]):
-        w, h = h, w  # EXIF rotated it a quarter turn
-    return w, h
+_PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _opaque_box(img: Image.Image) -> tuple[int, int, int, int] | None:
-    """The box of an opaque rectangle inside a transparent margin, else None.
+def _stored_size(data: bytes, gray: np.ndarray) -> tuple[int, int]:
+    """The upload's width and height as displayed (decode_gray may have shrunk it)."""
+    try:
+        with Image.open(io.BytesIO(data)) as header:  # decoded before: only the header
+            width, height = header.size
+    except Exception:
+        return gray.shape[1], gray.shape[0]
+    if (width > height) != (gray.shape[1] > gray.shape[0]):
+        width, height = height, width  # EXIF turned it a quarter turn
+    return width, height
+
+
+def _png_with_alpha(data: bytes) -> bool:
+    return data.startswith(_PNG) and len(data) > 25 and data[25] in (4, 6)
+
+
+def _plain_png_without_alpha(data: bytes) -> bool:
+    """A PNG without an alpha channel or key: decoded at its own size, nothing to map."""
+    return (
+        data.startswith(_PNG)
+        and len(data) > 25
+        and data[25] in (0, 2)
+        and b"tRNS" not in data
+        and max(int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")) <= WORK_SIDE
+    )
+
+
+def _opaque_box(data: bytes, shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:
+    """The box (in a `shape`-sized working copy) of an opaque rectangle inside a transparent
+    margin, else None.
 
     A dark card holding a light digit, exported with a transparent margin: the margin would
     be composited as paper and decide the polarity; the card's own border must.
     """
-    if img.mode not in ("RGBA", "LA", "PA") and "transparency" not in img.info:
+    try:
+        with Image.open(io.BytesIO(data)) as img:  # decoded before: a PNG within the limits
+            channel = img.convert("RGBA").getchannel("A")
+    except Exception:  # libspng read it, Pillow did not: keep what decode_gray gave
         return None
-    alpha = np.asarray(img.getchannel("A") if img.mode in ("RGBA", "LA", "PA")
-                       else img.convert("RGBA").getchannel("A")) > 127  # fmt: skip
+    h, w = shape
+    if channel.size != (w, h):
+        channel = channel.resize((w, h), Image.Resampling.BOX)
+    alpha = np.asarray(channel) > 127
     ys = np.flatnonzero(alpha.any(axis=1))
     xs = np.flatnonzero(alpha.any(axis=0))
     if ys.size == 0:
@@ -417,9 +433,9 @@ def normalize(gray: np.ndarray) -> np.ndarray:
     return found.glyphs[0].pixels
 
 
-def preprocess(data: bytes, limits: ImageLimits) -> np.ndarray:
+def preprocess(data: bytes, limits: ImageLimits, budget: DecodeBudget | None = None) -> np.ndarray:
     """Image file bytes -> 28x28 float32 in [0, 1] of its one digit (see `normalize`)."""
-    found = scan(data, limits, one_digit=True)
+    found = scan(data, limits, one_digit=True, budget=budget)
     if not found.glyphs:
         raise InvalidImage(f"no digit found: {found.reason}")
     return found.glyphs[0].pixels

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 from collections.abc import Iterator
 from typing import Annotated
@@ -35,14 +36,19 @@ async def get_metrics(request: Request) -> Metrics:
 
 
 def _presented_key(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
+    return presented_key(request.headers.get("authorization"), request.headers.get("x-api-key"))
+
+
+def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
+    """The key from `Authorization: Bearer <key>`, else from `X-API-Key` (HTTP and gRPC)."""
+    auth = authorization or ""
     scheme, _, token = auth.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    return request.headers.get("x-api-key")
+    return x_api_key
 
 
-def _matches(presented: str, keys: list[str]) -> bool:
+def matches_any_key(presented: str, keys: list[str]) -> bool:
     # Compare against every key so the time taken does not reveal which one matched.
     found = False
     for key in keys:
@@ -50,15 +56,39 @@ def _matches(presented: str, keys: list[str]) -> bool:
     return found
 
 
+def client_key(request: Request) -> str:
+    """Who a request counts against for the batcher's fair share: its API key when it has
+    one (a hash of it, never the key), else its peer address."""
+    client = request.scope.get("client")
+    return client_key_of(_presented_key(request), client[0] if client else None)
+
+
+def client_key_of(presented: str | None, host: str | None) -> str:
+    """`client_key` from its parts (shared with the gRPC front end)."""
+    if presented:
+        return "key:" + hashlib.blake2b(presented.encode(), digest_size=8).hexdigest()
+    return f"addr:{host or '-'}"
+
+
+def check_capacity(request: Request) -> None:
+    """503 before the body is read when this worker's queue is already full."""
+    plane: DataPlane | None = getattr(request.app.state, "dataplane", None)
+    if plane is not None:
+        plane.batcher.check_capacity(client_key(request))
+
+
 async def require_api_key(request: Request) -> None:
     """401 unless a configured API key is presented (no-op when none are configured)."""
     keys: list[str] = request.app.state.api_keys
-    if not keys:
-        return
-    presented = _presented_key(request)
+    if keys:
+        check_api_key(keys, _presented_key(request))
+
+
+def check_api_key(keys: list[str], presented: str | None) -> None:
+    """Raise Unauthorized unless `presented` is one of `keys` (HTTP and gRPC)."""
     if presented is None:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'")
-    if not _matches(presented, keys):
+    if not matches_any_key(presented, keys):
         raise Unauthorized("invalid API key")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -13,7 +15,11 @@ router = APIRouter(tags=["health"])
 
 def readiness(request: Request) -> tuple[bool, str | None]:
     """Ready when the model is loaded and warm, the batch loop runs, and not shutting down."""
-    state = request.app.state
+    return state_readiness(request.app.state)
+
+
+def state_readiness(state: Any) -> tuple[bool, str | None]:
+    """`readiness` from the app's state (shared with the gRPC front end)."""
     if getattr(state, "shutting_down", False):
         return False, "shutting down"
     plane = getattr(state, "dataplane", None)
@@ -40,7 +46,9 @@ async def get_readiness(request: Request) -> JSONResponse:
     ready, reason = readiness(request)
     if ready:
         return JSONResponse({"ready": True})
-    return JSONResponse({"ready": False, "reason": reason}, status_code=503)
+    return JSONResponse(
+        {"ready": False, "reason": reason}, status_code=503, headers={"Retry-After": "1"}
+    )
 
 
 @router.get("/metrics", response_class=Response, include_in_schema=True)

@@ -62,3 +62,12 @@ def test_resolve_version_newest_pinned_and_missing(tmp_path: Path, shipped_model
         resolve_version(tmp_path, "mnist-cnn", "2")
     with pytest.raises(ModelLoadError, match="no versions"):
         resolve_version(tmp_path, "other", None)
+
+
+@pytest.mark.parametrize("version", ["²", "1" * 256, "", "1/../3", "-1"])
+def test_resolve_version_refuses_malformed_versions(
+    tmp_path: Path, shipped_models: Path, version: str
+) -> None:
+    shutil.copytree(shipped_models / "mnist-cnn" / "1", tmp_path / "mnist-cnn" / "1")
+    with pytest.raises(ModelLoadError, match="1 to 18 ASCII digits"):
+        resolve_version(tmp_path, "mnist-cnn", version)
