@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from service.decode import WORK_SIDE, DecodeBudget, ImageLimits, decode_gray
+from service.decode import WORK_SIDE, DecodeBudget, ImageLimits, RequestBudget, decode_gray
 from service.errors import InvalidImage
 from service.segment import (
     Part,
@@ -339,7 +339,10 @@ def _fit_and_centre(crop: np.ndarray, stroke_px: float) -> np.ndarray:
 
 
 def scan(
-    data: bytes, limits: ImageLimits, one_digit: bool = False, budget: DecodeBudget | None = None
+    data: bytes,
+    limits: ImageLimits,
+    one_digit: bool = False,
+    budget: DecodeBudget | RequestBudget | None = None,
 ) -> Scan:
     """Image file bytes -> its digits (boxes in the file's pixels), or why it has none.
 
@@ -445,7 +448,9 @@ def normalize(gray: np.ndarray) -> np.ndarray:
     return found.glyphs[0].pixels
 
 
-def preprocess(data: bytes, limits: ImageLimits, budget: DecodeBudget | None = None) -> np.ndarray:
+def preprocess(
+    data: bytes, limits: ImageLimits, budget: DecodeBudget | RequestBudget | None = None
+) -> np.ndarray:
     """Image file bytes -> 28x28 float32 in [0, 1] of its one digit (see `normalize`)."""
     found = scan(data, limits, one_digit=True, budget=budget)
     if not found.glyphs:

@@ -57,10 +57,12 @@ def matches_any_key(presented: str, keys: list[str]) -> bool:
 
 
 def client_key(request: Request) -> str:
-    """Who a request counts against for the batcher's fair share: its API key when it has
-    one (a hash of it, never the key), else its peer address."""
+    """Who a request counts against for the batcher's fair share: its API key when keys are
+    on (a hash of it, never the key; it was checked before), else its peer address. Without
+    keys a made-up key per request would be a new client each time."""
     client = request.scope.get("client")
-    return client_key_of(_presented_key(request), client[0] if client else None)
+    presented = _presented_key(request) if request.app.state.api_keys else None
+    return client_key_of(presented, client[0] if client else None)
 
 
 def client_key_of(presented: str | None, host: str | None) -> str:

@@ -247,7 +247,12 @@ async def predict_digits_base64(
             raise PayloadTooLarge(f"too many files: at most {settings.max_files} per request")
 
     check_capacity(request)
-    body = await parse_json(await read_body(request), PredictBase64Request, count_images)
+    body = await parse_json(
+        await read_body(request),
+        PredictBase64Request,
+        count_images,
+        max_values=4 * settings.max_files + 64,  # a few fields per image
+    )
     files = (
         await asyncio.to_thread(_decode_base64, body)
         if len(body.images) > 1

@@ -242,9 +242,7 @@ async def _infer(
     plane.batcher.check_capacity(client_key(request))  # before the body is read
     body = await _read_body(request, limit)
     norm = clf.card.input.normalization
-    limits = codec.Limits(
-        max_rows=plane.settings.max_queue_size, max_files=plane.settings.max_files
-    )
+    limits = codec.Limits.of(plane.settings.max_queue_size, plane.settings.max_files)
     args = (body, request.headers.get(HEADER_LENGTH), limits, (norm.mean, norm.std))
     if len(body) > OFFLOAD_BYTES:
         req, plan, decoded = await asyncio.to_thread(_decode, *args)

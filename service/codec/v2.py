@@ -71,10 +71,16 @@ class V2Request:
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-request caps: tensor rows (the queue bound) and encoded images."""
+    """Per-request caps: tensor rows and encoded images."""
 
     max_rows: int
     max_files: int
+
+    @classmethod
+    def of(cls, max_queue_size: int, max_files: int) -> Limits:
+        # Half the queue: a single request may never hold more than a client's share, so a
+        # client sending big tensors back to back leaves the other half to everyone else.
+        return cls(max_rows=max(1, max_queue_size // 2), max_files=max_files)
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
@@ -94,6 +100,11 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
 
 def parse_json_request(header: bytes, binary: bytes, limits: Limits) -> V2Request:
     """A V2Request from the JSON header, the binary section assigned to its inputs in order."""
+    # Count values (commas) before parsing: the parse holds the GIL, and a body of millions
+    # of tiny values (`[[],[],...]`) costs seconds and gigabytes before any check could run.
+    most = max(limits.max_rows * PIXELS, limits.max_files) + 4096
+    if header.count(b",") > most:
+        raise PayloadTooLarge(f"request JSON has more than {most} values")
     try:
         raw = orjson.loads(header)
     except orjson.JSONDecodeError as exc:

@@ -137,7 +137,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """The batcher's fair-share key, as HTTP computes it: the key, else the peer host."""
         peer = context.peer() or ""  # "ipv4:127.0.0.1:53580", "ipv6:[::1]:53580"
         host = peer.partition(":")[2].rpartition(":")[0].strip("[]") or None
-        return client_key_of(self._presented(context), host)
+        keyed = bool(self.state.api_keys)
+        return client_key_of(self._presented(context) if keyed else None, host)
 
     async def _call(
         self,
@@ -257,7 +258,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             req = request_from_proto(request)
             plan = codec.plan_outputs(req)
             norm = clf.card.input.normalization
-            limits = codec.Limits(self.settings.max_queue_size, self.settings.max_files)
+            limits = codec.Limits.of(self.settings.max_queue_size, self.settings.max_files)
             decoded = codec.decode_input(codec.single_input(req), limits, (norm.mean, norm.std))
             # NOTE: a client deadline cancels this task (grpc.aio), which releases the
             # request's queue slot; the server's own request_timeout_s still applies.
