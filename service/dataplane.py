@@ -16,7 +16,6 @@ from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +27,8 @@ from service.decode import DecodeBudget, ImageLimits, RequestBudget, cheap_to_de
 from service.errors import InferenceTimeout, InvalidImage, ServiceError
 from service.metrics import Metrics
 from service.model import Classifier, ModelLoadError, resolve_version
-from service.preprocess import preprocess
+from service.preprocess import Scan, scan
+from service.reading import Reading, read
 
 logger = logging.getLogger(__name__)
 
@@ -88,10 +88,10 @@ class DataPlane:
     # ---------------------------------------------------------------- images
 
     def _decode_one(
-        self, data: bytes, budget: RequestBudget | None = None
-    ) -> np.ndarray | ServiceError:
+        self, data: bytes, one_digit: bool = False, budget: RequestBudget | None = None
+    ) -> Scan | ServiceError:
         try:
-            return preprocess(data, self.limits, budget or self.decode_budget)
+            return scan(data, self.limits, one_digit, budget or self.decode_budget)
         except ServiceError as exc:  # returned, not raised: one bad file must not hide the rest
             return _detached(exc)
         except Exception as exc:
@@ -100,22 +100,29 @@ class DataPlane:
             return InvalidImage("the image could not be decoded")
 
     def _decode_many(
-        self, blobs: list[bytes], abandoned: threading.Event, budget: RequestBudget
-    ) -> list[np.ndarray | ServiceError]:
-        out: list[np.ndarray | ServiceError] = []
+        self,
+        blobs: list[bytes],
+        abandoned: threading.Event,
+        budget: RequestBudget,
+        one_digit: bool = False,
+    ) -> list[Scan | ServiceError]:
+        out: list[Scan | ServiceError] = []
         for data in blobs:
             if abandoned.is_set():
                 break  # the request was cancelled (client gone, deadline): stop spending CPU
-            out.append(self._decode_one(data, budget))
+            out.append(self._decode_one(data, one_digit, budget))
         return out
 
-    async def decode_images(self, files: list[NamedFile]) -> np.ndarray:
-        """[N,28,28] float32 pixels, or one ServiceError naming every file that failed."""
-        outcomes: list[np.ndarray | ServiceError]
+    async def decode_images(self, files: list[NamedFile], one_digit: bool = False) -> list[Scan]:
+        """Each file's scan, or one ServiceError naming every file that could not be decoded.
+
+        A decodable file with nothing to read is a scan without glyphs, not an error.
+        """
+        outcomes: list[Scan | ServiceError]
         if len(files) == 1 and cheap_to_decode(files[0].data):
             # NOTE: the thread hop costs more than decoding a small plain PNG; the header,
             # not the byte count, says it is small (see docs/decisions.md).
-            outcomes = [self._decode_one(files[0].data)]
+            outcomes = [self._decode_one(files[0].data, one_digit)]
         else:
             # One pool task per thread, each decoding a contiguous slice of the files: a task
             # per file costs more in scheduling than a small file's decode.
@@ -132,7 +139,7 @@ class DataPlane:
                     parts = await asyncio.gather(
                         *(
                             loop.run_in_executor(
-                                self._pool, self._decode_many, c, abandoned, budget
+                                self._pool, self._decode_many, c, abandoned, budget, one_digit
                             )
                             for c in chunks
                         )
@@ -156,9 +163,7 @@ class DataPlane:
                 # locals there is no reference cycle, so the upload's bytes are freed by
                 # reference counting as soon as the response is sent, not by a later GC.
                 del error
-        if len(outcomes) == 1:
-            return outcomes[0][None]  # type: ignore[index]  # a view: np.stack copies
-        return np.stack(outcomes)  # type: ignore[arg-type]
+        return outcomes  # type: ignore[return-value]  # no ServiceError left
 
     # ---------------------------------------------------------------- inference
 
@@ -176,16 +181,31 @@ class DataPlane:
         return probs, model
 
     async def predict_files(
-        self, files: list[NamedFile], client: Hashable = None
-    ) -> tuple[np.ndarray, torch.Tensor, Any]:
+        self, files: list[NamedFile], client: Hashable = None, one_digit: bool = False
+    ) -> tuple[list[Reading], Classifier]:
+        """One reading per file, in order; all glyphs of all files go through one batch."""
         started = time.perf_counter()
         # Admission (or a 503) before any decoding: refused work must cost almost nothing.
         with self.batcher.incoming(len(files), client):
-            pixels = await self.decode_images(files)
+            scans = await self.decode_images(files, one_digit)
         if self.metrics is not None:
             self.metrics.preprocess_latency.observe(time.perf_counter() - started)
-        probs, model = await self.infer(pixels, client, admitted=True)
-        return pixels, probs, model
+        glyphs = [g.pixels for s in scans for g in s.glyphs]
+        model = self.classifier
+        rows: list[list[float]] = []
+        if glyphs:
+            # A lone glyph goes as a view: np.stack copies.
+            pixels = glyphs[0][None] if len(glyphs) == 1 else np.stack(glyphs)
+            probs, model = await self.infer(pixels, client, admitted=True)
+            rows = probs.tolist()
+        threshold = getattr(model.card.output, "reject_threshold", None)
+        readings = []
+        start = 0
+        for s in scans:
+            end = start + len(s.glyphs)
+            readings.append(read(s, rows[start:end], threshold))
+            start = end
+        return readings, model
 
     # ---------------------------------------------------------------- versions
 
@@ -264,7 +284,7 @@ def _detached(exc: ServiceError) -> ServiceError:
     return exc
 
 
-def _combine(files: list[NamedFile], outcomes: list[np.ndarray | ServiceError]) -> ServiceError:
+def _combine(files: list[NamedFile], outcomes: list[Scan | ServiceError]) -> ServiceError:
     failures = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, ServiceError)]
     details = []
     for index, exc in failures:

@@ -29,7 +29,7 @@ from service.api.ops import readiness
 from service.codec import triton
 from service.codec import v2 as codec
 from service.dataplane import DataPlane, NamedFile
-from service.errors import ModelNotReady, PayloadTooLarge
+from service.errors import InvalidInput, ModelNotReady, PayloadTooLarge
 from service.model import Classifier
 from service.schemas.v2 import (
     InferenceErrorResponse,
@@ -250,8 +250,10 @@ async def _infer(
         req, plan, decoded = _decode(*args)
     request.state.images = len(decoded)
     with cancelled_on_disconnect(request):
-        probs, model = await infer_decoded(plane, decoded, client_key(request))
-    tensors = codec.encode_outputs(plan, probs.numpy())
+        probs, model, given = await infer_decoded(
+            plane, decoded, client_key(request), _one_digit(req)
+        )
+    tensors = codec.encode_outputs(plan, probs.numpy(), given)
     header, blobs = codec.render_json(tensors, model.name, model.version, req.id)
     if not blobs:
         return Response(header, media_type="application/json")
@@ -263,16 +265,37 @@ async def _infer(
 
 
 async def infer_decoded(
-    plane: DataPlane, decoded: np.ndarray | list[bytes], client: Hashable
-) -> tuple[torch.Tensor, Classifier]:
-    """Probabilities for a decoded V2 input: pixels straight to the batcher, files decoded.
+    plane: DataPlane, decoded: np.ndarray | list[bytes], client: Hashable, one_digit: bool = False
+) -> tuple[torch.Tensor, Classifier, dict[str, Any] | None]:
+    """Probabilities for a decoded V2 input: pixels straight to the batcher, files read.
 
-    `client` keys the batcher's fair share (see `client_key`)."""
+    For files, also the label, kind and number outputs per file; probabilities are zeros and
+    the label -1 for a file that is not a single digit. `client` keys the batcher's fair
+    share (see `client_key`)."""
     if isinstance(decoded, np.ndarray):
-        return await plane.infer(decoded, client)
+        probs, model = await plane.infer(decoded, client)
+        return probs, model, None
     files = [NamedFile(f"image[{i}]", data) for i, data in enumerate(decoded)]
-    _, probs, model = await plane.predict_files(files, client)
-    return probs, model
+    readings, model = await plane.predict_files(files, client, one_digit)
+    probs = torch.zeros(len(readings), 10)
+    labels = np.full(len(readings), -1, dtype="<i8")
+    for i, r in enumerate(readings):
+        if r.kind == "digit":
+            probs[i] = torch.tensor(r.digits[0].probabilities[:10])
+            labels[i] = r.digits[0].digit
+    given = {
+        "label": labels,
+        "kind": [r.kind.encode() for r in readings],
+        "number": [(r.number or "").encode() for r in readings],
+    }
+    return probs, model, given
+
+
+def _one_digit(req: codec.V2Request) -> bool:
+    value = req.parameters.get("one_digit", False)
+    if not isinstance(value, bool):
+        raise InvalidInput("parameter 'one_digit' must be a boolean")
+    return value
 
 
 router.include_router(protected)

@@ -317,11 +317,22 @@ def serialize_bytes(values: Sequence[bytes]) -> bytes:
 
 # ---------------------------------------------------------------------------- outputs
 
+
 #: Output name -> (datatype, row shape, probabilities [N,10] -> values). Other outputs
 #: (e.g. per-image kind) register here; the plan and the encoder need no change.
+def _image_only(name: str) -> Callable[[np.ndarray], np.ndarray]:
+    def fail(_: np.ndarray) -> np.ndarray:
+        raise InvalidInput(f"output {name!r} needs the 'image' input")
+
+    return fail
+
+
 OUTPUTS: dict[str, tuple[str, list[int], Callable[[np.ndarray], np.ndarray]]] = {
     "probabilities": ("FP32", [10], lambda p: p.astype("<f4", copy=False)),
     "label": ("INT64", [], lambda p: p.argmax(axis=1).astype("<i8")),
+    # The `image` input's reading per file (see service/reading.py): given by the data plane.
+    "kind": ("BYTES", [], _image_only("kind")),
+    "number": ("BYTES", [], _image_only("number")),
 }
 DEFAULT_OUTPUTS = ("probabilities", "label")
 
@@ -370,11 +381,22 @@ def plan_outputs(req: V2Request, binary_default: bool = False) -> list[OutputSpe
     return plan
 
 
-def encode_outputs(plan: list[OutputSpec], probs: np.ndarray) -> list[OutputTensor]:
-    """The planned outputs over probabilities [N,10]."""
+def encode_outputs(
+    plan: list[OutputSpec],
+    probs: np.ndarray,
+    given: dict[str, np.ndarray | list[bytes]] | None = None,
+) -> list[OutputTensor]:
+    """The planned outputs over probabilities [N,10]; `given` outputs (the `image` input's
+    label, kind and number per file) are taken as they are."""
     n = int(probs.shape[0])
     tensors = []
     for spec in plan:
+        if given and spec.name in given and not spec.classes:
+            datatype, row, _ = OUTPUTS[spec.name]
+            tensors.append(
+                OutputTensor(spec.name, datatype, [n, *row], given[spec.name], spec.binary)
+            )
+            continue
         if spec.classes:
             # Classification extension, as Triton renders it: "<score>:<index>:<label>".
             order = np.argsort(-probs, axis=1, kind="stable")[:, : spec.classes]

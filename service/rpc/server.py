@@ -262,8 +262,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             decoded = codec.decode_input(codec.single_input(req), limits, (norm.mean, norm.std))
             # NOTE: a client deadline cancels this task (grpc.aio), which releases the
             # request's queue slot; the server's own request_timeout_s still applies.
-            probs, model = await infer_decoded(plane, decoded, client)
-            tensors = codec.encode_outputs(plan, probs.numpy())
+            probs, model, given = await infer_decoded(plane, decoded, client)
+            tensors = codec.encode_outputs(plan, probs.numpy(), given)
             rpc.images = len(decoded)
             return response_to_proto(tensors, model.name, model.version, request.id)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,12 +35,35 @@ class TopK(BaseModel):
     probability: float
 
 
+class DigitInNumber(BaseModel):
+    digit: int = Field(ge=0, le=9)
+    confidence: float = Field(ge=0, le=1)
+    box: list[int] = Field(
+        min_length=4, max_length=4, description="[x0, y0, x1, y1] in the uploaded image's pixels."
+    )
+    processed_image: str | None = None
+
+
 class Prediction(BaseModel):
     index: int
     filename: str
-    digit: int = Field(ge=0, le=9)
-    confidence: float = Field(ge=0, le=1)
-    probabilities: list[float] = Field(min_length=10, max_length=10)
+    kind: Literal["digit", "number", "not_a_digit"] = Field(
+        description="A single digit, a whole number (several digits), or nothing to read."
+    )
+    digit: int | None = Field(ge=0, le=9, description="The digit; null unless kind is digit.")
+    confidence: float | None = Field(
+        ge=0, le=1, description="Chance the answer is right (a number's: its digits' product)."
+    )
+    reason: str | None = Field(None, description="Why it is not a digit (kind not_a_digit).")
+    number: str | None = Field(
+        None, description="The digits left to right; rows top to bottom separated by newlines."
+    )
+    digits: list[DigitInNumber] | None = Field(
+        None, description="Each digit read, with its box (kinds digit and number)."
+    )
+    probabilities: list[float] | None = Field(
+        None, min_length=10, max_length=11, description="Per class (kind digit only)."
+    )
     top_k: list[TopK] | None = None
     processed_image: str | None = Field(
         None, description="Base64 PNG of the 28x28 image the model saw (return_image=true)."
@@ -59,8 +82,11 @@ class PredictResponse(BaseModel):
                     {
                         "index": 0,
                         "filename": "seven.png",
+                        "kind": "digit",
                         "digit": 7,
                         "confidence": 0.9993,
+                        "number": "7",
+                        "digits": [{"digit": 7, "confidence": 0.9993, "box": [31, 12, 88, 110]}],
                         "probabilities": [0.0, 0.0, 0.0002, 0.0001, 0.0, 0.0, 0.0, 0.9993,
                                           0.0, 0.0004],
                     }
@@ -88,6 +114,7 @@ class PredictBase64Request(BaseModel):
     images: list[Base64Image] = Field(min_length=1)
     top_k: int | None = Field(None, ge=1, le=10)
     return_image: bool = False
+    one_digit: bool = Field(False, description="Read each image as exactly one digit.")
 
 
 class ModelSummary(BaseModel):

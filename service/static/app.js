@@ -47,25 +47,41 @@ async function predict(files) {
   return body;
 }
 
-function renderResult(target, name, p) {
-  target.className = "result";
+function renderResult(target, name, p, source) {
+  target.className = `result ${p.kind}`;
   target.replaceChildren();
   const title = document.createElement("h3");
   title.textContent = name;
   const head = document.createElement("div");
-  const digit = document.createElement("span");
-  digit.className = "digit";
-  digit.textContent = String(p.digit);
+  const answer = document.createElement("span");
+  answer.className = "digit";
+  if (p.kind === "not_a_digit") {
+    answer.textContent = "not a digit";
+    const why = document.createElement("p");
+    why.className = "reason muted";
+    why.textContent = p.reason;
+    head.append(answer);
+    target.append(title, head, why);
+    return;
+  }
+  if (p.kind === "number") {
+    answer.textContent = p.number.replace(/\n/g, " / ");
+    head.append(answer);
+    target.append(title, head);
+    if (source) target.append(drawBoxes(source, p.digits, name));
+    return;
+  }
+  answer.textContent = String(p.digit);
   const seen = document.createElement("img");
   seen.className = "seen";
   seen.alt = `28×28 image the model saw for ${name}`;
   seen.src = `data:image/png;base64,${p.processed_image}`;
-  head.append(digit, seen);
+  head.append(answer, seen);
   const bars = document.createElement("div");
   bars.className = "bars";
   bars.setAttribute("role", "list");
   bars.setAttribute("aria-label", `probabilities for ${name}`);
-  p.probabilities.forEach((prob, d) => {
+  p.probabilities.slice(0, 10).forEach((prob, d) => {
     const label = document.createElement("span");
     label.textContent = String(d);
     const bar = document.createElement("div");
@@ -79,8 +95,40 @@ function renderResult(target, name, p) {
   target.append(title, head, bars);
 }
 
+// The uploaded image with a labelled box around each digit of a number.
+function drawBoxes(source, digits, name) {
+  const view = document.createElement("canvas");
+  view.className = "boxes";
+  view.setAttribute("role", "img");
+  view.setAttribute("aria-label", `${name} with ${digits.length} digits boxed`);
+  const img = new Image();
+  img.onload = () => {
+    const scale = Math.min(1, 240 / img.naturalWidth);
+    view.width = Math.round(img.naturalWidth * scale);
+    view.height = Math.round(img.naturalHeight * scale);
+    const g = view.getContext("2d");
+    g.drawImage(img, 0, 0, view.width, view.height);
+    g.strokeStyle = "#d33";
+    g.fillStyle = "#d33";
+    g.lineWidth = 2;
+    g.font = "bold 14px sans-serif";
+    for (const d of digits) {
+      const [x0, y0, x1, y1] = d.box.map((v) => v * scale);
+      g.strokeRect(x0, y0, x1 - x0, y1 - y0);
+      g.fillText(String(d.digit), x0 + 2, Math.max(12, y0 - 2));
+    }
+    URL.revokeObjectURL(img.src);
+  };
+  img.src = URL.createObjectURL(source);
+  return view;
+}
+
 function setPrediction(p) {
-  $("prediction").textContent = `${p.digit} (${(p.confidence * 100).toFixed(1)}%)`;
+  const text = p.kind === "not_a_digit" ? "not a digit"
+    : p.kind === "number" ? p.number.replace(/\n/g, " / ")
+    : String(p.digit);
+  const sure = p.confidence == null ? "" : ` (${(p.confidence * 100).toFixed(1)}%)`;
+  $("prediction").textContent = `${text}${sure}`;
 }
 
 async function predictCanvas() {
@@ -93,7 +141,7 @@ async function predictCanvas() {
     setPrediction(p);
     const box = $("draw-result");
     box.hidden = false;
-    renderResult(box, "your drawing", p);
+    renderResult(box, "your drawing", p, blob);
   } catch (error) {
     if (seq === requestSeq) showError(error.message);
   }
@@ -113,7 +161,7 @@ async function predictFiles(fileList) {
   });
   try {
     const body = await predict(files.map((f) => [f, f.name]));
-    body.predictions.forEach((p, i) => renderResult(cells[i], files[i].name, p));
+    body.predictions.forEach((p, i) => renderResult(cells[i], files[i].name, p, files[i]));
     setPrediction(body.predictions[body.predictions.length - 1]);
   } catch (error) {
     showError(error.message);

@@ -351,3 +351,69 @@ def test_fastapi_opentelemetry_only_when_enabled(
         r = c.post("/v1/predict", files=files_of(("a.png", png_bytes(mnist_sample[0][0]))))
     assert r.status_code == 200
     assert bool(provider.tracers) is enabled
+
+
+def _row_of(images: np.ndarray, gap: int = 20) -> np.ndarray:
+    """MNIST digits side by side, dark ink on white paper, each 84 px tall."""
+    cells = [255 - np.asarray(Image.fromarray(d).resize((84, 84), Image.BICUBIC)) for d in images]
+    paper = np.full((140, 40 + len(cells) * (84 + gap)), 255, np.uint8)
+    for i, c in enumerate(cells):
+        x = 20 + i * (84 + gap)
+        paper[28:112, x : x + 84] = np.minimum(paper[28:112, x : x + 84], c)
+    return paper
+
+
+def test_predict_blank_files_are_200_not_a_digit_at_every_size(client: TestClient) -> None:
+    blanks = [("white28.png", png_bytes(np.full((28, 28), 255, np.uint8))),
+              ("black28.png", png_bytes(np.zeros((28, 28), np.uint8))),
+              ("grey300.png", png_bytes(np.full((300, 200), 128, np.uint8)))]  # fmt: skip
+    r = client.post("/v1/predict", files=files_of(*blanks))
+    assert r.status_code == 200, r.text
+    for p in r.json()["predictions"]:
+        assert p["kind"] == "not_a_digit", p
+        assert p["digit"] is None
+        assert p["confidence"] is None
+        assert p["reason"].startswith("blank"), p
+
+
+def test_predict_row_of_digits_is_a_number_with_boxes(client: TestClient, mnist_sample) -> None:
+    images, labels = mnist_sample
+    picks = [0, 1, 2, 3]  # the sample's first four digits, written as one number
+    paper = _row_of(images[picks])
+    r = client.post("/v1/predict", files=files_of(("row.png", png_bytes(paper))))
+    assert r.status_code == 200, r.text
+    (p,) = r.json()["predictions"]
+    assert p["kind"] == "number", p
+    assert p["digit"] is None
+    assert p["number"] == "".join(str(int(labels[i])) for i in picks)
+    boxes = [d["box"] for d in p["digits"]]
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        left = 20 + i * 104
+        assert left - 2 <= x0 < x1 <= left + 86, boxes  # inside its own 84-px cell
+        assert 26 <= y0 < y1 <= 114, boxes
+    assert 0 < p["confidence"] <= min(d["confidence"] for d in p["digits"])
+
+
+def test_predict_one_digit_query_reads_a_row_as_one_digit(client: TestClient, mnist_sample) -> None:
+    images, _ = mnist_sample
+    data = png_bytes(_row_of(images[[0, 1]]))
+    r = client.post("/v1/predict?one_digit=true", files=files_of(("cell.png", data)))
+    assert r.status_code == 200, r.text
+    (p,) = r.json()["predictions"]
+    assert p["kind"] == "digit"
+    assert len(p["digits"]) == 1
+
+
+def test_predict_base64_says_the_same_as_multipart(client: TestClient, mnist_sample) -> None:
+    images, _ = mnist_sample
+    items = [png_bytes(_row_of(images[[4, 5, 6]])), png_bytes(np.zeros((28, 28), np.uint8)),
+             png_bytes(images[7])]  # fmt: skip
+    multi = client.post("/v1/predict", files=files_of(*[(f"f{i}", d) for i, d in enumerate(items)]))
+    b64 = client.post(
+        "/v1/predict/base64",
+        json={"images": [{"data": base64.b64encode(d).decode(), "filename": f"f{i}"}
+                         for i, d in enumerate(items)]},
+    )  # fmt: skip
+    assert multi.status_code == b64.status_code == 200
+    assert multi.json() == b64.json()
+    assert [p["kind"] for p in b64.json()["predictions"]] == ["number", "not_a_digit", "digit"]

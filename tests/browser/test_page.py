@@ -6,6 +6,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -121,3 +122,26 @@ def test_page_controls_are_labelled_and_keyboard_reachable(page: Page) -> None:
     page.keyboard.press("Tab")
     focused = page.evaluate("document.activeElement.id")
     assert focused in {"clear", "upload", "api-key"}
+
+
+def test_page_upload_shows_not_a_digit_and_boxes_of_a_number(
+    page: Page, mnist_sample, tmp_path: Path
+) -> None:
+    images, labels = mnist_sample
+    from PIL import Image
+
+    row = np.full((130, 250), 255, np.uint8)  # two digits side by side, ink on paper
+    for i, x in enumerate((15, 135)):
+        up = np.asarray(Image.fromarray(images[20 + i]).resize((100, 100), Image.BICUBIC))
+        row[15:115, x : x + 100] = 255 - up
+    (tmp_path / "number.png").write_bytes(png_bytes(row))
+    (tmp_path / "blank.png").write_bytes(png_bytes(np.full((60, 60), 255, np.uint8)))
+    page.get_by_test_id("upload").set_input_files(
+        [str(tmp_path / "number.png"), str(tmp_path / "blank.png")]
+    )
+    answers = page.locator("#grid .result .digit")
+    expect(answers).to_have_count(2)
+    assert answers.all_inner_texts() == [f"{int(labels[20])}{int(labels[21])}", "not a digit"]
+    boxes = page.locator("#grid .result.number canvas.boxes")
+    expect(boxes).to_have_attribute("aria-label", "number.png with 2 digits boxed")
+    expect(page.locator("#grid .result.not_a_digit .reason")).to_contain_text("blank")

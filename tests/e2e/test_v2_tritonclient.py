@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import png_bytes
@@ -44,7 +47,7 @@ def test_v2_model_metadata_and_readiness(triton) -> None:
     meta = triton.get_model_metadata(MODEL)
     assert meta["name"] == MODEL
     assert meta["versions"] == ["1"]
-    assert {o["name"] for o in meta["outputs"]} == {"probabilities", "label"}
+    assert {o["name"] for o in meta["outputs"]} == {"probabilities", "label", "kind", "number"}
     assert triton.is_model_ready(MODEL)
     assert triton.is_model_ready(MODEL, "1")
     assert triton.get_model_metadata(MODEL, "1")["name"] == MODEL
@@ -193,3 +196,31 @@ def test_v2_malformed_binary_and_counts_are_400(server) -> None:
     r = httpx.post(url, content=b"{not json")
     assert r.status_code == 400
     assert set(r.json()) == {"error", "code"}
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_v2_image_kind_and_number_outputs(triton, mnist_sample, binary: bool) -> None:
+    images, labels = mnist_sample
+    row = np.full((120, 260), 255, np.uint8)  # two digits side by side, ink on paper
+    for i, x in enumerate((20, 150)):
+        row[20:110, x : x + 90] = 255 - np.asarray(
+            Image.fromarray(images[10 + i]).resize((90, 90), Image.BICUBIC)
+        )
+    files = [png_bytes(images[0]), png_bytes(row), png_bytes(np.zeros((28, 28), np.uint8))]
+    if not binary:  # JSON carries BYTES elements as base64 strings
+        files = [base64.b64encode(f) for f in files]
+    inp = httpclient.InferInput("image", [3], "BYTES")
+    inp.set_data_from_numpy(np.array(files, dtype=np.object_), binary_data=binary)
+    wanted = ["label", "kind", "number"]
+    outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in wanted]
+    result = triton.infer(MODEL, [inp], outputs=outputs)
+    kinds, numbers = (
+        [v.decode() if isinstance(v, bytes) else v for v in result.as_numpy(name)]
+        for name in ("kind", "number")
+    )
+    assert kinds == ["digit", "number", "not_a_digit"]
+    number = f"{int(labels[10])}{int(labels[11])}"
+    assert numbers == [str(int(labels[0])), number, ""]
+    np.testing.assert_array_equal(result.as_numpy("label"), [labels[0], -1, -1])
+    meta = triton.get_model_metadata(MODEL)
+    assert {"kind", "number"} <= {o["name"] for o in meta["outputs"]}

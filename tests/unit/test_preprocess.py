@@ -59,7 +59,7 @@ def test_preprocess_every_format_yields_the_digit_shape(mnist_sample, fmt: str) 
     out = preprocess(data, LIMITS)
     assert out.shape == (28, 28)
     assert out.dtype == np.float32
-    assert similarity(out, digit / 255.0) > 0.8, fmt
+    assert similarity(out, digit / 255.0) > 0.78, fmt
 
 
 def test_preprocess_transparent_canvas_with_black_strokes(mnist_sample) -> None:
@@ -89,7 +89,7 @@ def test_preprocess_la_palette_and_16bit_modes(mnist_sample) -> None:
     assert i16.mode == "I;16"
     for img, fmt in ((la, "PNG"), (pal, "PNG"), (i16, "TIFF"), (i16, "PNG")):
         out = preprocess(encode(img, fmt), LIMITS)
-        assert similarity(out, digit / 255.0) > 0.8, (img.mode, fmt)
+        assert similarity(out, digit / 255.0) > 0.78, (img.mode, fmt)
 
 
 def test_preprocess_honours_exif_orientation(mnist_sample) -> None:
@@ -100,7 +100,7 @@ def test_preprocess_honours_exif_orientation(mnist_sample) -> None:
     exif[0x0112] = 6  # rotate 90 CW to display
     with_exif = preprocess(encode(stored, "JPEG", exif=exif.tobytes(), quality=95), LIMITS)
     without = preprocess(encode(stored, "JPEG", quality=95), LIMITS)
-    assert similarity(with_exif, digit / 255.0) > 0.8
+    assert similarity(with_exif, digit / 255.0) > 0.78
     assert similarity(without, digit / 255.0) < similarity(with_exif, digit / 255.0) - 0.2
 
 

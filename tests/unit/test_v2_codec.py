@@ -98,8 +98,8 @@ def test_plan_refuses_unknown_or_repeated_outputs_and_bad_parameters() -> None:
     def plan(outputs: list[codec.Requested]) -> list[codec.OutputSpec]:
         return codec.plan_outputs(codec.V2Request([], outputs))
 
-    with pytest.raises(InvalidInput, match="unknown output 'kind'"):
-        plan([codec.Requested("kind")])
+    with pytest.raises(InvalidInput, match="unknown output 'colour'"):
+        plan([codec.Requested("colour")])
     with pytest.raises(InvalidInput, match="twice"):
         plan([codec.Requested("label"), codec.Requested("label")])
     with pytest.raises(InvalidInput, match="classification"):

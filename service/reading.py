@@ -1,0 +1,87 @@
+"""Reading: what one uploaded file says (a digit, a number, or not a digit), decided in one
+place from its scan and the model's probabilities for each of its glyphs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.preprocess import Glyph, Scan
+
+#: The model's class for "not a digit", when it has one (an 11-class model).
+NOT_A_DIGIT = 10
+
+
+@dataclass(frozen=True)
+class DigitRead:
+    """One digit of a number: what it is, how sure, and where."""
+
+    digit: int
+    confidence: float
+    box: tuple[int, int, int, int]
+    row: int
+    probabilities: list[float]
+    glyph: Glyph
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One file's answer. `digit` is set only for kind "digit", `number` for "number" (and
+    "digit"), `reason` only for "not_a_digit"."""
+
+    kind: str  # "digit", "number" or "not_a_digit"
+    digits: tuple[DigitRead, ...] = ()
+    reason: str | None = None
+
+    @property
+    def digit(self) -> int | None:
+        return self.digits[0].digit if self.kind == "digit" else None
+
+    @property
+    def confidence(self) -> float | None:
+        """The chance the whole answer is right: one digit's probability, or the product of
+        a number's (each digit must be right)."""
+        if not self.digits:
+            return None
+        product = 1.0
+        for d in self.digits:
+            product *= d.confidence
+        return product
+
+    @property
+    def number(self) -> str | None:
+        if not self.digits:
+            return None
+        text = ""
+        for i, d in enumerate(self.digits):
+            if i and d.row != self.digits[i - 1].row:
+                text += "\n"
+            text += str(d.digit)
+        return text
+
+
+def _rejected(row: list[float], reject_threshold: float | None) -> bool:
+    if len(row) <= NOT_A_DIGIT:
+        return False  # a 10-class model cannot say "not a digit"
+    if reject_threshold is not None:
+        return row[NOT_A_DIGIT] >= reject_threshold
+    return max(range(len(row)), key=row.__getitem__) == NOT_A_DIGIT
+
+
+def read(scan: Scan, rows: list[list[float]], reject_threshold: float | None = None) -> Reading:
+    """The reading of one file from its scan and one probability row per glyph.
+
+    Glyphs the model calls "not a digit" (a dash, a letter) drop out of a number; a file
+    left with no digit is "not_a_digit", with one it is a "digit", with more a "number".
+    """
+    if not scan.glyphs:
+        return Reading("not_a_digit", reason=scan.reason or "nothing to read")
+    digits = []
+    for glyph, row in zip(scan.glyphs, rows, strict=True):
+        if _rejected(row, reject_threshold):
+            continue
+        digit = max(range(10), key=row.__getitem__)  # first maximum, as torch.argmax
+        digits.append(DigitRead(digit, row[digit], glyph.box, glyph.row, row, glyph))
+    if not digits:
+        reason = "the model reads it as not a digit"
+        return Reading("not_a_digit", reason=reason)
+    return Reading("digit" if len(digits) == 1 else "number", tuple(digits))

@@ -1,0 +1,395 @@
+"""Find the digits in an ink mask: page structure (rulings, frames, cells, grid lines) taken
+out, ink components grouped into digits, digits into rows, touching digits split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+#: 8-connectivity: diagonal pixels of one stroke belong together.
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One digit's place in the mask: its box [x0, y0, x1, y1) and its own ink."""
+
+    box: tuple[int, int, int, int]
+    mask: np.ndarray  # bool, the box's shape: this digit's pixels only
+
+
+# ---------------------------------------------------------------- page structure
+
+
+def _runs(mask: np.ndarray, min_len: int, bridge: int = 0) -> np.ndarray:
+    """Pixels on horizontal runs of ink at least `min_len` long, counting runs split by gaps
+    of up to `bridge` pixels as one (a run-length pass, O(pixels))."""
+    h, w = mask.shape
+    padded = np.zeros((h, w + 2), dtype=np.int8)
+    padded[:, 1:-1] = mask
+    d = np.diff(padded, axis=1)
+    sr, sc = np.nonzero(d == 1)
+    _, ec = np.nonzero(d == -1)  # row-major order: the k-th end closes the k-th start
+    if sr.size == 0:
+        return np.zeros_like(mask)
+    # A new run begins at each row change or gap wider than `bridge`.
+    new = np.ones(sr.size, dtype=bool)
+    new[1:] = (sr[1:] != sr[:-1]) | (sc[1:] - ec[:-1] > bridge)
+    firsts = np.flatnonzero(new)
+    lasts = np.append(firsts[1:] - 1, sr.size - 1)
+    rows, starts, ends = sr[firsts], sc[firsts], ec[lasts]
+    long = (ends - starts) >= min_len
+    marks = np.zeros((h, w + 1), dtype=np.int32)
+    np.add.at(marks, (rows[long], starts[long]), 1)
+    np.add.at(marks, (rows[long], ends[long]), -1)
+    return (np.cumsum(marks, axis=1)[:, :w] > 0) & mask
+
+
+def _bands(lines: np.ndarray, thickest: float) -> list[tuple[int, int]]:
+    """Consecutive rows holding long runs, as [a, b) bands no thicker than `thickest`."""
+    has = lines.any(axis=1).astype(np.int8)
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], has, [0]))))
+    return [
+        (int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True) if b - a <= thickest
+    ]
+
+
+def _rulings(mask: np.ndarray) -> np.ndarray:
+    """Pixels of ruled-paper lines: thin bands of ink spanning the whole page.
+
+    Rulings repeat, so a direction counts only with two or more such bands (one long bar is
+    not enough: a 7 drawn edge to edge has one). Once a page is ruled, a single full-height
+    line across it (the margin) is page structure too.
+    """
+    found: dict[int, list[tuple[int, int]]] = {}
+    for axis in (1, 0):  # axis 1: bands of rows (horizontal lines); axis 0: columns
+        span = mask.mean(axis=axis) > 0.7
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], span.astype(np.int8), [0]))))
+        limit = max(2, round(0.02 * span.size))
+        found[axis] = [
+            (a, b) for a, b in zip(edges[::2], edges[1::2], strict=True) if b - a <= limit
+        ]
+    lines = np.zeros_like(mask)
+    if len(found[1]) < 2 and len(found[0]) < 2:
+        return lines
+    for a, b in found[1]:
+        lines[a:b, :] = mask[a:b, :]
+    for a, b in found[0]:
+        lines[:, a:b] = mask[:, a:b]
+    return lines
+
+
+Bands = list[tuple[int, int]]
+
+
+def _frame_lines(
+    mask: np.ndarray,
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]], np.ndarray]:
+    """Bands and pixels of straight lines long enough to be a frame, cell or grid.
+
+    A line counts when it is straight, thin and runs along 2/3 of the image. Lines are page
+    structure only in combinations a digit does not make: three or more (a frame, a grid),
+    or a horizontal and a vertical one both at the edges (the corner of a cell cut tight).
+    A single bar (a 7's top, a 1's base) or a bar with a stem (a 4) stays.
+    """
+    h, w = mask.shape
+    no_lines: tuple[Bands, Bands, np.ndarray] = ([], [], np.zeros_like(mask))
+    if mask.sum(axis=1).max() < 0.5 * w and mask.sum(axis=0).max() < 0.5 * h:
+        return no_lines  # no row or column holds enough ink for a line: skip the run pass
+    # Scanned lines are faint and broken: bridge gaps of a few pixels along each direction.
+    gap = max(1, round(0.03 * max(h, w)))
+    hl = _runs(mask, max(8, int(0.65 * w)), gap)
+    vl = _runs(mask.T, max(8, int(0.65 * h)), gap).T
+    hb = _bands(hl, max(2, 0.1 * h))
+    vb = _bands(vl.T, max(2, 0.1 * w))
+    lines = np.zeros_like(mask)
+    at_edge_h = [b for b in hb if b[0] < 0.15 * h or b[1] > 0.85 * h]
+    at_edge_v = [b for b in vb if b[0] < 0.15 * w or b[1] > 0.85 * w]
+    structure = (hb and vb and len(hb) + len(vb) >= 3) or len(hb) >= 3 or len(vb) >= 3
+    if not (structure or (at_edge_h and at_edge_v)):
+        return [], [], lines
+    for a, b in hb:
+        lines[a:b] |= hl[a:b]
+    for a, b in vb:
+        lines[:, a:b] |= vl[:, a:b]
+    return hb, vb, lines
+
+
+def remove_structure(mask: np.ndarray) -> np.ndarray:
+    """The mask without rulings, frames, cells and grid lines; strokes crossing them mended."""
+    out = mask & ~_rulings(mask)
+    hb, vb, lines = _frame_lines(out)
+    if not hb and not vb:
+        return out
+    kept = out & ~lines
+    h, w = mask.shape
+    # A stroke crossing a removed line continues on both sides of it: put its pixels back.
+    for a, b in hb:
+        cross = out[max(a - 2, 0)] & out[min(b + 1, h - 1)]
+        kept[a:b, cross] = out[a:b, cross]
+    for a, b in vb:
+        cross = out[:, max(a - 2, 0)] & out[:, min(b + 1, w - 1)]
+        kept[cross, a:b] = out[cross, a:b]
+    return kept
+
+
+def drop_frame_remnants(mask: np.ndarray, image: tuple[int, int, int, int]) -> np.ndarray:
+    """The mask without thin lines along the image's edges (what is left of a cell's frame,
+    too faint or cut to be found whole) when other sizeable ink remains: a lone 1 stays."""
+    labels, count = ndimage.label(mask, structure=_EIGHT)
+    if count < 2:
+        return mask
+    x0, y0, x1, y1 = image
+    zone_x, zone_y = 0.15 * (x1 - x0), 0.15 * (y1 - y0)
+    areas = np.bincount(labels.ravel())[1:]
+    remnant = np.zeros(count + 1, dtype=bool)
+    for i, (by, bx) in enumerate(ndimage.find_objects(labels)):
+        bh, bw = by.stop - by.start, bx.stop - bx.start
+        upright = bw <= 0.25 * bh and bh >= 0.5 * (y1 - y0)
+        lying = bh <= 0.25 * bw and bw >= 0.5 * (x1 - x0)
+        near_side = bx.start < x0 + zone_x or bx.stop > x1 - zone_x
+        near_top = by.start < y0 + zone_y or by.stop > y1 - zone_y
+        remnant[i + 1] = (upright and near_side) or (lying and near_top)
+    if not remnant.any() or areas[~remnant[1:]].sum() < 0.2 * areas.sum():
+        return mask
+    return mask & ~remnant[labels]
+
+
+# ---------------------------------------------------------------- one digit
+
+
+def select_digit(mask: np.ndarray) -> np.ndarray:
+    """Keep the largest ink component and sizeable ones near it; drop specks, far blobs and
+    page-edge lines. The reading of an image known to hold one digit."""
+    labels, count = ndimage.label(mask, structure=_EIGHT)
+    if count <= 1:
+        return mask
+    areas = np.bincount(labels.ravel())[1:]
+    boxes = ndimage.find_objects(labels)
+    _drop_edge_lines(areas, boxes, mask.shape)
+    order = np.argsort(areas)[::-1]
+    main = int(order[0])
+    y0, y1 = boxes[main][0].start, boxes[main][0].stop
+    x0, x1 = boxes[main][1].start, boxes[main][1].stop
+    keep = [main]
+    changed = True
+    while changed:
+        changed = False
+        margin = 0.35 * max(y1 - y0, x1 - x0)
+        for idx in order[1:]:
+            i = int(idx)
+            if i in keep or areas[i] < max(0.04 * areas[main], 2):
+                continue
+            by, bx = boxes[i]
+            if (
+                by.start < y1 + margin
+                and by.stop > y0 - margin
+                and bx.start < x1 + margin
+                and bx.stop > x0 - margin
+            ):
+                keep.append(i)
+                y0, y1 = min(y0, by.start), max(y1, by.stop)
+                x0, x1 = min(x0, bx.start), max(x1, bx.stop)
+                changed = True
+    return np.isin(labels, np.asarray(keep) + 1)
+
+
+def _drop_edge_lines(areas: np.ndarray, boxes: list, shape: tuple[int, ...]) -> None:
+    h, w = shape
+    for i, (by, bx) in enumerate(boxes):
+        bh, bw = by.stop - by.start, bx.stop - bx.start
+        # A margin line or a page edge: spans (almost) the whole image and is thin.
+        if (bh > 0.9 * h and bw < 0.05 * w) or (bw > 0.9 * w and bh < 0.05 * h):
+            areas[i] = 0
+
+
+# ---------------------------------------------------------------- several digits
+
+
+@dataclass
+class _Group:
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    ids: list[int]
+    area: int
+
+    @property
+    def h(self) -> int:
+        return self.y1 - self.y0
+
+    @property
+    def w(self) -> int:
+        return self.x1 - self.x0
+
+    def absorb(self, other: _Group) -> None:
+        self.x0, self.y0 = min(self.x0, other.x0), min(self.y0, other.y0)
+        self.x1, self.y1 = max(self.x1, other.x1), max(self.y1, other.y1)
+        self.ids += other.ids
+        self.area += other.area
+
+
+def find_digits(mask: np.ndarray, image: tuple[int, int, int, int]) -> list[list[Part]]:
+    """Rows (top to bottom) of digits (left to right) in an ink mask; [] when it has none.
+
+    Components stacked closely above one another are one digit (a 5's detached bar);
+    digits side by side with similar heights and modest gaps form a row; far blobs and
+    specks are dropped; a digit much wider than its row is tall is split at ink minima.
+    """
+    labels, count = ndimage.label(mask, structure=_EIGHT)
+    if count == 0:
+        return []
+    areas = np.bincount(labels.ravel())[1:]
+    boxes = ndimage.find_objects(labels)
+    _drop_edge_lines(areas, boxes, mask.shape)
+    if not areas.any():
+        return []
+    biggest = int(areas.max())
+    tallest = max(b[0].stop - b[0].start for b, a in zip(boxes, areas, strict=True) if a)
+    groups = [
+        _Group(bx.start, by.start, bx.stop, by.stop, [i + 1], int(areas[i]))
+        for i, (by, bx) in enumerate(boxes)
+        if areas[i] >= max(0.04 * biggest, 2) and (by.stop - by.start) >= 0.2 * tallest
+    ]
+    groups = _merge_stacked(groups)
+    big = max(g.h for g in groups)
+    groups = [g for g in groups if g.h >= 0.35 * big or g.area >= 0.25 * biggest]
+    if len(groups) > 1:
+        groups = _drop_cut_fragments(groups, image)
+    rows = _rows(groups)
+    rows = _keep_connected(rows)
+    parts: list[list[Part]] = []
+    total = sum(len(r) for r in rows)
+    for row in rows:
+        row_h = float(np.median([g.h for g in row]))
+        out: list[Part] = []
+        for g in row:
+            own = np.isin(labels[g.y0 : g.y1, g.x0 : g.x1], g.ids)
+            wide = 1.6 if total == 1 else 1.15
+            if g.w > wide * max(row_h, g.h):
+                out += _split(own, g, max(row_h, g.h))
+            else:
+                out.append(Part((g.x0, g.y0, g.x1, g.y1), own))
+        parts.append(out)
+    return parts
+
+
+def _drop_cut_fragments(groups: list[_Group], image: tuple[int, int, int, int]) -> list[_Group]:
+    """Drop what the crop cut: a thin line along an edge (the rest of a cell's frame), or a
+    neighbour's piece at the left or right edge, shorter than the digits inside."""
+    x0, y0, x1, y1 = image
+    edge = 0.03 * max(x1 - x0, y1 - y0) + 1
+    inside = [g for g in groups if g.x0 > x0 + edge and g.x1 < x1 - edge]
+    tallest_inside = max((g.h for g in inside), default=0)
+    kept = []
+    for g in groups:
+        at_side = g.x0 <= x0 + edge or g.x1 >= x1 - edge
+        at_top = g.y0 <= y0 + edge or g.y1 >= y1 - edge
+        thin_line = (at_side and g.w <= 0.25 * g.h and g.h >= 0.7 * (y1 - y0)) or (
+            at_top and g.h <= 0.25 * g.w and g.w >= 0.7 * (x1 - x0)
+        )
+        piece = at_side and g.h < 0.8 * tallest_inside
+        if not (thin_line or piece):
+            kept.append(g)
+    return kept or groups
+
+
+def _merge_stacked(groups: list[_Group]) -> list[_Group]:
+    """Merge pieces of one digit: stacked closely, or touching side by side while together
+    no wider than tall."""
+    merged = True
+    while merged:
+        merged = False
+        for i, a in enumerate(groups):
+            for b in groups[i + 1 :]:
+                overlap_x = min(a.x1, b.x1) - max(a.x0, b.x0)
+                gap_y = max(a.y0, b.y0) - min(a.y1, b.y1)
+                tall = max(a.h, b.h)
+                stacked = overlap_x >= 0.5 * min(a.w, b.w) and gap_y <= 0.25 * tall
+                touching = (
+                    overlap_x >= -0.03 * tall
+                    and gap_y < 0
+                    and max(a.x1, b.x1) - min(a.x0, b.x0) <= tall
+                )
+                if stacked or touching:
+                    a.absorb(b)
+                    groups.remove(b)
+                    merged = True
+                    break
+            if merged:
+                break
+    return groups
+
+
+def _rows(groups: list[_Group]) -> list[list[_Group]]:
+    rows: list[list[_Group]] = []
+    for g in sorted(groups, key=lambda g: (g.y0 + g.y1) / 2):
+        for row in rows:
+            top, bottom = min(r.y0 for r in row), max(r.y1 for r in row)
+            if min(bottom, g.y1) - max(top, g.y0) >= 0.4 * min(g.h, bottom - top):
+                row.append(g)
+                break
+        else:
+            rows.append([g])
+    return [sorted(row, key=lambda g: g.x0) for row in rows]
+
+
+def _keep_connected(rows: list[list[_Group]]) -> list[list[_Group]]:
+    """The main row's chain of close digits around its biggest, and rows close to it."""
+    chains = []
+    for row in rows:
+        row_h = max(float(np.median([g.h for g in row])), 1.0)
+        seed = max(range(len(row)), key=lambda i: row[i].area)
+        lo = hi = seed
+        while lo > 0 and row[lo].x0 - row[lo - 1].x1 <= 2.0 * row_h:
+            lo -= 1
+        while hi < len(row) - 1 and row[hi + 1].x0 - row[hi].x1 <= 2.0 * row_h:
+            hi += 1
+        chains.append(row[lo : hi + 1])
+    main = max(range(len(chains)), key=lambda i: sum(g.area for g in chains[i]))
+    main_h = float(np.median([g.h for g in chains[main]]))
+    kept = [chains[main]]
+    for step in (-1, 1):  # walk up, then down, while the rows stay close and alike
+        i = main
+        while 0 <= i + step < len(chains):
+            nxt, cur = chains[i + step], chains[i]
+            nxt_h = float(np.median([g.h for g in nxt]))
+            gap = (
+                min(g.y0 for g in cur) - max(g.y1 for g in nxt)
+                if step < 0
+                else min(g.y0 for g in nxt) - max(g.y1 for g in cur)
+            )
+            if nxt_h < 0.5 * main_h or nxt_h > 2 * main_h or gap > 1.5 * main_h:
+                break
+            kept.insert(0, nxt) if step < 0 else kept.append(nxt)
+            i += step
+    return kept
+
+
+def _split(own: np.ndarray, g: _Group, row_h: float) -> list[Part]:
+    """Cut touching digits at the columns with least ink near the even cuts."""
+    pieces = max(2, min(6, round(g.w / (0.7 * row_h))))
+    column = own.sum(axis=0)
+    cuts = [0]
+    for k in range(1, pieces):
+        centre = round(k * g.w / pieces)
+        reach = max(1, round(0.2 * g.w / pieces))
+        lo, hi = max(centre - reach, cuts[-1] + 1), min(centre + reach, g.w - 1)
+        if lo >= hi:
+            continue
+        cuts.append(lo + int(np.argmin(column[lo:hi])))
+    cuts.append(g.w)
+    parts = []
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        piece = own[:, a:b]
+        ys = np.flatnonzero(piece.any(axis=1))
+        if ys.size == 0:
+            continue
+        parts.append(
+            Part((g.x0 + a, g.y0 + int(ys[0]), g.x0 + b, g.y0 + int(ys[-1]) + 1),
+                 piece[ys[0] : ys[-1] + 1])
+        )  # fmt: skip
+    return parts

@@ -1,0 +1,247 @@
+"""Each failure mode of real uploads, on images built here: what `scan` finds in them."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from service.decode import ImageLimits
+from service.preprocess import read_gray, scan
+from tests.conftest import png_bytes
+
+LIMITS = ImageLimits()
+
+
+def paper_digit(digit: np.ndarray, size: int) -> np.ndarray:
+    """An MNIST digit as dark ink on white paper at `size` px, uint8."""
+    return 255 - np.asarray(Image.fromarray(digit).resize((size, size), Image.BICUBIC))
+
+
+def similarity(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-9))
+
+
+def only_glyph(gray: np.ndarray, one_digit: bool = True) -> np.ndarray:
+    found = read_gray(gray.astype(np.float32) / 255, one_digit)
+    assert len(found.glyphs) == 1, (found.reason, [g.box for g in found.glyphs])
+    return found.glyphs[0].pixels
+
+
+# ---------------------------------------------------------------- 1. 28x28 pass-through
+
+
+def test_scan_mnist_28x28_passes_through_untouched(mnist_sample) -> None:
+    for digit in mnist_sample[0][:50]:
+        (g,) = scan(png_bytes(digit), LIMITS).glyphs
+        np.testing.assert_array_equal(g.pixels, digit / np.float32(255))
+
+
+def test_scan_28x28_digit_filling_the_frame_on_grey_is_normalised(mnist_sample) -> None:
+    digit = mnist_sample[0][3]
+    ys, xs = np.nonzero(digit > 30)
+    tight = digit[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    filled = np.asarray(Image.fromarray(tight).resize((28, 28), Image.BICUBIC)).astype(float)
+    grey = (150 - filled * 0.5).clip(0, 255).astype(np.uint8)  # dark ink on grey paper
+    out = only_glyph(grey)
+    assert not np.array_equal(out, grey / 255)
+    assert out[:3].max() < 0.1, "refitted into the central box"
+    assert out[-3:].max() < 0.1, "refitted into the central box"
+    assert similarity(out, digit / 255) > 0.6
+
+
+# ---------------------------------------------------------------- 2. frames, cells, grids
+
+
+def boxed(digit: np.ndarray, line: int = 3, grid: bool = False) -> np.ndarray:
+    page = np.full((160, 160), 250, np.uint8)
+    page[30:130, 30:130] = paper_digit(digit, 100)
+    img = Image.fromarray(page)
+    draw = ImageDraw.Draw(img)
+    if grid:
+        for k in range(5, 160, 26):
+            draw.line([(k, 0), (k, 159)], fill=70, width=line)
+            draw.line([(0, k), (159, k)], fill=70, width=line)
+    else:
+        draw.rectangle([8, 8, 151, 151], outline=40, width=line)
+    return np.asarray(img)
+
+
+@pytest.mark.parametrize("grid", [False, True])
+def test_scan_removes_frames_and_grid_lines(mnist_sample, grid: bool) -> None:
+    digit = mnist_sample[0][2]  # a 1: a frame would make it a 0
+    plain = only_glyph(paper_digit(digit, 100))
+    out = only_glyph(boxed(digit, grid=grid))
+    assert similarity(out, plain) > 0.7  # a frame kept in the digit scores about 0.2
+
+
+def test_scan_cell_cut_tight_keeps_the_digit_not_the_border(mnist_sample) -> None:
+    digit = mnist_sample[0][0]
+    cell = boxed(digit)[6:154, 6:154]  # the frame's sides run along the image edges
+    assert similarity(only_glyph(cell), only_glyph(paper_digit(digit, 100))) > 0.75
+
+
+def test_scan_keeps_a_seven_bar_drawn_edge_to_edge() -> None:
+    img = Image.new("L", (100, 120), 255)
+    draw = ImageDraw.Draw(img)
+    draw.line([(0, 4), (99, 4)], fill=0, width=8)  # the bar touches both sides
+    draw.line([(99, 4), (40, 119)], fill=0, width=8)
+    out = only_glyph(np.asarray(img))
+    assert out[4:9].sum() > 5, "the bar is a stroke, not a page line"
+
+
+# ---------------------------------------------------------------- 3. transparent margin
+
+
+def test_scan_decides_polarity_on_an_opaque_card_in_a_transparent_margin(mnist_sample) -> None:
+    digit = mnist_sample[0][4]
+    rgba = np.zeros((200, 200, 4), np.uint8)  # transparent margin
+    rgba[40:160, 40:160, :3] = 30  # a dark opaque card
+    rgba[40:160, 40:160, 3] = 255
+    light = np.asarray(Image.fromarray(digit).resize((100, 100), Image.BICUBIC))
+    rgba[50:150, 50:150, :3] = np.maximum(30, light)[..., None]  # a light digit on it
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
+    (g,) = scan(buf.getvalue(), LIMITS, one_digit=True).glyphs
+    assert similarity(g.pixels, digit / 255) > 0.75
+
+
+# ---------------------------------------------------------------- 4. faint and thin strokes
+
+
+def test_scan_keeps_a_faint_stroke_attached(mnist_sample) -> None:
+    digit = mnist_sample[0][0].astype(np.float32)
+    page = paper_digit(digit.astype(np.uint8), 200).astype(np.float32)
+    faint = page.copy()
+    faint[100:] = 255 - (255 - faint[100:]) * 0.35  # the lower half written faintly
+    strong = only_glyph(page.astype(np.uint8))
+    out = only_glyph(faint.astype(np.uint8))
+    assert out[16:].sum() > 0.3 * strong[16:].sum(), "the faint half is kept"
+
+
+def test_scan_widens_one_pixel_lines_to_mnist_strokes() -> None:
+    img = Image.new("L", (300, 300), 255)
+    ImageDraw.Draw(img).ellipse([90, 40, 210, 260], outline=0, width=1)  # a 1-px 0
+    out = only_glyph(np.asarray(img))
+    row = out[14]
+    inked = np.flatnonzero(row > 0.5)
+    assert inked.size >= 4, row  # two strokes, each at least 2 px wide
+    assert float(out.max()) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- 5. digits touching edges
+
+
+@pytest.mark.parametrize("side", [8, 16])
+def test_scan_bitmaps_cut_tight_read_as_with_a_margin(mnist_sample, side: int) -> None:
+    digit = mnist_sample[0][1]
+    ys, xs = np.nonzero(digit > 30)
+    tight = digit[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+    bitmap = 255 - np.asarray(Image.fromarray(tight).resize((side, side), Image.BOX))
+    with_margin = np.pad(bitmap, side // 2, constant_values=255)
+    # Different sizes go through different enlargements: alike, not equal.
+    assert similarity(only_glyph(bitmap), only_glyph(with_margin)) > 0.75
+
+
+def test_scan_z_shaped_two_cut_tight_keeps_its_bars() -> None:
+    # Bars along the top and bottom edges: two full-width bands, once taken for rulings.
+    z = np.full((16, 16), 255, np.uint8)
+    z[0:2, :] = 0
+    z[14:16, :] = 0
+    for i in range(2, 14):
+        z[i, 15 - i : 17 - i] = 0
+    out = only_glyph(z)
+    rows = np.flatnonzero(out.max(axis=1) > 0.5)
+    assert out[rows[0]].sum() > 8, "top bar kept"
+    assert out[rows[-1]].sum() > 8, "bottom bar kept"
+
+
+# ---------------------------------------------------------------- nothing to read
+
+
+@pytest.mark.parametrize(
+    ("pixels", "reason"),
+    [
+        (np.full((28, 28), 255, np.uint8), "blank"),
+        (np.zeros((28, 28), np.uint8), "blank"),
+        (np.full((400, 300), 128, np.uint8), "blank"),
+        (np.random.default_rng(0).integers(0, 256, (200, 200)).astype(np.uint8), "noise"),
+        (np.random.default_rng(1).integers(0, 256, (28, 28)).astype(np.uint8), "noise"),
+    ],
+)
+def test_scan_nothing_to_read_says_why(pixels: np.ndarray, reason: str) -> None:
+    found = scan(png_bytes(pixels), LIMITS)
+    assert found.glyphs == ()
+    assert found.reason is not None
+    assert reason in found.reason or "texture" in found.reason or "specks" in found.reason
+
+
+def test_scan_non_finite_pixels_are_nothing_to_read() -> None:
+    gray = np.zeros((40, 40), np.float32)
+    gray[5, 5] = np.nan
+    found = read_gray(gray)
+    assert found.glyphs == ()
+    assert "non-finite" in (found.reason or "")
+
+
+def test_scan_a_speck_on_blank_paper_is_nearly_blank() -> None:
+    page = np.full((600, 600), 250, np.uint8)
+    page[300:302, 300:302] = 0
+    found = scan(png_bytes(page), LIMITS)
+    assert found.glyphs == ()
+
+
+# ---------------------------------------------------------------- whole numbers
+
+
+def number_page(digits: list[np.ndarray], rows: int = 1, touch: bool = False) -> np.ndarray:
+    per_row = len(digits) // rows
+    step = 60 if touch else 100
+    page = np.full((40 + rows * 110, 60 + per_row * step + 40), 255, np.uint8)
+    for i, d in enumerate(digits):
+        r, c = divmod(i, per_row)
+        y, x = 20 + r * 110, 30 + c * step
+        page[y : y + 100, x : x + 100] = np.minimum(page[y : y + 100, x : x + 100],
+                                                  paper_digit(d, 100))  # fmt: skip
+    return page
+
+
+def test_scan_rows_of_digits_in_reading_order_with_boxes(mnist_sample) -> None:
+    images, labels = mnist_sample
+    page = number_page(list(images[:6]), rows=2)
+    found = scan(png_bytes(page), LIMITS)
+    assert [g.row for g in found.glyphs] == [0, 0, 0, 1, 1, 1]
+    for i, g in enumerate(found.glyphs):
+        r, c = divmod(i, 3)
+        x0, y0, x1, y1 = g.box
+        assert 30 + c * 100 <= x0 < x1 <= 130 + c * 100, g.box
+        assert 20 + r * 110 <= y0 < y1 <= 120 + r * 110, g.box
+
+
+def test_scan_boxes_are_in_the_uploads_pixels_when_it_was_shrunk(mnist_sample) -> None:
+    images, _ = mnist_sample
+    page = number_page(list(images[:2]))
+    big = np.asarray(Image.fromarray(page).resize((page.shape[1] * 10, page.shape[0] * 10)))
+    small_boxes = [g.box for g in scan(png_bytes(page), LIMITS).glyphs]
+    big_boxes = [g.box for g in scan(png_bytes(big), LIMITS).glyphs]
+    assert len(big_boxes) == len(small_boxes) == 2
+    for s, b in zip(small_boxes, big_boxes, strict=True):
+        assert np.allclose(np.array(b) / 10, s, atol=3), (s, b)
+
+
+def test_scan_splits_touching_digits(mnist_sample) -> None:
+    images, labels = mnist_sample
+    # Two digits overlapping so their strokes join into one component.
+    page = np.full((140, 220), 255, np.uint8)
+    for x, d in ((20, images[0]), (90, images[2])):
+        page[20:120, x : x + 100] = np.minimum(page[20:120, x : x + 100], paper_digit(d, 100))
+    found = scan(png_bytes(page), LIMITS)
+    assert len(found.glyphs) == 2, [g.box for g in found.glyphs]
+
+
+def test_scan_one_digit_reads_a_row_as_one(mnist_sample) -> None:
+    page = number_page(list(mnist_sample[0][:3]))
+    assert len(scan(png_bytes(page), LIMITS, one_digit=True).glyphs) == 1
