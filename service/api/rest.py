@@ -23,7 +23,7 @@ from service.api.hot import HotRoute
 from service.config import Settings
 from service.dataplane import NamedFile
 from service.errors import InvalidInput, PayloadTooLarge
-from service.model import Classifier
+from service.model import Classifier, digit_probabilities
 from service.preprocess import to_png
 from service.schemas.rest import (
     ErrorResponse,
@@ -82,7 +82,8 @@ def render_predictions(
     top_k: int | None,
     pixels: np.ndarray | None,
 ) -> dict[str, Any]:
-    rows = probs.tolist()
+    # NOTE: until /v1 answers `kind`, an 11-class model is read as its ten digit classes.
+    rows = digit_probabilities(probs).tolist()
     predictions = []
     for i, (name, row) in enumerate(zip(filenames, rows, strict=True)):
         digit = max(range(len(row)), key=row.__getitem__)  # first maximum, as torch.argmax

@@ -23,7 +23,7 @@ from service.api.deps import DataPlaneDep, SettingsDep, cancelled_on_disconnect,
 from service.api.ops import readiness
 from service.dataplane import DataPlane, NamedFile
 from service.errors import InvalidInput, ModelNotFound, ModelNotReady, PayloadTooLarge
-from service.model import Classifier
+from service.model import Classifier, digit_probabilities
 from service.schemas.v2 import (
     InferenceErrorResponse,
     InferenceRequest,
@@ -364,6 +364,8 @@ def _flag(params: dict[str, Any] | None, key: str) -> bool:
 def _build_outputs(
     req: InferenceRequest, probs: torch.Tensor
 ) -> tuple[list[dict[str, Any]], list[bytes]]:
+    # The V2 outputs stay a plain ten-digit classifier whatever the model's class count.
+    probs = digit_probabilities(probs)
     n = int(probs.shape[0])
     default_binary = _flag(req.parameters, "binary_data_output")
     requested = req.outputs or [RequestOutput(name="probabilities"), RequestOutput(name="label")]
