@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from evaluation.uploads import KINDS, make_upload
 from tests.conftest import SHIPPED_MODELS, png_bytes
 from tests.e2e.server import ServerProcess, run_to_exit
-from training.uploads import KINDS, make_upload
 
 
 def test_e2e_realistic_uploads_of_every_kind_are_recognised(server, mnist_sample) -> None:
