@@ -87,7 +87,7 @@ def _model_metadata(clf: Classifier) -> dict[str, Any]:
         ],
         "outputs": [
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10],
-             "parameters": {"labels": card.output.labels}},
+             "parameters": {"labels": card.output.labels[:10]}},
             {"name": "label", "datatype": "INT64", "shape": [-1]},
         ],
     }  # fmt: skip
