@@ -4,6 +4,7 @@
     python -m bench --configs batching,no-batching,workers2 --duration 10
     python -m bench --soak 100000        # RSS at 10k and 100k requests
     python -m bench --configs workers2,workers2-no-inline --rounds 3   # interleaved, medians
+    python -m bench --configs batching,no-connection-limits --cells single:1,single:64 --rounds 3
 
 For each server configuration it starts `python -m service` on a free port, checks its
 answers digit by digit, then drives it with wrk (`apt-get install wrk`): single-image
@@ -25,7 +26,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,8 @@ CONFIGS: dict[str, list[str]] = {
     "workers2-no-inline": ["--workers", "2", "--no-inline-when-idle"],
     "no-inline": ["--no-inline-when-idle"],
     "batching-1thread": ["--torch-threads", "1"],
+    # uvicorn's plain httptools protocol: the baseline for service/protocol.py's cost.
+    "no-connection-limits": ["--no-connection-limits"],
 }
 CELLS = [("single", 1, 1), ("single", 1, 8), ("single", 1, 64), ("batch64", 64, 1),
          ("batch64", 64, 8)]  # fmt: skip
@@ -115,14 +120,15 @@ def run_wrk(url: str, images: Path, per: int, conc: int, duration: float) -> dic
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    lat = dict(re.findall(r"^\s+(50|99)(?:\.000)?%\s+(\S+)$", out, re.M))
+    lat = dict(re.findall(r"^\s+(50|99)(?:\.000)?%\s+(\S+)\s*$", out, re.M))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = int(non2xx.group(1)) if non2xx else 0
     if sock:
         errors += sum(int(g) for g in sock.groups())
     return {"rps": rps, "images_per_s": rps * per, "p50_ms": _ms(lat["50"]),
-            "p99_ms": _ms(lat["99"]), "errors": errors, "requests": total}  # fmt: skip
+            "p99_ms": _ms(lat["99"]), "errors": errors, "requests": total,
+            "non2xx": int(non2xx.group(1)) if non2xx else 0}  # fmt: skip
 
 
 def inprocess_ceiling(images: Path, model: dict[str, str], seconds: float = 5.0) -> float:
@@ -145,6 +151,84 @@ def inprocess_ceiling(images: Path, model: dict[str, str], seconds: float = 5.0)
         clf.predict_batch(pixels)
         done += len(files)
     return done / (time.perf_counter() - started)
+
+
+def _probe(url: str, stop: threading.Event, outcome: dict[str, int]) -> None:
+    """Kubelet-style probes: liveness and readiness every 0.5 s, 1 s timeout each."""
+    with httpx.Client(base_url=url, timeout=1.0) as c:
+        while not stop.is_set():
+            for path in ("/v2/health/live", "/v2/health/ready"):
+                try:
+                    ok = c.get(path).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                outcome["probes"] += 1
+                outcome["probe_failures"] += not ok
+            stop.wait(0.5)
+
+
+BASE_CLIENTS = 16
+
+
+def overload(
+    images: Path, env: dict[str, str], configs: list[str], duration: float, factor: int
+) -> list[dict[str, Any]]:
+    """Goodput of 64-image requests at `factor` times the clients that saturate the server.
+
+    Capacity is measured at BASE_CLIENTS (where 64-image requests saturate a small server);
+    the overload cell has `factor` times the clients. Goodput counts only 200 answers.
+    """
+    rows = []
+    for name in configs:
+        server = start_server(CONFIGS[name], env, images)
+        try:
+            run_wrk(server.url, images, 64, BASE_CLIENTS, 2.0)
+            cells = {}
+            for conc in (BASE_CLIENTS, BASE_CLIENTS * factor):
+                outcome = {"probes": 0, "probe_failures": 0}
+                stop = threading.Event()
+                prober = threading.Thread(target=_probe, args=(server.url, stop, outcome))
+                prober.start()
+                try:
+                    cell = run_wrk(server.url, images, 64, conc, duration)
+                finally:
+                    stop.set()
+                    prober.join()
+                good = cell["requests"] - cell["non2xx"]
+                cell.update(outcome, good_images_per_s=good * 64 / duration, concurrency=conc)
+                cells[conc] = cell
+            capacity, over = cells[BASE_CLIENTS], cells[BASE_CLIENTS * factor]
+            row = {
+                "config": name,
+                "capacity_images_per_s": capacity["good_images_per_s"],
+                "overload_concurrency": BASE_CLIENTS * factor,
+                "overload_good_images_per_s": over["good_images_per_s"],
+                "goodput_ratio": over["good_images_per_s"] / capacity["good_images_per_s"],
+                "overload_503": over["non2xx"],
+                "overload_p99_ms": over["p99_ms"],
+                "probe_failures": capacity["probe_failures"] + over["probe_failures"],
+                "probes": capacity["probes"] + over["probes"],
+                "retry_after": _retry_after_seen(server.url, images),
+            }
+            rows.append(row)
+            print(f"[{name}] overload x{factor}: capacity {row['capacity_images_per_s']:,.0f} "
+                  f"img/s, at c={row['overload_concurrency']} "
+                  f"{row['overload_good_images_per_s']:,.0f} img/s good "
+                  f"({row['goodput_ratio']:.0%}), {row['overload_503']} x 503, p99 "
+                  f"{row['overload_p99_ms']:.0f} ms, probes failed {row['probe_failures']} of "
+                  f"{row['probes']}", flush=True)  # fmt: skip
+        finally:
+            server.stop()
+    return rows
+
+
+def _retry_after_seen(url: str, images: Path) -> bool:
+    """Whether a 503 under a burst carries Retry-After (True when no 503 came at all)."""
+    files = [("files", (p.name, p.read_bytes(), "image/png")) for p in sorted(images.glob("*.png"))]
+    with httpx.Client(base_url=url, timeout=30) as c, ThreadPoolExecutor(64) as pool:
+        answers = list(pool.map(lambda _: c.post("/v1/predict", files=files[:64]), range(256)))
+    refused = [r for r in answers if r.status_code == 503]
+    return all("retry-after" in r.headers for r in refused)
 
 
 def soak(images: Path, target: int, env: dict[str, str]) -> dict[str, float]:
@@ -190,13 +274,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--rounds", type=int, default=1,
                    help="repeat every config, interleaved; cells report medians")  # fmt: skip
+    p.add_argument("--cells", default="",
+                   help="only these cells, e.g. single:1,single:64 (default: all)")  # fmt: skip
     p.add_argument("--soak", type=int, default=0, help="requests for the RSS soak (0 = skip)")
+    p.add_argument("--overload", type=int, default=0, metavar="FACTOR",
+                   help="overload row only: goodput at FACTOR x saturating clients")  # fmt: skip
     p.add_argument("--model-repository", default="", help="serve another repository")
     p.add_argument("--model-name", default="")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args(argv)
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
+    cells = [c for c in CELLS if not args.cells or f"{c[0]}:{c[2]}" in args.cells.split(",")]
+    if not cells:
+        p.error(f"--cells matches none of {[f'{w}:{c}' for w, _, c in CELLS]}")
     if not shutil.which("wrk"):
         print("wrk is missing: apt-get install wrk", file=sys.stderr)
         return 2
@@ -216,6 +307,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         images = Path(tmp)
         labels = write_images(images)
+        if args.overload:
+            results["overload"] = overload(
+                images, env, args.configs.split(","), args.duration, args.overload
+            )
+            args.out.mkdir(parents=True, exist_ok=True)
+            stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+            (args.out / f"{stamp}-overload.json").write_text(json.dumps(results, indent=2))
+            return 0
         ceiling = inprocess_ceiling(images, model)
         results["inprocess_ceiling_images_per_s"] = ceiling
         print(f"in-process ceiling (decode + forward, batch 64): {ceiling:,.0f} images/s")
@@ -228,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     wrong = verify(server.url, images, labels)
                     print(f"[{name}] verification: {wrong} wrong of {len(labels)}", flush=True)
-                    for workload, per, conc in CELLS:
+                    for workload, per, conc in cells:
                         run_wrk(server.url, images, per, conc, args.warmup)
                         cell = run_wrk(server.url, images, per, conc, args.duration)
                         cell.update(config=name, workload=workload, concurrency=conc, round=rnd,

@@ -37,10 +37,25 @@ _FLAGS: dict[str, dict[str, Any]] = {
     "torch_threads": {"type": int},
     "preprocess_threads": {"type": int},
     "drain_timeout_s": {"type": float},
+    "max_header_bytes": {"type": int},
+    "max_header_count": {"type": int},
+    "header_timeout_s": {"type": float},
+    "body_timeout_s": {"type": float},
+    "keep_alive_timeout_s": {"type": float},
+    "max_connections": {"type": int},
     "gil_switch_interval_ms": {"type": float},
     "log_level": {"choices": ["debug", "info", "warning", "error"]},
+    "log_queue_records": {"type": int},
 }
-_SWITCHES = ("batching", "inline_when_idle", "optimize", "log_json", "half_precision", "access_log")
+_SWITCHES = (
+    "batching",
+    "inline_when_idle",
+    "optimize",
+    "log_json",
+    "half_precision",
+    "access_log",
+    "connection_limits",
+)
 
 
 def parse_args(argv: list[str] | None) -> dict[str, Any]:
@@ -68,6 +83,34 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
+def uvicorn_options(settings: Settings, log_config: dict[str, Any]) -> dict[str, Any]:
+    """uvicorn.run keyword arguments shared by one and several workers."""
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": log_config,
+        "access_log": False,
+        "timeout_graceful_shutdown": settings.drain_timeout_s,
+        "server_header": False,
+        "timeout_keep_alive": settings.keep_alive_timeout_s,
+    }
+    if settings.connection_limits:
+        from service.protocol import ConnectionLimits, protocol_factory
+
+        limits = ConnectionLimits.from_settings(settings)
+        if limits.fd_limit is not None:
+            logging.getLogger("service").warning(
+                "max_connections %d lowered to %d: RLIMIT_NOFILE is %d (ulimit -n)",
+                settings.max_connections,
+                limits.max_connections,
+                limits.fd_limit,
+            )
+        options["http"] = protocol_factory(limits)
+    else:
+        options["http"] = "httptools"
+    return options
+
+
 def main(argv: list[str] | None = None) -> int:
     overrides = parse_args(argv)
     try:
@@ -85,16 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         settings.api_key_list()
     except OSError as exc:
         return _fail(f"cannot read API keys file: {exc}")
-    log_config = build_log_config(settings.log_level, settings.log_json)
+    log_config = build_log_config(
+        settings.log_level, settings.log_json, queue_records=settings.log_queue_records
+    )
     logging.config.dictConfig(log_config)
-    common: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_config": log_config,
-        "access_log": False,
-        "timeout_graceful_shutdown": settings.drain_timeout_s,
-        "server_header": False,
-    }
+    common = uvicorn_options(settings, log_config)
     # NOTE: uvicorn re-raises the signal that stopped it once it has drained, under the
     # handler that was installed before it started. A no-op handler there turns a graceful
     # SIGTERM into exit status 0, which is what orchestrators expect after a clean drain.
@@ -123,7 +161,19 @@ def main(argv: list[str] | None = None) -> int:
         return check.returncode
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mnist-metrics-")
-    uvicorn.run("service.app:create_app", factory=True, workers=settings.workers, **common)
+    from service.supervisor import Supervisor
+
+    # What uvicorn.run does for workers > 1, with our supervisor in place of uvicorn's.
+    # SIGHUP's rolling restart waits this long for each new worker to load and warm its
+    # model before giving up on it (uvicorn's 5 s is too short on a busy machine).
+    config = uvicorn.Config(
+        "service.app:create_app",
+        factory=True,
+        workers=settings.workers,
+        timeout_worker_healthcheck=60,
+        **common,
+    )
+    Supervisor(config, sockets=[config.bind_socket()]).run()
     return 0
 
 

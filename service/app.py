@@ -20,11 +20,13 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
 from service.api import ops, rest
+from service.api.guard import BodyBudget
 from service.api.hot import HotRoutes
 from service.batching import Batcher
 from service.config import Settings
 from service.dataplane import DataPlane, _warmup_sizes
 from service.errors import register_error_handlers
+from service.logging_config import flush_logs
 from service.metrics import Metrics
 from service.middleware import InFlight, RequestContextMiddleware
 from service.model import Classifier, resolve_device, resolve_version
@@ -118,6 +120,8 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
             app.state.dataplane = None
             sys.setswitchinterval(previous_interval)
             logger.info("stopped")
+            # A worker process ends by re-raising SIGTERM: write the queued lines first.
+            flush_logs()
 
     app = FastAPI(
         title="mnist-serving",
@@ -131,7 +135,9 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
     app.state.dataplane = None
     app.state.shutting_down = False
     app.state.api_keys = settings.api_key_list()
+    app.state.body_budget = BodyBudget(settings.max_inflight_body_mib << 20)
     register_error_handlers(app)
+    _document_body_models(app)
     app.include_router(ops.router)
     app.include_router(rest.router)
     from service.api import v2
@@ -166,6 +172,20 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
         in_flight=in_flight,
     )
     return app
+
+
+def _document_body_models(app: FastAPI) -> None:
+    """Routes that read their JSON body themselves still document its schema."""
+    from service.api.guard import add_body_schemas
+
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = add_body_schemas(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _install_sighup(loop: asyncio.AbstractEventLoop, app: FastAPI) -> bool:

@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -40,8 +41,55 @@ class _Item:
     future: asyncio.Future[tuple[torch.Tensor, Any]]
     enqueued_at: float
     deadline: float
+    client: Hashable = None
     counted: bool = True
-    done: bool = field(default=False)
+
+
+class _Lanes:
+    """One FIFO lane per client, served round-robin: a client that sends big requests back
+    to back cannot push everybody else's work behind its own."""
+
+    def __init__(self) -> None:
+        self._lanes: OrderedDict[Hashable, deque[_Item]] = OrderedDict()
+        self._nonempty = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._lanes)
+
+    def put(self, item: _Item) -> None:
+        lane = self._lanes.get(item.client)
+        if lane is None:
+            lane = self._lanes[item.client] = deque()
+        lane.append(item)
+        self._nonempty.set()
+
+    def put_back(self, item: _Item) -> None:
+        """Return an item taken too early: it goes first, its lane first."""
+        lane = self._lanes.get(item.client)
+        if lane is None:
+            lane = self._lanes[item.client] = deque()
+        lane.appendleft(item)
+        self._lanes.move_to_end(item.client, last=False)
+        self._nonempty.set()
+
+    def get_nowait(self) -> _Item | None:
+        if not self._lanes:
+            return None
+        client, lane = next(iter(self._lanes.items()))
+        item = lane.popleft()
+        if lane:
+            self._lanes.move_to_end(client)  # its next item waits for the other lanes' turn
+        else:
+            del self._lanes[client]
+        return item
+
+    async def get(self) -> _Item:
+        while not self._lanes:
+            self._nonempty.clear()
+            await self._nonempty.wait()
+        item = self.get_nowait()
+        assert item is not None
+        return item
 
 
 class Batcher:
@@ -77,13 +125,15 @@ class Batcher:
         self.enabled = enabled
         self.observer = observer
         self.alone = alone
-        self._queue: asyncio.Queue[_Item] | None = None
+        self._queue: _Lanes | None = None
         self._task: asyncio.Task[None] | None = None
         # NOTE: one thread serialises access to the device and keeps torch's own intra-op
         # pool as the only parallelism inside a forward pass.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._queued_images = 0
         self._incoming = 0
+        #: Images each client has announced or queued, for the per-client share.
+        self._by_client: Counter[Hashable] = Counter()
         self._arrived = asyncio.Event()
         self._accepting = False
         self._busy = False
@@ -93,7 +143,7 @@ class Batcher:
 
     async def start(self) -> None:
         # NOTE: the queue must be created inside the running loop it will be used from.
-        self._queue = asyncio.Queue()
+        self._queue = _Lanes()
         self._arrived = asyncio.Event()
         self._accepting = True
         self._task = asyncio.create_task(self._run(), name="batcher")
@@ -115,6 +165,28 @@ class Batcher:
     def queued_images(self) -> int:
         return self._queued_images
 
+    @property
+    def pending_images(self) -> int:
+        """Images announced (being decoded) or queued: what admission weighs."""
+        return self._queued_images + self._incoming
+
+    def check_capacity(self, client: Hashable = None) -> None:
+        """503 now, before a request's body is read, when the queue or this client's share
+        of it is already full: refusing must cost far less than the work it turns away."""
+        self._admit(1, client)
+
+    def _admit(self, images: int, client: Hashable) -> None:
+        if self.pending_images + images > self.max_queue_size:
+            raise Overloaded(
+                f"server is at capacity ({self.pending_images} images pending); retry shortly"
+            )
+        mine = self._by_client.get(client, 0)
+        if mine and mine + images > self.max_queue_size // 2:
+            raise Overloaded(
+                f"this client already has {mine} images pending; at most half the queue "
+                "per client while it has work"
+            )
+
     def stop_accepting(self) -> None:
         self._accepting = False
 
@@ -134,8 +206,7 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._task, timeout=1.0)
         if self._queue is not None:
-            while not self._queue.empty():
-                item = self._queue.get_nowait()
+            while (item := self._queue.get_nowait()) is not None:
                 if not item.future.done():
                     item.future.set_exception(ShuttingDown())
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -143,17 +214,36 @@ class Batcher:
     # -------------------------------------------------------------- clients
 
     @contextlib.contextmanager
-    def incoming(self, images: int = 1) -> Any:
-        """Announce work that is still being decoded, so a forming batch can wait for it."""
+    def incoming(self, images: int = 1, client: Hashable = None) -> Iterator[None]:
+        """Admit work that is about to be decoded (or refuse it with 503 before any decoding),
+        and announce it, so a forming batch can wait for it."""
+        if not self._accepting:
+            raise ShuttingDown()
+        self._admit(images, client)
         self._incoming += images
+        self._by_client[client] += images
         try:
             yield
         finally:
             self._incoming -= images
+            self._forget(client, images)
             self._arrived.set()
 
-    async def submit(self, pixels: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """Probabilities for `pixels` ([N,28,28] in [0,1]) and the model that produced them."""
+    def _forget(self, client: Hashable, images: int) -> None:
+        left = self._by_client[client] - images
+        if left > 0:
+            self._by_client[client] = left
+        else:
+            del self._by_client[client]
+
+    async def submit(
+        self, pixels: torch.Tensor, client: Hashable = None, admitted: bool = False
+    ) -> tuple[torch.Tensor, Any]:
+        """Probabilities for `pixels` ([N,28,28] in [0,1]) and the model that produced them.
+
+        `admitted`: the images were announced with `incoming` (which decided admission), so
+        they are not weighed again: refusing them now would waste their decoding.
+        """
         if not self._accepting:
             raise ShuttingDown()
         if not self.alive or self._queue is None:
@@ -161,10 +251,8 @@ class Batcher:
         n = int(pixels.shape[0])
         if n == 0:
             raise InferenceFailed("empty batch submitted")
-        if self._queued_images + n > self.max_queue_size:
-            raise Overloaded(
-                f"server is at capacity ({self._queued_images} images queued); retry shortly"
-            )
+        if not admitted:
+            self._admit(n, client)
         if n == 1 and await self._claim_inline():
             return self._forward_inline(pixels)
         loop = asyncio.get_running_loop()
@@ -173,10 +261,11 @@ class Batcher:
         chunks = torch.split(pixels, self.max_batch_size) if split else (pixels,)
         items = []
         for chunk in chunks:
-            item = _Item(chunk, loop.create_future(), now, now + self.request_timeout_s)
+            item = _Item(chunk, loop.create_future(), now, now + self.request_timeout_s, client)
             items.append(item)
-            self._queue.put_nowait(item)
+            self._queue.put(item)
             self._queued_images += int(chunk.shape[0])
+            self._by_client[client] += int(chunk.shape[0])
         self._arrived.set()
         # NOTE: a timer handle, not `asyncio.timeout`: that costs a Timeout object, a
         # reschedule and a cancellation check per request (~4 % of the event loop's time).
@@ -242,6 +331,7 @@ class Batcher:
         if item.counted:
             item.counted = False
             self._queued_images -= int(item.rows.shape[0])
+            self._forget(item.client, int(item.rows.shape[0]))
 
     async def _collect(self) -> list[_Item]:
         assert self._queue is not None
@@ -250,9 +340,8 @@ class Batcher:
         limit = self.max_batch_size if self.enabled else size
         started = time.monotonic()
         while size < limit:
-            try:
-                item = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
+            item = self._queue.get_nowait()
+            if item is None:
                 # Wait only for work we know is coming: never when the model would sit idle.
                 remaining = started + self.max_batch_wait_s - time.monotonic()
                 if self._incoming <= 0 or remaining <= 0:
@@ -263,8 +352,7 @@ class Batcher:
                 continue
             rows = int(item.rows.shape[0])
             if size + rows > limit:
-                # Keep it for the next batch; the queue is FIFO so put it back at the front.
-                self._queue._queue.appendleft(item)  # type: ignore[attr-defined]
+                self._queue.put_back(item)  # first in the next batch
                 break
             batch.append(item)
             size += rows
@@ -320,13 +408,3 @@ def _checked_forward(model: Predictor, x: torch.Tensor) -> torch.Tensor:
     if out.shape[0] != x.shape[0]:
         raise RuntimeError(f"model returned {out.shape[0]} rows for {x.shape[0]}")
     return out
-
-
-def make_predictor(fn: Callable[[torch.Tensor], torch.Tensor]) -> Predictor:
-    """Wrap a plain function as a Predictor (tests, benchmarks)."""
-
-    class _Fn:
-        def predict_batch(self, pixels: torch.Tensor) -> torch.Tensor:
-            return fn(pixels)
-
-    return _Fn()

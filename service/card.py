@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+logger = logging.getLogger(__name__)
+
 CARD_FILE = "card.json"
+#: A version folder's name: ASCII digits only (str.isdigit() also accepts "²", which int()
+#: refuses), and short enough to stay a sane number and path component.
+_VERSION = re.compile(r"[0-9]{1,18}")
 MODEL_FILE = "model.pt"
 LABELS = [str(d) for d in range(10)]
 #: The optional 11th output class (index 10) of a model that can answer "not a digit".
@@ -130,7 +137,9 @@ class ModelCard(BaseModel):
             raw = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError as exc:
             raise CardError(f"model card not found: {path}") from exc
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
+            raise CardError(f"cannot read model card {path}: {exc.strerror or exc}") from exc
+        except (ValueError, RecursionError) as exc:
             raise CardError(f"model card {path} is not valid JSON: {exc}") from exc
         try:
             return cls.model_validate(raw)
@@ -149,7 +158,10 @@ class ModelCard(BaseModel):
         model_path = Path(version_dir) / MODEL_FILE
         if not model_path.is_file():
             raise CardError(f"model file not found: {model_path}")
-        digest = sha256_file(model_path)
+        try:
+            digest = sha256_file(model_path)
+        except OSError as exc:
+            raise CardError(f"cannot read model file {model_path}: {exc.strerror or exc}") from exc
         if digest != self.sha256:
             raise CardError(
                 f"checksum mismatch for {model_path}: card says {self.sha256[:12]}..., "
@@ -166,11 +178,31 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def is_version(name: str) -> bool:
+    """True for a well-formed version name (1 to 18 ASCII digits)."""
+    return _VERSION.fullmatch(name) is not None
+
+
 def list_versions(repository: Path, name: str) -> list[int]:
-    """Numeric version folders of a model that hold a card, oldest first."""
+    """Version folders of a model that hold a card, oldest first.
+
+    Names that are not ASCII numbers are ignored and unreadable folders skipped with a
+    warning; a model folder that cannot be listed raises CardError.
+    """
     root = Path(repository) / name
-    if not root.is_dir():
-        return []
-    return sorted(
-        int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / CARD_FILE).is_file()
-    )
+    try:
+        if not root.is_dir():
+            return []
+        entries = list(root.iterdir())
+    except OSError as exc:
+        raise CardError(f"cannot list model folder {root}: {exc.strerror or exc}") from exc
+    found = []
+    for folder in entries:
+        if not is_version(folder.name):
+            continue
+        try:
+            if (folder / CARD_FILE).is_file():
+                found.append(int(folder.name))
+        except OSError as exc:  # e.g. a version folder without search permission
+            logger.warning("skipping version folder %s: %s", folder, exc.strerror or exc)
+    return sorted(found)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -9,7 +10,14 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def decode_cost_mib(pixels: int) -> int:
+    from service.decode import decode_cost
+
+    return -(-decode_cost(pixels, 1) // (1 << 20))
+
+
 def _default_repository() -> Path:
+    """`models/` of the checkout, else `./models`"""
     # The shipped models/ beside the package in a checkout; the working directory otherwise.
     checkout = Path(__file__).resolve().parent.parent / "models"
     return checkout if checkout.is_dir() else Path("models")
@@ -61,14 +69,70 @@ class Settings(BaseSettings):
     max_files: int = Field(64, ge=1, description="Images per request.")
     max_file_bytes: int = Field(10 * 1024 * 1024, ge=1, description="Bytes per image file.")
     max_request_bytes: int = Field(50 * 1024 * 1024, ge=1, description="Bytes per request body.")
-    max_image_pixels: int = Field(40_000_000, ge=1, description="Pixels per image (w x h).")
+    max_inflight_body_mib: int = Field(
+        256,
+        ge=1,
+        description="Request bodies a worker holds at once (declared sizes, from the first "
+        "byte until the answer); past it new uploads get 503. A request alone always passes.",
+    )
+    max_image_pixels: int = Field(
+        16_000_000,
+        ge=1,
+        description="Pixels decoded per image (w x h; for JPEG after libjpeg's reduced-scale "
+        "decoding, so bigger phone photos fit).",
+    )
+    max_image_aspect: float = Field(
+        32.0, ge=1, description="Longest over shortest side, for images over 1024 px."
+    )
+    decode_memory_mib: int = Field(
+        320,
+        ge=16,
+        description="Memory the images being decoded may hold at once, per worker; a decode "
+        "waits for room, an image that could never fit is refused (413).",
+    )
     max_image_frames: int = Field(100, ge=1, description="Frames in an animated image.")
+
+    connection_limits: bool = Field(
+        True,
+        description="Enforce the header, body and connection limits below (service/protocol.py); "
+        "off = uvicorn's plain httptools protocol.",
+    )
+    max_header_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Request line and header bytes per request; beyond it 431 (414 for the URL).",
+    )
+    max_header_count: int = Field(
+        100, ge=1, le=10_000, description="Header fields per request; beyond it 431."
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="From connection open (or a request's first byte) to the end of its "
+        "headers; then 408, or a silent close if nothing came.",
+    )
+    body_timeout_s: float = Field(
+        20.0, gt=0, description="Longest pause between request body bytes; then 408."
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, description="Idle keep-alive connections are closed after this."
+    )
+    max_connections: int = Field(
+        2048,
+        ge=1,
+        description="Open connections per worker, lowered to fit RLIMIT_NOFILE; beyond it "
+        "503 and close.",
+    )
 
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="debug, info, warning or error."
     )
     log_json: bool = Field(False, description="One JSON object per log line.")
     access_log: bool = Field(True, description="One log line per request.")
+    log_queue_records: int = Field(
+        10_000, ge=1, description="Log records waiting for a slow log reader; beyond it dropped."
+    )
     api_keys: str = Field("", description="Comma-separated API keys, or @/path/to/file.")
     admin_key: str = Field("", description="Enables /admin routes when set.")
     cors_origins: str = Field("", description="Comma-separated allowed origins; off when empty.")
@@ -89,19 +153,94 @@ class Settings(BaseSettings):
             return value
         raise ValueError("device must be auto, cpu, cuda or cuda:N")
 
+    @field_validator("api_keys")
+    @classmethod
+    def _some_key_when_set(cls, value: str) -> str:
+        # Fail closed: a value that parses to no key would silently turn authentication off.
+        if value:
+            try:
+                keys = _parse_api_keys(value)
+            except OSError as exc:
+                raise ValueError(f"cannot read the API keys file: {exc}") from exc
+            if not keys:
+                raise ValueError("set but holds no key; leave it empty to turn API keys off")
+        return value
+
+    @field_validator("admin_key")
+    @classmethod
+    def _admin_key_not_blank(cls, value: str) -> str:
+        if value and not value.strip():
+            raise ValueError("is whitespace only; leave it empty to turn /admin off")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.max_batch_wait_ms / 1000 >= self.request_timeout_s:
             raise ValueError("max_batch_wait_ms must be shorter than request_timeout_s")
         if self.max_file_bytes > self.max_request_bytes:
             raise ValueError("max_file_bytes cannot exceed max_request_bytes")
+        if decode_cost_mib(self.max_image_pixels) > self.decode_memory_mib:
+            raise ValueError(
+                f"decode_memory_mib must be at least {decode_cost_mib(self.max_image_pixels)} "
+                "for images of max_image_pixels"
+            )
         if self.max_batch_size > self.max_queue_size:
             raise ValueError("max_queue_size must be at least max_batch_size")
         return self
 
     def api_key_list(self) -> list[str]:
         """Keys from the comma list or, with a leading @, from a file (one per line)."""
-        raw = self.api_keys.strip()
-        if raw.startswith("@"):
-            raw = Path(raw[1:]).read_text(encoding="utf-8").replace("\n", ",")
-        return [k.strip() for k in raw.split(",") if k.strip()]
+        return _parse_api_keys(self.api_keys)
+
+
+def _parse_api_keys(value: str) -> list[str]:
+    raw = value.strip()
+    if raw.startswith("@"):
+        raw = Path(raw[1:]).read_text(encoding="utf-8").replace("\n", ",")
+    return [k.strip() for k in raw.split(",") if k.strip()]
+
+
+_DOC_HEAD = """\
+# Configuration
+
+Every setting is a field of `service.config.Settings` (pydantic-settings). A value comes, from
+highest to lowest priority, from a flag of `python -m service` where the setting has one
+(`--max-batch-size 32`; yes/no settings as `--batching` / `--no-batching`; `--help` lists
+them), the environment variable in the table, a `.env` file in the working directory, or the
+default. An invalid value or an inconsistent combination stops the server at start-up with
+one line naming the setting. [limits.md](limits.md) explains each limit: what it protects,
+why its default, and what a client sees.
+
+Generated from `Settings` by `python -m service.config > docs/configuration.md`; a test
+fails when this file and the code disagree.
+
+| setting | env var | default | meaning |
+|---|---|---|---|
+"""
+
+
+def _shown_default(name: str) -> str:
+    field = Settings.model_fields[name]
+    if field.default_factory is not None:
+        return (field.default_factory.__doc__ or "computed").strip()
+    value = field.default
+    if value is None:
+        return "unset"
+    if value == "":
+        return "(empty)"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    return f"`{value}`"
+
+
+def configuration_markdown() -> str:
+    """docs/configuration.md: how settings are read, and one table row per Settings field."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        meaning = (field.description or "").replace("|", r"\|")  # a pipe would split the cell
+        rows.append(f"| `{name}` | `MNIST_{name.upper()}` | {_shown_default(name)} | {meaning} |")
+    return _DOC_HEAD + "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(configuration_markdown())

@@ -8,8 +8,11 @@ with the model version that produced them. It also owns hot reload.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import threading
 import time
+from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,19 +22,15 @@ import numpy as np
 import torch
 
 from service.batching import Batcher
-from service.card import list_versions
+from service.card import CardError, ModelCard, list_versions
 from service.config import Settings
+from service.decode import DecodeBudget, ImageLimits, cheap_to_decode
 from service.errors import InvalidImage, ServiceError
 from service.metrics import Metrics
 from service.model import Classifier, ModelLoadError, resolve_version
-from service.preprocess import ImageLimits, preprocess
+from service.preprocess import preprocess
 
 logger = logging.getLogger(__name__)
-
-#: A lone file this small is decoded on the event loop: the thread hop costs more than the
-#: decode (~50 us). Measured with wrk on 28x28 PNGs, one worker: c=1 p50 2.47 -> 2.16 ms,
-#: c=64 1,190 -> 1,870 req/s. Anything larger, or several files, goes to the thread pool.
-_INLINE_BYTES = 4096
 
 
 @dataclass
@@ -59,7 +58,11 @@ class DataPlane:
         self.limits = ImageLimits(
             max_bytes=settings.max_file_bytes,
             max_pixels=settings.max_image_pixels,
+            max_aspect=settings.max_image_aspect,
             max_frames=settings.max_image_frames,
+        )
+        self.decode_budget = DecodeBudget(
+            settings.decode_memory_mib << 20, wait_s=settings.request_timeout_s
         )
         self._pool = ThreadPoolExecutor(
             max_workers=settings.preprocess_threads, thread_name_prefix="preprocess"
@@ -84,69 +87,109 @@ class DataPlane:
 
     # ---------------------------------------------------------------- images
 
-    def _decode_one(self, data: bytes) -> np.ndarray | BaseException:
+    def _decode_one(self, data: bytes) -> np.ndarray | ServiceError:
         try:
-            return preprocess(data, self.limits)
-        except Exception as exc:  # returned, not raised: one bad file must not hide the rest
-            return exc
+            return preprocess(data, self.limits, self.decode_budget)
+        except ServiceError as exc:  # returned, not raised: one bad file must not hide the rest
+            return _detached(exc)
+        except Exception as exc:
+            # An unexpected decoder failure is still the file's fault, not the server's.
+            logger.warning("unexpected error decoding a file", exc_info=exc)
+            return InvalidImage("the image could not be decoded")
 
-    def _decode_many(self, blobs: list[bytes]) -> list[np.ndarray | BaseException]:
-        return [self._decode_one(b) for b in blobs]
+    def _decode_many(
+        self, blobs: list[bytes], abandoned: threading.Event
+    ) -> list[np.ndarray | ServiceError]:
+        out: list[np.ndarray | ServiceError] = []
+        for data in blobs:
+            if abandoned.is_set():
+                break  # the request was cancelled (client gone, deadline): stop spending CPU
+            out.append(self._decode_one(data))
+        return out
 
     async def decode_images(self, files: list[NamedFile]) -> np.ndarray:
         """[N,28,28] float32 pixels, or one ServiceError naming every file that failed."""
-        outcomes: list[np.ndarray | BaseException]
-        if len(files) == 1 and len(files[0].data) <= _INLINE_BYTES:
+        outcomes: list[np.ndarray | ServiceError]
+        if len(files) == 1 and cheap_to_decode(files[0].data):
+            # NOTE: the thread hop costs more than decoding a small plain PNG; the header,
+            # not the byte count, says it is small (see docs/decisions.md).
             outcomes = [self._decode_one(files[0].data)]
         else:
             # One pool task per thread, each decoding a contiguous slice of the files: a task
-            # per file cost ~40 us of scheduling each (64-file requests, measured).
+            # per file costs more in scheduling than a small file's decode.
             loop = asyncio.get_running_loop()
             n = min(len(files), self.settings.preprocess_threads)
             bounds = [len(files) * i // n for i in range(n + 1)]
             chunks = [[f.data for f in files[bounds[i] : bounds[i + 1]]] for i in range(n)]
-            parts = await asyncio.gather(
-                *(loop.run_in_executor(self._pool, self._decode_many, c) for c in chunks)
-            )
+            abandoned = threading.Event()
+            try:
+                parts = await asyncio.gather(
+                    *(
+                        loop.run_in_executor(self._pool, self._decode_many, c, abandoned)
+                        for c in chunks
+                    )
+                )
+            finally:
+                abandoned.set()  # a no-op when all is done; stops the threads when cancelled
             outcomes = [o for part in parts for o in part]
-        failures = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, BaseException)]
-        if failures:
-            raise _combine(files, failures)
+            del chunks, parts
+        if any(isinstance(o, ServiceError) for o in outcomes):
+            error = _combine(files, outcomes)
+            del outcomes
+            try:
+                raise error
+            finally:
+                # NOTE: the traceback keeps this frame alive; without the error in its
+                # locals there is no reference cycle, so the upload's bytes are freed by
+                # reference counting as soon as the response is sent, not by a later GC.
+                del error
         if len(outcomes) == 1:
             return outcomes[0][None]  # type: ignore[index]  # a view: np.stack copies
         return np.stack(outcomes)  # type: ignore[arg-type]
 
     # ---------------------------------------------------------------- inference
 
-    async def infer(self, pixels: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, Classifier]:
-        """Probabilities [N,10] for [N,28,28] pixels in [0,1], through the batcher."""
+    async def infer(
+        self, pixels: np.ndarray | torch.Tensor, client: Hashable = None, admitted: bool = False
+    ) -> tuple[torch.Tensor, Classifier]:
+        """Probabilities [N,10] for [N,28,28] pixels in [0,1], through the batcher.
+
+        `client` keys the batcher's fair share and round-robin lanes.
+        """
         tensor = torch.as_tensor(pixels, dtype=torch.float32)
-        probs, model = await self.batcher.submit(tensor)
+        probs, model = await self.batcher.submit(tensor, client, admitted)
         if self.metrics is not None:
             self.metrics.images.labels(model.name, model.version).inc(len(probs))
         return probs, model
 
-    async def predict_files(self, files: list[NamedFile]) -> tuple[np.ndarray, torch.Tensor, Any]:
+    async def predict_files(
+        self, files: list[NamedFile], client: Hashable = None
+    ) -> tuple[np.ndarray, torch.Tensor, Any]:
         started = time.perf_counter()
-        with self.batcher.incoming(len(files)):
+        # Admission (or a 503) before any decoding: refused work must cost almost nothing.
+        with self.batcher.incoming(len(files), client):
             pixels = await self.decode_images(files)
         if self.metrics is not None:
             self.metrics.preprocess_latency.observe(time.perf_counter() - started)
-        probs, model = await self.infer(pixels)
+        probs, model = await self.infer(pixels, client, admitted=True)
         return pixels, probs, model
 
     # ---------------------------------------------------------------- versions
 
     def available_versions(self) -> list[str]:
-        return [
-            str(v) for v in list_versions(self.settings.model_repository, self.settings.model_name)
-        ]
+        try:
+            versions = list_versions(self.settings.model_repository, self.settings.model_name)
+        except CardError as exc:
+            logger.warning("cannot list model versions: %s", exc)
+            return []
+        return [str(v) for v in versions]
 
     async def reload(self, version: str | None = None) -> Classifier:
         """Load and warm a version beside the current one, then switch atomically.
 
         In-flight batches finish on the old model; a version that fails to load, verify or
-        warm up is refused and the current one keeps serving.
+        warm up is refused and the current one keeps serving. The version already served
+        (same card sha256) is not loaded again: the current classifier is returned.
         """
         async with self._reload_lock:
             current = self.classifier
@@ -155,22 +198,41 @@ class DataPlane:
                     self.settings.model_repository, self.settings.model_name, version
                 )
                 loop = asyncio.get_running_loop()
-                new = await loop.run_in_executor(
-                    None,
-                    lambda: Classifier.load(
-                        folder,
-                        current.device,
-                        half=self.settings.half_precision,
-                        optimize=self.settings.optimize,
-                        warmup_batch_sizes=_warmup_sizes(self.settings),
-                    ),
-                )
+                new = await loop.run_in_executor(None, self._load_unless_served, folder, current)
             except ModelLoadError as exc:
                 logger.warning("reload refused, still serving v%s: %s", current.version, exc)
                 raise ReloadRefused(f"reload refused: {exc}") from exc
+            if new is current:
+                logger.info("reload: already serving %s v%s", new.name, new.version)
+                return current
             self.classifier = new
             logger.info("now serving %s v%s (was v%s)", new.name, new.version, current.version)
             return new
+
+    def _load_unless_served(self, folder: Path, current: Classifier) -> Classifier:
+        try:
+            card = ModelCard.read(folder)
+        except CardError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        # The same card (version and checksum) is the same model: loading it again would
+        # cost a load, a freeze and a warm-up for nothing.
+        if (card.name, card.version, card.sha256) == (
+            current.name, current.version, current.card.sha256,
+        ):  # fmt: skip
+            return current
+        new = Classifier.load(
+            folder,
+            current.device,
+            half=self.settings.half_precision,
+            optimize=self.settings.optimize,
+            warmup_batch_sizes=_warmup_sizes(self.settings),
+        )
+        # NOTE: the intermediate script modules of a load (as loaded, frozen, optimised) sit
+        # in reference cycles inside torch.jit, holding weights and graphs. The tuned GC
+        # (gc.freeze, high thresholds) seldom runs the full collection that frees them, so
+        # free them now: the reload leak measured in docs/operations.md.
+        gc.collect()
+        return new
 
 
 def _warmup_sizes(settings: Settings) -> tuple[int, ...]:
@@ -180,17 +242,21 @@ def _warmup_sizes(settings: Settings) -> tuple[int, ...]:
     return tuple(sorted(sizes))
 
 
-def _combine(files: list[NamedFile], failures: list[tuple[int, BaseException]]) -> ServiceError:
+def _detached(exc: ServiceError) -> ServiceError:
+    """The error without its traceback and causes, which hold the decoder's frames and with
+    them full-size pixel arrays for as long as the error lives."""
+    exc.__traceback__ = None
+    exc.__cause__ = None
+    exc.__context__ = None
+    return exc
+
+
+def _combine(files: list[NamedFile], outcomes: list[np.ndarray | ServiceError]) -> ServiceError:
+    failures = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, ServiceError)]
     details = []
-    first: ServiceError | None = None
     for index, exc in failures:
-        if not isinstance(exc, ServiceError):
-            # An unexpected decoder failure is still the file's fault, not the server's.
-            logger.warning("unexpected error decoding file %d", index, exc_info=exc)
-            exc = InvalidImage("the image could not be decoded")
-        first = first or exc
         details.append({"index": index, "filename": files[index].filename, "error": exc.message})
-    assert first is not None
+    first = failures[0][1]
     if len(files) == 1:
         return first
     error = type(first)(

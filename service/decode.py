@@ -3,14 +3,17 @@ before any pixel is decoded, and a grayscale float32 array out."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pyspng
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from service.errors import InvalidImage, Overloaded, PayloadTooLarge, UnsupportedMediaType
 
 #: Formats accepted from clients (Pillow's JPEG reader also opens phones' MPO files).
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
@@ -27,12 +30,91 @@ Image.MAX_IMAGE_PIXELS = None
 @dataclass(frozen=True)
 class ImageLimits:
     max_bytes: int = 10 * 1024 * 1024
-    max_pixels: int = 40_000_000
+    #: Pixels decoded per image: the header's for most formats, the reduced size for JPEG
+    #: (libjpeg decodes at 1/2, 1/4 or 1/8 scale, so big phone photos stay cheap).
+    max_pixels: int = 16_000_000
+    #: Longest side over shortest side, for images longer than WORK_SIDE; a row of
+    #: digits is far below it.
+    max_aspect: float = 32.0
     max_frames: int = 100
 
 
+#: Bytes per pixel while a file is decoded and reduced: Pillow's pixels (4 bytes for
+#: RGB), a decoder's own buffer (WebP, PNG rows) and one converted copy.
+_DECODE_BYTES_PER_PIXEL = 16
+#: Bytes per pixel of the reduced working copy's float32 arrays, through normalisation.
+_WORK_BYTES_PER_PIXEL = 48
+
+
+def decode_cost(width: int, height: int) -> int:
+    """Upper bound of the memory (bytes) that decoding a width x height image takes."""
+    pixels = width * height
+    return pixels * _DECODE_BYTES_PER_PIXEL + min(pixels, WORK_SIDE**2) * _WORK_BYTES_PER_PIXEL
+
+
+class DecodeBudget:
+    """Memory that decodes in flight may hold at once, shared by a worker's decode threads.
+
+    A decode reserves its `decode_cost` before any pixel is decoded and waits while others
+    hold the budget, so a burst of big images queues instead of multiplying the peak.
+    """
+
+    def __init__(self, total_bytes: int, wait_s: float = 10.0) -> None:
+        self.total = total_bytes
+        self.wait_s = wait_s
+        self._used = 0
+        self._cond = threading.Condition()
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+    @contextlib.contextmanager
+    def reserve(self, nbytes: int) -> Iterator[None]:
+        if nbytes > self.total:
+            raise PayloadTooLarge(
+                f"image needs {nbytes >> 20} MiB to decode; the limit is {self.total >> 20} MiB"
+            )
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._used + nbytes <= self.total, self.wait_s):
+                raise Overloaded("too many large images are being decoded; retry shortly")
+            self._used += nbytes
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._used -= nbytes
+                self._cond.notify_all()
+
+
+_UNLIMITED = DecodeBudget(1 << 62)
+
+
+def decode_gray(data: bytes, limits: ImageLimits, budget: DecodeBudget = _UNLIMITED) -> np.ndarray:
+    """Image file bytes -> grayscale float32 in [0, 1], at most WORK_SIDE a side.
+
+    Every limit is checked from the header before pixels are decoded; the image is reduced
+    in its own compact mode (1-bit, palette and 8-bit stay bytes) before it becomes float.
+    """
+    # NOTE: plain 8-bit PNGs go to libspng, everything else to Pillow. torchvision's
+    # decode_png was as fast, but the fuzz tests (tests/e2e/test_fuzz_images.py) crashed the
+    # process with a mutated PNG inside libpng (SIGSEGV): hostile input must never take the
+    # server down. libspng came through the same tests and 300,000 mutated PNGs in-process.
+    mode = _plain_png(data)
+    if mode is not None:
+        _check_bytes(data, limits)
+        width, height = _png_size(data)
+        _check_size(width, height, limits)
+        with budget.reserve(decode_cost(width, height)):
+            return _decode_plain_png(data, mode)
+    img = decode(data, limits)
+    with budget.reserve(decode_cost(*img.size)):
+        img = _load(img)
+        return to_gray(_reduce(img))
+
+
 def decode(data: bytes, limits: ImageLimits) -> Image.Image:
-    """Open an image file with every limit checked before its pixels are decoded."""
+    """Open an image file and check every limit from its header; no pixel is decoded yet."""
     img: Image.Image
     _check_bytes(data, limits)
     try:
@@ -47,25 +129,67 @@ def decode(data: bytes, limits: ImageLimits) -> Image.Image:
         raise PayloadTooLarge("image dimensions are too large (decompression bomb)") from exc
     except Exception as exc:  # malformed headers raise many types inside Pillow's plugins
         raise InvalidImage("corrupt image: the header cannot be read") from exc
-    _check_size(*img.size, limits)
     try:
-        frames = getattr(img, "n_frames", 1)
-        if frames > limits.max_frames:
-            raise PayloadTooLarge(
-                f"animation has {frames} frames; the limit is {limits.max_frames}"
-            )
-        img.seek(0)
         if img.format in ("JPEG", "MPO"):
-            # Let libjpeg decode at a reduced scale: far cheaper for big photos.
+            # libjpeg decodes at a reduced scale: the limits apply to what is decoded.
             img.draft("RGB" if img.mode != "L" else "L", (WORK_SIDE, WORK_SIDE))
+        frames = getattr(img, "n_frames", 1)
+    except Exception as exc:
+        raise InvalidImage("corrupt image: the header cannot be read") from exc
+    _check_size(*img.size, limits)
+    if frames > limits.max_frames:
+        raise PayloadTooLarge(f"animation has {frames} frames; the limit is {limits.max_frames}")
+    return img
+
+
+def _load(img: Image.Image) -> Image.Image:
+    """Decode the pixels of an image opened by `decode` (its first frame)."""
+    try:
+        img.seek(0)
         img.load()
         if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:
             img = ImageOps.exif_transpose(img)  # (without a tag it would copy the image)
-    except PayloadTooLarge:
-        raise
     except Exception as exc:  # truncated data, bad CRCs, bad EXIF
         raise InvalidImage("corrupt or truncated image") from exc
     return img
+
+
+#: A lone file this small, whose header promises at most this many pixels, decodes faster
+#: than the thread hop that would take it off the event loop.
+_INLINE_BYTES = 4096
+_INLINE_PIXELS = 128 * 128
+
+
+def cheap_to_decode(data: bytes) -> bool:
+    """Whether decoding `data` costs so little that it may run on the event loop.
+
+    Judged by what the header promises, never by the file's size: a few KB of WebP or
+    1-bit PNG can hold tens of megapixels.
+    """
+    if len(data) > _INLINE_BYTES or _plain_png(data) is None:
+        return False
+    width, height = _png_size(data)
+    return width * height <= _INLINE_PIXELS
+
+
+def _reduce(img: Image.Image) -> Image.Image:
+    """Box-filter down to at most WORK_SIDE a side while still in a compact byte mode.
+
+    Converting a big image to float first would cost 4-16 bytes per pixel; this keeps the
+    float working copy at WORK_SIDE squared whatever the upload's size.
+    """
+    width, height = img.size
+    scale = WORK_SIDE / max(width, height)
+    if scale >= 1:
+        return img
+    if img.mode == "1":
+        img = img.convert("L")
+    elif img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "L")
+    elif img.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
+        img = img.convert("RGBA" if "A" in img.mode else "RGB")
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return img.resize(size, Image.Resampling.BOX)
 
 
 def _check_bytes(data: bytes, limits: ImageLimits) -> None:
@@ -81,6 +205,14 @@ def _check_size(width: int, height: int, limits: ImageLimits) -> None:
     if width * height > limits.max_pixels:
         raise PayloadTooLarge(
             f"image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}"
+        )
+    # Only big images: a long thin strip is a way to make the reduction step expensive (and
+    # leaves nothing to read); a small one costs nothing.
+    if max(width, height) > WORK_SIDE and max(width, height) > limits.max_aspect * min(
+        width, height
+    ):
+        raise PayloadTooLarge(
+            f"image is {width}x{height}: sides more than {limits.max_aspect:g} times apart"
         )
 
 
@@ -100,8 +232,8 @@ def _plain_png(data: bytes) -> str | None:
         return None
     if data[24] != 8 or data[28] != 0:  # bit depth, interlace method
         return None
-    if max(_png_size(data)) > 2 * WORK_SIDE:
-        return None  # Pillow halves big images before converting them to float
+    if max(_png_size(data)) > WORK_SIDE:
+        return None  # big images are reduced by Pillow before they become float
     if b"tRNS" in data or b"eXIf" in data or b"acTL" in data:
         return None
     return _PLAIN_PNG_MODES.get(data[25])
@@ -111,19 +243,11 @@ def _png_size(data: bytes) -> tuple[int, int]:
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
-def decode_plain_png(data: bytes, limits: ImageLimits) -> np.ndarray | None:
-    """Grayscale float32 in [0, 1] of a plain PNG (see `_plain_png`), or None for any other file.
-
-    The same limits and the same pixels as `decode` + `to_gray`, without Pillow's PNG reader.
-    """
-    # NOTE: Pillow reads a PNG's chunks in Python: ~35 us of a 28x28 digit's ~60 us
-    # preprocessing; libspng decodes it in C in ~5 us. libspng is written to be fed hostile
-    # files (fuzzed in OSS-Fuzz), and our fuzz tests run mutated PNGs through this path.
-    mode = _plain_png(data)
-    if mode is None:
-        return None
-    _check_bytes(data, limits)
-    _check_size(*_png_size(data), limits)
+def _decode_plain_png(data: bytes, mode: str) -> np.ndarray:
+    """Grayscale float32 in [0, 1] of a plain PNG (see `_plain_png`): Pillow's pixels, faster."""
+    # NOTE: Pillow reads a PNG's chunks in Python, which dominates a small digit's
+    # preprocessing; libspng decodes it in C. libspng is written to be fed hostile files
+    # (fuzzed in OSS-Fuzz), and our fuzz tests run mutated PNGs through this path.
     try:
         pixels = pyspng.load(data, format=mode)
     except Exception as exc:  # bad CRC, truncated or corrupt data
@@ -156,6 +280,8 @@ def to_gray(img: Image.Image) -> np.ndarray:
         arr = np.asarray(img, dtype=np.float32)
         if arr.ndim == 3:
             arr = arr[..., 0]
+        if not np.isfinite(arr).all():
+            raise InvalidImage("image has pixel values that are not finite numbers")
         lo, hi = float(arr.min()), float(arr.max())
         full = 65535.0 if mode.startswith("I;16") else max(hi, 1.0)
         # Keep absolute levels (polarity) when the data fits the nominal range.

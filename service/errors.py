@@ -79,6 +79,9 @@ class ModelNotReady(ServiceError):
     status_code = 503
     code = "model_not_ready"
 
+    def __init__(self, message: str = "the model is not ready") -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
 
 class Overloaded(ServiceError):
     status_code = 503

@@ -16,6 +16,8 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prom_mp
 
+from service.logging_config import dropped_records
+
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -72,9 +74,15 @@ class Metrics:
         self.images = Counter(
             "mnist_images_predicted", "Images predicted", ["model", "version"], registry=r
         )
+        self.log_dropped = Counter(
+            "mnist_log_records_dropped",
+            "Log records dropped because the log reader was not keeping up",
+            registry=r,
+        )
+        self._log_dropped_seen = 0
         self.model_info = Gauge(
             "mnist_model_info", "The served model (value 1)", ["name", "version", "device"],
-            registry=r, multiprocess_mode="max" if mp else "all",
+            registry=r, multiprocess_mode="livemax" if mp else "all",
         )  # fmt: skip
 
     def observe_request(self, route: str, method: str, status: int, elapsed_s: float) -> None:
@@ -105,6 +113,10 @@ class Metrics:
         # NOTE: sampled rather than updated per request: with several workers every gauge
         # update writes a memory-mapped file (~2 us); four per request were ~4 % of a
         # worker's CPU at c=64. A gauge read every 15 s loses nothing at 10 Hz.
+        dropped = dropped_records()
+        if dropped > self._log_dropped_seen:
+            self.log_dropped.inc(dropped - self._log_dropped_seen)
+            self._log_dropped_seen = dropped
         if self._sources is None:
             return
         values = (self._sources[0](), self._sources[1]())

@@ -81,7 +81,7 @@ class RequestContextMiddleware:
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 candidate = value.decode("latin-1")[:128]
-                if candidate.isprintable():
+                if candidate.isascii() and candidate.isprintable():
                     request_id = candidate
                 break
         # 128 random bits from the process's Mersenne Twister: unique, not secret, and

@@ -6,14 +6,14 @@ import contextlib
 import logging
 import time
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from service.card import CardError, ModelCard, list_versions
+from service.card import CardError, ModelCard, is_version, list_versions
 
 logger = logging.getLogger(__name__)
 
@@ -69,45 +69,41 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_version(repository: Path, name: str, version: str | None) -> Path:
-    """The folder of a pinned version, or of the newest one."""
-    available = list_versions(repository, name)
+    """The folder of a pinned version, or of the newest one (raises ModelLoadError)."""
+    try:
+        available = list_versions(repository, name)
+    except CardError as exc:
+        raise ModelLoadError(str(exc)) from exc
     if version is None:
         if not available:
             raise ModelLoadError(f"no versions of model {name!r} found under {repository}")
         return Path(repository) / name / str(available[-1])
-    folder = Path(repository) / name / str(version)
-    if not folder.is_dir():
+    if not is_version(version):
+        raise ModelLoadError(f"model version must be 1 to 18 ASCII digits, got {version[:40]!r}")
+    if int(version) not in available:
         raise ModelLoadError(
             f"model {name!r} version {version} not found under {repository} "
             f"(available: {', '.join(map(str, available)) or 'none'})"
         )
-    return folder
+    return Path(repository) / name / str(int(version))
 
 
-class _Serving(torch.nn.Module):
-    """Normalise, forward and softmax in one TorchScript call.
+#: The serving method added to every loaded model: normalise, forward and softmax in one
+#: TorchScript call.
+#: NOTE: one call means one GIL release for the whole batch. Run as separate Python-level
+#: ops, every op re-acquires the GIL, and under load each acquisition waits for the event
+#: loop's switch interval: measured 26x slower forwards (see README, Throughput).
+_SERVE = "serve_pixels"
+_SERVE_SOURCE = """
+def serve_pixels(self, pixels: Tensor) -> Tensor:
+    out = self.forward(((pixels - {mean!r}) / {std!r}).unsqueeze(1)).float()
+    return {result}
+"""
 
-    NOTE: one call means one GIL release for the whole batch. Run as separate Python-level
-    ops, every op re-acquires the GIL, and under load each acquisition waits for the event
-    loop's switch interval: measured 26x slower forwards (see README, Throughput).
-    """
 
-    def __init__(
-        self, model: torch.nn.Module, mean: float, std: float, temperature: float, softmax: bool
-    ) -> None:
-        super().__init__()
-        self.model = model
-        self.mean = mean
-        self.std = std
-        self.temperature = temperature
-        self.softmax = softmax
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = ((pixels - self.mean) / self.std).unsqueeze(1)
-        out = self.model(x).float()
-        if self.softmax:
-            return torch.softmax(out / self.temperature, dim=1)
-        return out
+def _serve_source(mean: float, std: float, temperature: float, softmax: bool) -> str:
+    result = f"torch.softmax(out / {temperature!r}, dim=1)" if softmax else "out"
+    return _SERVE_SOURCE.format(mean=float(mean), std=float(std), result=result)
 
 
 @dataclass
@@ -121,6 +117,11 @@ class Classifier:
     half: bool
     path: Path
     warmup_ms: float = 0.0
+    _serve: Callable[[torch.Tensor], torch.Tensor] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Bound once: looking a method up on a ScriptModule goes through its __getattr__.
+        self._serve = getattr(self.module, _SERVE)
 
     @property
     def name(self) -> str:
@@ -165,23 +166,27 @@ class Classifier:
         use_half = half and device.type == "cuda"
         norm = card.input.normalization
         spec = card.output
-        serving: torch.jit.ScriptModule
+        serving: torch.jit.ScriptModule = module
         try:
             with quiet_torchscript():
-                serving = torch.jit.script(
-                    _Serving(
-                        module, norm.mean, norm.std, spec.temperature, spec.kind != "probabilities"
+                # NOTE: the serving method is compiled into the loaded module's own
+                # compilation unit, which dies with it. torch.jit.script of a Python wrapper
+                # (and freezing that) registered new types in torch's process-wide unit on
+                # every load: ~0.7 MB kept per reload (docs/operations.md).
+                serving.define(
+                    _serve_source(
+                        norm.mean, norm.std, spec.temperature, spec.kind != "probabilities"
                     )
-                ).eval()
+                )
                 if use_half:
                     serving = serving.half()
                 if optimize:
                     # Freezing folds BatchNorm into the convolutions; on CPU,
                     # optimize_for_inference also converts to oneDNN layouts (measured 3-5x
                     # faster at batch 64, see bench/).
-                    serving = torch.jit.freeze(serving)
+                    serving = torch.jit.freeze(serving, preserved_attrs=[_SERVE])
                     if device.type == "cpu":
-                        serving = torch.jit.optimize_for_inference(serving)
+                        serving = torch.jit.optimize_for_inference(serving, other_methods=[_SERVE])
         except Exception as exc:
             raise ModelLoadError(f"cannot prepare {model_path} for serving: {exc}") from exc
         clf = cls(card, serving, device, use_half, model_path)
@@ -213,5 +218,5 @@ class Classifier:
             x = x.pin_memory().to(self.device, non_blocking=True)
             if self.half:
                 x = x.half()
-            return self.module(x).cpu()
-        return self.module(x)
+            return self._serve(x).cpu()
+        return self._serve(x)

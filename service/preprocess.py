@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from service.decode import WORK_SIDE, ImageLimits, decode, decode_plain_png, to_gray
+from service.decode import WORK_SIDE, DecodeBudget, ImageLimits, decode_gray
 from service.errors import InvalidImage
 
 __all__ = ["ImageLimits", "normalize", "preprocess", "to_png", "MNIST_SIZE", "BOX"]
@@ -213,21 +213,16 @@ def _fit_and_centre(crop: np.ndarray) -> np.ndarray:
     return out
 
 
-def preprocess(data: bytes, limits: ImageLimits) -> np.ndarray:
+def preprocess(data: bytes, limits: ImageLimits, budget: DecodeBudget | None = None) -> np.ndarray:
     """Image file bytes -> 28x28 float32 in [0, 1], light ink on dark (before normalisation)."""
-    # NOTE: plain 8-bit PNGs go to libspng, everything else to Pillow. torchvision's
-    # decode_png was as fast, but the fuzz tests (tests/e2e/test_fuzz_images.py) crashed the
-    # process with a mutated PNG inside libpng (SIGSEGV): hostile input must never take the
-    # server down. libspng came through the same tests and 300,000 mutated PNGs in-process.
-    gray = decode_plain_png(data, limits)
-    if gray is not None:
-        return normalize(gray)
-    img = decode(data, limits)
-    if max(img.size) > 2 * WORK_SIDE and img.mode in ("L", "RGB", "RGBA", "LA", "I", "F"):
-        # Halve big images in Pillow first: cheaper than converting all pixels to float.
-        factor = max(1, max(img.size) // (2 * WORK_SIDE))
-        img = img.reduce(factor)
-    return normalize(to_gray(img))
+    gray = decode_gray(data, limits, budget) if budget else decode_gray(data, limits)
+    if float(gray.max() - gray.min()) < _MIN_CONTRAST:  # at every size, 28x28 included
+        raise InvalidImage("no digit found: the image is blank or uniform")
+    return normalize(gray)
+
+
+#: Below this range of grey levels an image holds nothing to read, whatever its size.
+_MIN_CONTRAST = 0.08
 
 
 def to_png(pixels: np.ndarray) -> bytes:

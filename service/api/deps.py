@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 from collections.abc import Iterator
 from typing import Annotated
@@ -48,6 +49,23 @@ def _matches(presented: str, keys: list[str]) -> bool:
     for key in keys:
         found |= hmac.compare_digest(presented.encode(), key.encode())
     return found
+
+
+def client_key(request: Request) -> str:
+    """Who a request counts against for the batcher's fair share: its API key when it has
+    one (a hash of it, never the key), else its peer address."""
+    presented = _presented_key(request)
+    if presented:
+        return "key:" + hashlib.blake2b(presented.encode(), digest_size=8).hexdigest()
+    client = request.scope.get("client")
+    return f"addr:{client[0]}" if client else "addr:-"
+
+
+def check_capacity(request: Request) -> None:
+    """503 before the body is read when this worker's queue is already full."""
+    plane: DataPlane | None = getattr(request.app.state, "dataplane", None)
+    if plane is not None:
+        plane.batcher.check_capacity(client_key(request))
 
 
 async def require_api_key(request: Request) -> None:

@@ -40,7 +40,9 @@ async def get_readiness(request: Request) -> JSONResponse:
     ready, reason = readiness(request)
     if ready:
         return JSONResponse({"ready": True})
-    return JSONResponse({"ready": False, "reason": reason}, status_code=503)
+    return JSONResponse(
+        {"ready": False, "reason": reason}, status_code=503, headers={"Retry-After": "1"}
+    )
 
 
 @router.get("/metrics", response_class=Response, include_in_schema=True)

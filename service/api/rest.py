@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from typing import Any
@@ -16,9 +17,12 @@ from service.api.deps import (
     DataPlaneDep,
     SettingsDep,
     cancelled_on_disconnect,
+    check_capacity,
+    client_key,
     get_dataplane,
     require_api_key,
 )
+from service.api.guard import body_budget, body_schema, guarded_route, parse_json, read_body
 from service.api.hot import HotRoute
 from service.config import Settings
 from service.dataplane import NamedFile
@@ -33,7 +37,17 @@ from service.schemas.rest import (
 )
 from service.uploads import UploadLimits, read_multipart
 
-router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(require_api_key)])
+router = APIRouter(
+    prefix="/v1",
+    tags=["v1"],
+    dependencies=[Depends(require_api_key)],
+    route_class=guarded_route(require_api_key, lambda s: _base64_body_limit(s)),
+)
+
+
+def _base64_body_limit(settings: Settings) -> int:
+    # Base64 is 4/3 of the files it carries; the JSON around them is small.
+    return settings.max_request_bytes * 4 // 3 + 64 * 1024
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -128,7 +142,7 @@ def _query(request: Request) -> tuple[int | None, bool]:
     top_k: int | None = None
     raw = params.get("top_k")
     if raw is not None:
-        if not raw.isdigit() or not 1 <= int(raw) <= 10:
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 10:
             raise InvalidInput("invalid request: top_k: must be an integer from 1 to 10")
         top_k = int(raw)
     flag = params.get("return_image", "false").lower()
@@ -150,22 +164,27 @@ async def predict_digits(request: Request) -> Response:
     # documents the route.
     await require_api_key(request)
     plane = await get_dataplane(request)
+    check_capacity(request)
     settings: Settings = request.app.state.settings
     top_k, return_image = _query(request)
-    limits = UploadLimits(settings.max_files, settings.max_file_bytes, settings.max_request_bytes)
-    uploads = await read_multipart(
-        request.headers.get("content-type"),
-        request.headers.get("content-length"),
-        request.stream(),
-        limits,
-    )
-    files = [NamedFile(u.filename, u.data) for u in uploads]
-    request.state.images = len(files)
-    with cancelled_on_disconnect(request):
-        pixels, probs, model = await plane.predict_files(files)
-    body = render_predictions(
-        [f.filename for f in files], probs, model, top_k, pixels if return_image else None
-    )
+    with body_budget(request).hold(request, settings.max_request_bytes):
+        limits = UploadLimits(
+            settings.max_files, settings.max_file_bytes, settings.max_request_bytes
+        )
+        uploads = await read_multipart(
+            request.headers.get("content-type"),
+            request.headers.get("content-length"),
+            request.stream(),
+            limits,
+        )
+        files = [NamedFile(u.filename, u.data) for u in uploads]
+        del uploads
+        request.state.images = len(files)
+        with cancelled_on_disconnect(request):
+            pixels, probs, model = await plane.predict_files(files, client_key(request))
+        body = render_predictions(
+            [f.filename for f in files], probs, model, top_k, pixels if return_image else None
+        )
     return _json(body)
 
 
@@ -189,23 +208,30 @@ hot_routes = [HotRoute("POST", "/v1/predict", predict_digits)]
     response_model=PredictResponse,
     responses=_errors(400, 401, 413, 415, 503, 504),
     summary="Predict digits from base64-encoded images in JSON",
+    openapi_extra=body_schema(PredictBase64Request),
 )
 async def predict_digits_base64(
-    body: PredictBase64Request, request: Request, plane: DataPlaneDep, settings: SettingsDep
+    request: Request, plane: DataPlaneDep, settings: SettingsDep
 ) -> Response:
     """Same as /v1/predict for clients that cannot send multipart: images as base64 strings."""
-    if len(body.images) > settings.max_files:
-        raise PayloadTooLarge(f"too many files: at most {settings.max_files} per request")
-    files = []
-    for i, image in enumerate(body.images):
-        try:
-            data = base64.b64decode(image.data, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidInput(f"images[{i}].data is not valid base64") from exc
-        files.append(NamedFile(image.filename or f"image{i}", data))
+    # NOTE: the body is read here, not declared as a parameter: FastAPI would read and parse
+    # it on the event loop before the API key is checked (see service/api/guard.py).
+
+    def count_images(raw: Any) -> None:
+        images = raw.get("images") if isinstance(raw, dict) else None
+        if isinstance(images, list) and len(images) > settings.max_files:
+            raise PayloadTooLarge(f"too many files: at most {settings.max_files} per request")
+
+    check_capacity(request)
+    body = await parse_json(await read_body(request), PredictBase64Request, count_images)
+    files = (
+        await asyncio.to_thread(_decode_base64, body)
+        if len(body.images) > 1
+        else (_decode_base64(body))
+    )
     request.state.images = len(files)
     with cancelled_on_disconnect(request):
-        pixels, probs, model = await plane.predict_files(files)
+        pixels, probs, model = await plane.predict_files(files, client_key(request))
     return _json(
         render_predictions(
             [f.filename for f in files],
@@ -215,6 +241,17 @@ async def predict_digits_base64(
             pixels if body.return_image else None,
         )
     )
+
+
+def _decode_base64(body: PredictBase64Request) -> list[NamedFile]:
+    files = []
+    for i, image in enumerate(body.images):
+        try:
+            data = base64.b64decode(image.data, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidInput(f"images[{i}].data is not valid base64") from None
+        files.append(NamedFile(image.filename or f"image{i}", data))
+    return files
 
 
 @router.get("/models", response_model=ModelsResponse, responses=_errors(401, 503))

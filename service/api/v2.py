@@ -19,7 +19,14 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from service import __version__
-from service.api.deps import DataPlaneDep, SettingsDep, cancelled_on_disconnect, require_api_key
+from service.api.deps import (
+    DataPlaneDep,
+    SettingsDep,
+    cancelled_on_disconnect,
+    client_key,
+    require_api_key,
+)
+from service.api.guard import guarded_route
 from service.api.ops import readiness
 from service.dataplane import DataPlane, NamedFile
 from service.errors import InvalidInput, ModelNotFound, ModelNotReady, PayloadTooLarge
@@ -36,7 +43,11 @@ from service.schemas.v2 import (
 )
 
 router = APIRouter(prefix="/v2", tags=["v2"])
-protected = APIRouter(tags=["v2"], dependencies=[Depends(require_api_key)])
+protected = APIRouter(
+    tags=["v2"],
+    dependencies=[Depends(require_api_key)],
+    route_class=guarded_route(require_api_key, lambda s: s.max_request_bytes),
+)
 
 EXTENSIONS = ["binary_tensor_data", "classification"]
 HEADER_LENGTH = "inference-header-content-length"
@@ -115,7 +126,11 @@ async def _model_ready(request: Request, name: str, version: str | None) -> Resp
         raise ModelNotReady("the model is not loaded yet")
     clf = _check_model(plane, name, version)
     ready, _ = readiness(request)
-    return JSONResponse({"name": clf.name, "ready": ready}, status_code=200 if ready else 503)
+    return JSONResponse(
+        {"name": clf.name, "ready": ready},
+        status_code=200 if ready else 503,
+        headers=None if ready else {"Retry-After": "1"},
+    )
 
 
 @protected.get("/models/{name}/ready", response_model=ModelReadyResponse, responses=_ERRORS)
@@ -419,6 +434,7 @@ async def _infer(
     request: Request, plane: DataPlane, limit: int, name: str, version: str | None
 ) -> Response:
     clf = _check_model(plane, name, version)
+    plane.batcher.check_capacity(client_key(request))  # before the body is read
     body = await _read_body(request, limit)
     req, binary = _parse_request(body, request.headers.get(HEADER_LENGTH))
     raw = _split_binary(req, binary)
@@ -434,12 +450,12 @@ async def _infer(
         pixels = _tensor_input(item, raw.get(item.name), clf, settings.max_queue_size)
         request.state.images = len(pixels)
         with cancelled_on_disconnect(request):
-            probs, model = await plane.infer(pixels)
+            probs, model = await plane.infer(pixels, client_key(request))
     elif item.name == "image":
         files = _image_input(item, raw.get(item.name), settings.max_files)
         request.state.images = len(files)
         with cancelled_on_disconnect(request):
-            _, probs, model = await plane.predict_files(files)
+            _, probs, model = await plane.predict_files(files, client_key(request))
     else:
         raise InvalidInput(f"unknown input {item.name!r}; expected 'input' or 'image'")
     outputs, blobs = _build_outputs(req, probs)

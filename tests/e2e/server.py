@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -24,7 +25,14 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, env: dict[str, str] | None = None, args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        fd_limit: int | None = None,
+    ) -> None:
+        """`fd_limit`: RLIMIT_NOFILE (soft and hard) of the server process, as `ulimit -n`."""
+        self.fd_limit = fd_limit
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "MNIST_PORT": str(self.port), "PYTHONUNBUFFERED": "1"}
@@ -43,6 +51,7 @@ class ServerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=self._limit_fds if self.fd_limit else None,
         )
         # Never leak a server, whatever happens to the test that started it.
         atexit.register(self.kill)
@@ -53,6 +62,10 @@ class ServerProcess:
                 self.kill()
                 raise
         return self
+
+    def _limit_fds(self) -> None:
+        assert self.fd_limit is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.fd_limit, self.fd_limit))
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

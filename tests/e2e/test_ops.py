@@ -183,7 +183,13 @@ def test_ops_hot_reload_under_load_with_zero_failures(secured, mnist_sample) -> 
         time.sleep(0.5)
         add_version(repo, "2")
         r = httpx.post(secured.url + "/admin/reload", headers=admin, timeout=60)
-        assert r.json() == {"name": "mnist-cnn", "version": "2", "previous_version": "1"}
+        assert r.json() == {
+            "name": "mnist-cnn",
+            "version": "2",
+            "previous_version": "1",
+            "reloaded": True,
+            "message": "now serving v2",
+        }
         time.sleep(0.5)
         # A broken version is refused with its reason; v2 keeps serving.
         add_version(repo, "3", tamper=True)

@@ -137,11 +137,13 @@ async def test_batcher_full_queue_raises_overloaded() -> None:
     model = RecordingModel()
     model.gate.clear()
     b = await started(model, max_batch_size=2, max_queue_size=4)
-    pending = [asyncio.create_task(b.submit(rows(2, i))) for i in range(2)]
+    pending = [asyncio.create_task(b.submit(rows(2, i), client=i)) for i in range(2)]
     await asyncio.sleep(0.05)
     with pytest.raises(Overloaded) as info:
-        await b.submit(rows(1, 9))
+        await b.submit(rows(1, 9), client="someone else")
     assert info.value.headers == {"Retry-After": "1"}
+    with pytest.raises(Overloaded):
+        b.check_capacity()  # what routes call before reading a body
     model.gate.set()
     await asyncio.gather(*pending)
     await b.stop()
@@ -179,7 +181,7 @@ async def test_batcher_cancelled_client_frees_its_slot_and_is_skipped() -> None:
     b = await started(model, max_batch_size=8, max_queue_size=8)
     blocker = asyncio.create_task(b.submit(rows(1, 0)))
     await asyncio.sleep(0.05)
-    doomed = asyncio.create_task(b.submit(rows(4, 1)))
+    doomed = asyncio.create_task(b.submit(rows(4, 1), client="impatient"))
     await asyncio.sleep(0.05)
     assert b.queued_images == 5
     doomed.cancel()
@@ -282,4 +284,55 @@ async def test_batcher_inline_failure_fails_that_request_and_the_next_is_served(
     out, _ = await b.submit(rows(1, 1))
     assert out.shape == (1, 10)
     assert b.alive
+    await b.stop()
+
+
+async def test_batcher_one_client_holds_at_most_half_the_queue() -> None:
+    model = RecordingModel()
+    model.gate.clear()
+    b = await started(model, max_batch_size=4, max_queue_size=8)
+    hog = [asyncio.create_task(b.submit(rows(4, i), client="hog")) for i in range(1)]
+    await asyncio.sleep(0.05)
+    with pytest.raises(Overloaded, match="this client already has 4 images"):
+        await b.submit(rows(1, 5), client="hog")
+    other = asyncio.create_task(b.submit(rows(4, 6), client="other"))  # room is left for it
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    await asyncio.gather(*hog, other)
+    # Alone, a request bigger than half the queue still goes through.
+    out, _ = await b.submit(rows(6, 7), client="hog")
+    assert out.shape == (6, 10)
+    await b.stop()
+
+
+async def test_batcher_serves_clients_round_robin() -> None:
+    model = RecordingModel()
+    model.gate.clear()
+    b = await started(model, max_batch_size=1, max_queue_size=64)
+    blocker = asyncio.create_task(b.submit(rows(1, 0), client="first"))
+    await asyncio.sleep(0.05)
+    order: list[str] = []
+
+    async def send(client: str, seed: int) -> None:
+        await b.submit(rows(1, seed), client=client)
+        order.append(client)
+
+    heavy = [asyncio.create_task(send("heavy", i)) for i in range(1, 6)]
+    await asyncio.sleep(0.01)
+    light = asyncio.create_task(send("light", 99))
+    await asyncio.sleep(0.01)
+    model.gate.set()
+    await asyncio.gather(blocker, *heavy, light)
+    assert order.index("light") <= 1, order  # not behind all five of the heavy client's
+    await b.stop()
+
+
+async def test_batcher_admission_happens_before_decoding() -> None:
+    b = await started(RecordingModel(), max_batch_size=4, max_queue_size=8)
+    with b.incoming(4, client="a"):
+        with pytest.raises(Overloaded), b.incoming(5, client="b"):
+            pytest.fail("admitted past the queue size")
+        with b.incoming(4, client="b"):
+            assert b.pending_images == 8
+    assert b.pending_images == 0
     await b.stop()

@@ -95,3 +95,34 @@ def test_output_spec_eleven_classes_need_not_a_digit_last_and_a_threshold() -> N
         OutputSpec(reject_threshold=0.4)
     with pytest.raises(ValidationError):
         OutputSpec.model_validate(_output(reject_threshold=1.5))
+
+
+def test_list_versions_ignores_names_that_are_not_ascii_numbers(version_dir: Path) -> None:
+    root = version_dir.parent.parent
+    for name in ("²", "٣", "1" * 19, "2a", "-3"):
+        shutil.copytree(version_dir, root / "mnist-cnn" / name)
+    assert "²".isdigit(), "the case that used to reach int() and raise"
+    assert list_versions(root, "mnist-cnn") == [1]
+
+
+def test_list_versions_unlistable_model_folder_is_a_card_error(
+    version_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def denied(self: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    # Root reads any folder, so the denial is simulated at the one call that lists it.
+    monkeypatch.setattr(Path, "iterdir", denied)
+    with pytest.raises(CardError, match="cannot list model folder .*: Permission denied"):
+        list_versions(version_dir.parent.parent, "mnist-cnn")
+
+
+def test_card_that_is_not_a_readable_file_is_a_card_error(version_dir: Path) -> None:
+    (version_dir / "card.json").unlink()
+    (version_dir / "card.json").mkdir()
+    with pytest.raises(CardError, match="cannot read model card"):
+        ModelCard.read(version_dir)
+    (version_dir / "card.json").rmdir()
+    (version_dir / "card.json").write_text("[" * 100_000)
+    with pytest.raises(CardError, match="not valid JSON"):
+        ModelCard.read(version_dir)

@@ -82,3 +82,11 @@ def test_digit_probabilities_renormalise_the_ten_digit_columns() -> None:
     torch.testing.assert_close(digits[0, :5], torch.full((5,), 0.2))
     assert float(digits[1, 9]) == pytest.approx(1.0)
     torch.testing.assert_close(not_a_digit_scores(eleven), torch.tensor([0.5, 0.8]))
+
+@pytest.mark.parametrize("version", ["²", "1" * 256, "", "1/../3", "-1"])
+def test_resolve_version_refuses_malformed_versions(
+    tmp_path: Path, shipped_models: Path, version: str
+) -> None:
+    shutil.copytree(shipped_models / "mnist-cnn" / "1", tmp_path / "mnist-cnn" / "1")
+    with pytest.raises(ModelLoadError, match="1 to 18 ASCII digits"):
+        resolve_version(tmp_path, "mnist-cnn", version)

@@ -14,7 +14,7 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 from evaluation.uploads import make_upload
-from service.decode import ImageLimits, _plain_png, decode, decode_plain_png, to_gray
+from service.decode import ImageLimits, _decode_plain_png, _plain_png, decode, decode_gray, to_gray
 from service.errors import InvalidImage, PayloadTooLarge, ServiceError, UnsupportedMediaType
 from service.preprocess import normalize, preprocess
 from tests.conftest import png_bytes
@@ -170,7 +170,7 @@ def test_decode_rejects_non_images(data: bytes, error: type, message: str) -> No
 def test_decode_rejects_truncated_png(mnist_sample) -> None:
     data = encode(Image.fromarray(big_digit(mnist_sample[0][0])), "PNG")
     with pytest.raises(InvalidImage, match="corrupt"):
-        decode(data[: len(data) // 2], LIMITS)
+        decode_gray(data[: len(data) // 2], LIMITS)
 
 
 def test_decode_rejects_files_over_the_byte_limit() -> None:
@@ -256,13 +256,12 @@ def test_plain_pngs_decode_to_the_same_pixels_as_pillow(
     pixels, mode, optimize = case
     data = encode(Image.fromarray(pixels), "PNG", optimize=optimize)
     assert _plain_png(data) == mode
-    fast = decode_plain_png(data, LIMITS)
-    assert fast is not None
+    fast = _decode_plain_png(data, mode)
     assert fast.dtype == np.float32
     np.testing.assert_array_equal(fast, _pillow_gray(data))
 
 
-@pytest.mark.parametrize("kind", ["canvas", "marker", "small"])
+@pytest.mark.parametrize("kind", ["canvas", "marker"])
 def test_realistic_png_uploads_preprocess_exactly_as_through_pillow(
     mnist_sample, kind: str
 ) -> None:
@@ -300,7 +299,6 @@ def _with_chunk(data: bytes, name: bytes, payload: bytes) -> bytes:
 def test_other_pngs_are_left_to_pillow(mnist_sample, make) -> None:
     data = make(mnist_sample[0][0])
     assert _plain_png(data) is None
-    assert decode_plain_png(data, LIMITS) is None
 
 
 def test_plain_png_limits_hold_before_decoding() -> None:
@@ -309,10 +307,10 @@ def test_plain_png_limits_hold_before_decoding() -> None:
         preprocess(data, ImageLimits(max_pixels=5000))
     with pytest.raises(PayloadTooLarge, match="bytes"):
         preprocess(data, ImageLimits(max_bytes=len(data) - 1))
-    bomb = _png_header_only(2000, 2000)  # claims 4 MP in 100 bytes
+    bomb = _png_header_only(1000, 1000)  # claims 1 MP in 100 bytes
     assert _plain_png(bomb) == "L"
     with pytest.raises(PayloadTooLarge, match="pixels"):
-        preprocess(bomb, ImageLimits(max_pixels=1_000_000))
+        preprocess(bomb, ImageLimits(max_pixels=500_000))
 
 
 @st.composite

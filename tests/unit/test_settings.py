@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.config import Settings
+from service.config import Settings, configuration_markdown
 
 
 def test_settings_read_mnist_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,20 +42,43 @@ def test_settings_api_keys_from_list_and_file(tmp_path: Path) -> None:
     assert Settings().api_key_list() == []
 
 
-def test_readme_configuration_table_matches_settings() -> None:
-    # The README is the user's reference: every setting must be there with its env var, its
-    # default (scalar ones) and its description, so that the table cannot drift from the code.
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+@pytest.mark.parametrize("value", [" , ", ",", "  ", "@{blank}", "@{empty}", "@{missing}"])
+def test_settings_api_keys_fail_closed_when_they_hold_no_key(tmp_path: Path, value: str) -> None:
+    (tmp_path / "blank").write_text("\n  \n\n")
+    (tmp_path / "empty").write_text("")
+    value = value.format(blank=tmp_path / "blank", empty=tmp_path / "empty", missing=tmp_path / "x")
+    with pytest.raises(ValidationError, match="holds no key|cannot read the API keys file"):
+        Settings(api_keys=value)
+
+
+def test_settings_admin_key_refuses_whitespace_only() -> None:
+    with pytest.raises(ValidationError, match="whitespace only"):
+        Settings(admin_key=" \t")
+    assert Settings(admin_key="").admin_key == ""
+
+
+def test_configuration_markdown_lists_every_setting_with_env_var_and_description() -> None:
     rows = {}
-    for line in readme.splitlines():
+    for line in configuration_markdown().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 4 and cells[0].startswith("`") and cells[1].startswith("`MNIST_"):
+        if len(cells) == 4 and cells[1].startswith("`MNIST_"):
             rows[cells[0].strip("`")] = cells
-    assert set(rows) == set(Settings.model_fields)
+    assert list(rows) == list(Settings.model_fields)
     for name, field in Settings.model_fields.items():
         _, env, default, meaning = rows[name]
         assert env == f"`MNIST_{name.upper()}`", name
         assert meaning == field.description, name
-        if isinstance(field.default, bool | int | float | str):
-            shown = f"`{field.default}`" if field.default != "" else "(empty)"
-            assert default == shown, name
+        assert default, name
+    assert rows["max_batch_size"][2] == "`64`"
+    assert rows["batching"][2] == "`true`"
+    assert rows["model_version"][2] == "unset"
+    assert rows["api_keys"][2] == "(empty)"
+
+
+def test_docs_configuration_is_what_the_generator_prints() -> None:
+    # docs/configuration.md is the user's reference for settings: it must not drift from code.
+    doc = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+    assert doc.read_text(encoding="utf-8") == configuration_markdown(), (
+        "docs/configuration.md is out of date with service.config.Settings: "
+        "run `python -m service.config > docs/configuration.md`"
+    )

@@ -1,0 +1,193 @@
+"""Checks that run before FastAPI reads a request body: the caller's key and the body's size.
+
+FastAPI reads and parses a route's body before it solves the route's dependencies, so a
+dependency alone would check the key only after a 300 MB body had been buffered. The route
+class below runs the same checks first, and counts the body as it streams in, so an
+unauthenticated or oversized request costs no more than its headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import Request
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ValidationError
+from starlette.responses import Response
+from starlette.types import Message
+
+from service.config import Settings
+from service.errors import InvalidInput, Overloaded, PayloadTooLarge
+
+M = TypeVar("M", bound=BaseModel)
+Check = Callable[[Request], Awaitable[None]]
+Limit = Callable[[Settings], int]
+
+#: Bodies up to this size are parsed on the event loop; bigger ones on a thread, so that no
+#: request can hold the loop for a time proportional to what it sends.
+INLINE_PARSE_BYTES = 64 * 1024
+
+
+class BodyBudget:
+    """Bytes of request bodies one worker holds at once, from the first byte read until the
+    answer is sent: the memory that concurrent uploads take, bounded.
+
+    A request reserves its declared Content-Length (or its route's limit when it streams
+    without one) before anything is read; past the budget it is a 503 at once. A request
+    alone always passes: its own size limit bounds it.
+    """
+
+    def __init__(self, total_bytes: int) -> None:
+        self.total = total_bytes
+        self.used = 0
+
+    @contextlib.contextmanager
+    def hold(self, request: Request, max_bytes: int) -> Iterator[None]:
+        declared = request.headers.get("content-length")
+        nbytes = int(declared) if declared and declared.isascii() and declared.isdigit() else 0
+        nbytes = min(nbytes, max_bytes) if declared else max_bytes
+        if self.used and self.used + nbytes > self.total:
+            raise Overloaded(
+                f"the server is receiving {self.used >> 20} MiB of uploads; retry shortly"
+            )
+        self.used += nbytes
+        try:
+            yield
+        finally:
+            self.used -= nbytes
+
+
+def body_budget(request: Request) -> BodyBudget:
+    budget: BodyBudget = request.app.state.body_budget
+    return budget
+
+
+def guarded_route(check: Check, limit: Limit) -> type[APIRoute]:
+    """An APIRoute class that runs `check` and the body limit before the route's handler."""
+
+    class GuardedRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            reads_body = self.body_field is not None
+
+            async def guarded(request: Request) -> Response:
+                await check(request)
+                max_bytes = limit(request.app.state.settings)
+                limited = _limited(request, max_bytes)
+                if limited is request:  # no body
+                    return await handler(request)
+                with body_budget(request).hold(request, max_bytes):
+                    if reads_body:
+                        # FastAPI turns any error while it reads a body into a 400: read it
+                        # here first, so that going over the limit stays a 413.
+                        body = await read_body(limited)
+                        limited = _replaying(request, body)
+                    return await handler(limited)
+
+            return guarded
+
+    return GuardedRoute
+
+
+def _limited(request: Request, max_bytes: int) -> Request:
+    """The request with its declared length checked now and its streamed length as it comes."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return request
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isascii() or not declared.isdigit()):
+        raise InvalidInput("Content-Length must be a decimal number")
+    if declared is not None and int(declared) > max_bytes:
+        raise too_large(max_bytes)
+    receive = request.receive
+    received = 0
+
+    async def counted() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > max_bytes:
+                raise too_large(max_bytes)
+        return message
+
+    return Request(request.scope, counted)
+
+
+def _replaying(request: Request, body: bytes) -> Request:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return await request.receive()  # after the body: only a disconnect can come
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(request.scope, receive)
+
+
+def too_large(max_bytes: int) -> PayloadTooLarge:
+    # Connection: close, so the rest of an unread body is not read into the next request.
+    return PayloadTooLarge(
+        f"request body exceeds {max_bytes} bytes", headers={"Connection": "close"}
+    )
+
+
+#: Request bodies that routes read themselves (see `parse_json`); `create_app` adds their
+#: schemas to the OpenAPI components, where the routes' `openapi_extra` refers to them.
+BODY_MODELS: list[type[BaseModel]] = []
+
+
+def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI `requestBody` for a JSON body read by the route itself."""
+    if model not in BODY_MODELS:
+        BODY_MODELS.append(model)
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+def add_body_schemas(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Put the schemas of `BODY_MODELS` (and the models they use) into `openapi`."""
+    schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
+    for model in BODY_MODELS:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    return openapi
+
+
+async def read_body(request: Request) -> bytes:
+    """The whole body (its size was limited by the route class)."""
+    chunks = [chunk async for chunk in request.stream()]
+    return b"".join(chunks)
+
+
+async def parse_json(body: bytes, model: type[M], check: Callable[[Any], None] | None = None) -> M:
+    """Validate a JSON body as `model`, off the event loop when it is big.
+
+    `check` sees the parsed JSON before pydantic builds objects from it, to refuse element
+    counts over a limit at the cost of a length check.
+    """
+    if len(body) <= INLINE_PARSE_BYTES:
+        return _parse(body, model, check)
+    return await asyncio.to_thread(_parse, body, model, check)
+
+
+def _parse(body: bytes, model: type[M], check: Callable[[Any], None] | None) -> M:
+    try:
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    if check is not None:
+        check(raw)
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise InvalidInput(f"invalid request: {where}: {first['msg']}") from None

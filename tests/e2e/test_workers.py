@@ -1,0 +1,192 @@
+"""Several workers behave like one: SIGTERM under load loses nothing, a killed worker's
+gauges go away. Real `python -m service --workers 2` processes, real HTTP."""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import png_bytes
+from tests.e2e.server import ServerProcess
+from tests.e2e.test_ops import add_version
+from tests.e2e.test_server import _slow_multipart
+
+DRAIN_S = 10
+
+
+def _children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(c) for c in text.split()]
+
+
+def _workers(proc: ServerProcess) -> list[int]:
+    # The parent's children are the resource tracker of multiprocessing and the workers;
+    # the workers are the ones with a listening socket handed down, i.e. serving.
+    return [c for c in _children(proc.pid) if "multiprocessing.spawn" in _cmdline(c)]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except FileNotFoundError:
+        return ""
+
+
+def _client(url: str, digit: bytes, stop: threading.Event, tally: collections.Counter) -> None:
+    files = [("files", ("a.png", digit, "image/png"))]
+    # A new connection per request: the ones that reach the listener while it closes.
+    client = httpx.Client(timeout=30, limits=httpx.Limits(max_keepalive_connections=0))
+    while not stop.is_set():
+        try:
+            r = client.post(url + "/v1/predict", files=files)
+            tally[f"status {r.status_code}"] += 1
+        except httpx.ConnectError as exc:
+            tally["refused" if "Connection refused" in str(exc) else f"lost: {exc!r}"] += 1
+            time.sleep(0.005)
+        except httpx.TransportError as exc:  # sent, then no answer: reset, closed, timed out
+            tally[f"lost: {exc!r}"] += 1
+    client.close()
+
+
+@pytest.mark.parametrize("target", ["parent", "group"])
+def test_workers_sigterm_under_load_loses_nothing(tmp_path: Path, mnist_sample, target) -> None:
+    proc = ServerProcess(
+        args=["--workers", "2"], env={"MNIST_DRAIN_TIMEOUT_S": str(DRAIN_S)}
+    ).start(tmp_path)
+    digit = png_bytes(mnist_sample[0][0])
+    tally: collections.Counter = collections.Counter()
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=_client, args=(proc.url, digit, stop, tally)) for _ in range(6)
+    ]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 20
+        while tally["status 200"] < 50 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert tally["status 200"] >= 50, tally
+        sent_at = time.monotonic()
+        if target == "parent":  # what an orchestrator does: PID 1 of the container
+            proc.signal(signal.SIGTERM)
+        else:  # what a terminal's Ctrl-C or `kill -TERM -pgid` does
+            os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.proc is not None
+        status = proc.proc.wait(DRAIN_S + 10)
+        exit_s = time.monotonic() - sent_at
+        time.sleep(0.5)  # clients keep trying: they must now be refused
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        proc.kill()
+    lost = {k: v for k, v in tally.items() if k.startswith("lost")}
+    assert lost == {}, (tally, proc.log()[-3000:])
+    assert set(tally) <= {"status 200", "status 503", "refused"}, tally
+    assert tally["refused"] > 0, tally
+    assert status == 0, proc.log()[-3000:]
+    assert exit_s < DRAIN_S, exit_s
+
+
+def _gauge(url: str, name: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    found = re.search(rf"^{name} (\S+)$", text, re.M)
+    assert found, text[:2000]
+    return float(found.group(1))
+
+
+def test_workers_killed_worker_gauges_are_removed(tmp_path: Path, mnist_sample) -> None:
+    proc = ServerProcess(args=["--workers", "2"]).start(tmp_path)
+    try:
+        files = [("f.png", png_bytes(mnist_sample[0][i])) for i in range(8)]
+
+        def call(_: int) -> int:
+            body, headers = _slow_multipart(files, seconds=4.0)
+            try:
+                r = httpx.post(proc.url + "/v1/predict", content=body, headers=headers, timeout=60)
+            except httpx.TransportError:
+                return -1  # on the killed worker
+            return r.status_code
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            futures = [pool.submit(call, i) for i in range(8)]
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                # The scrape is itself in flight on one worker.
+                if _gauge(proc.url, "mnist_in_flight_requests") >= 9:
+                    break
+                time.sleep(0.05)
+            assert _gauge(proc.url, "mnist_in_flight_requests") >= 9
+            victim = _workers(proc)[0]
+            os.kill(victim, signal.SIGKILL)
+            statuses = [f.result() for f in futures]
+        assert -1 in statuses, "some requests were in flight on the killed worker"
+        assert set(statuses) <= {200, -1}, statuses
+        # The live workers are idle now; only the scrape itself is in flight.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            values = (
+                _gauge(proc.url, "mnist_in_flight_requests"),
+                _gauge(proc.url, "mnist_queue_depth"),
+            )
+            if values == (1.0, 0.0):
+                break
+            time.sleep(0.2)
+        assert values == (1.0, 0.0), (values, proc.log()[-3000:])
+        assert victim not in _workers(proc)
+        assert f"worker {victim} gone" in proc.log()
+    finally:
+        assert proc.stop() == 0, proc.log()[-3000:]
+
+
+def test_workers_sighup_rolls_every_worker_to_the_new_version(tmp_path: Path, mnist_sample) -> None:
+    repo = tmp_path / "repo"
+    add_version(repo, "1")
+    proc = ServerProcess(args=["--workers", "2"], env={"MNIST_MODEL_REPOSITORY": str(repo)}).start(
+        tmp_path
+    )
+    digit = png_bytes(mnist_sample[0][0])
+    tally: collections.Counter = collections.Counter()
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=_client, args=(proc.url, digit, stop, tally)) for _ in range(4)
+    ]
+    try:
+        before = set(_workers(proc))
+        for t in threads:
+            t.start()
+        add_version(repo, "2")
+        proc.signal(signal.SIGHUP)  # the parent: a rolling restart, one worker at a time
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            now = set(_workers(proc))
+            if (
+                len(now) == 2
+                and not now & before
+                and all(f"worker {p} gone" in proc.log() for p in before)
+            ):
+                break
+            time.sleep(0.2)
+        assert len(now) == 2, (before, now, proc.log()[-3000:])
+        assert not now & before, (before, now, proc.log()[-3000:])
+        versions = set()
+        with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)) as c:
+            for _ in range(20):  # new connections: both workers answer
+                versions.add(c.get(proc.url + "/v1/models").json()["served"]["version"])
+        assert versions == {"2"}
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        assert proc.stop() == 0, proc.log()[-3000:]
+    assert set(tally) == {"status 200"}, tally
+    assert tally["status 200"] > 20, tally
