@@ -83,6 +83,7 @@ def test_digit_probabilities_renormalise_the_ten_digit_columns() -> None:
     assert float(digits[1, 9]) == pytest.approx(1.0)
     torch.testing.assert_close(not_a_digit_scores(eleven), torch.tensor([0.5, 0.8]))
 
+
 @pytest.mark.parametrize("version", ["²", "1" * 256, "", "1/../3", "-1"])
 def test_resolve_version_refuses_malformed_versions(
     tmp_path: Path, shipped_models: Path, version: str
