@@ -11,6 +11,7 @@ import torch
 from service.card import ModelCard, sha256_file
 from service.model import Classifier, digit_probabilities
 from tests.training.conftest import write_mnist, write_realdev
+from training.calibrate import main as calibrate_main
 from training.train import main, reject_threshold
 
 
@@ -143,6 +144,17 @@ def test_train_with_real_dev_and_negatives_ships_an_eleven_class_model(tmp_path:
     probs = clf.predict_batch(np.zeros((3, 28, 28), dtype=np.float32))
     assert probs.shape == (3, 11)
     torch.testing.assert_close(digit_probabilities(probs).sum(1), torch.ones(3))
+    # Recalibrating rewrites the threshold and the figures, never the weights.
+    sha = card.sha256
+    args = ["--model-dir", str(version), "--real-dev", str(dev),
+            "--cache-dir", str(tmp_path / "cache"), "--threshold", "0.3"]  # fmt: skip
+    assert calibrate_main(args) == 0
+    again = ModelCard.read(version)
+    assert again.output.reject_threshold == 0.3
+    assert again.sha256 == sha == sha256_file(version / "model.pt")
+    assert again.metrics is not None
+    assert "mnist_test_false_rejection" in again.metrics.real_dev
+    assert again.training["reject_rule"] == "fixed threshold 0.3"
 
 
 def test_reject_threshold_keeps_each_part_within_the_budget() -> None:
