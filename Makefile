@@ -2,20 +2,56 @@
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# `make serve` installs what serving needs; every other target adds the dev tools.
+SERVE_STAMP := $(VENV)/.installed-serve
+DEV_STAMP := $(VENV)/.installed-dev
+TORCH_STAMP := $(VENV)/.installed-torch
+# The KServe Python SDK, for its compatibility test, in a virtualenv of its own: it depends on
+# python-multipart, whose `multipart` package shadows the parser the server imports.
+KSERVE_VENV := .venv-kserve
+KSERVE_STAMP := $(KSERVE_VENV)/.installed
+# CPU-only torch (~0.2 GB of wheels instead of several GB of CUDA libraries) where there is
+# no GPU; when the index cannot be reached, pip's default index is used instead.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_SPEC := torch>=2.4,<3
 
-.PHONY: install serve test test-fast lint train bench clean
+.PHONY: install install-serve serve test test-fast lint train bench lock image image-test manifests clean
 
-install: $(STAMP)
+install: $(DEV_STAMP) $(KSERVE_STAMP)
 
-# Reinstall only when the dependency list changes, so repeated runs are quick.
-$(STAMP): pyproject.toml
+install-serve: $(SERVE_STAMP)
+
+$(TORCH_STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	@touch $(STAMP)
+	@if $(PY) -c 'import torch' 2>/dev/null; then \
+	  echo "torch already installed"; \
+	elif command -v nvidia-smi >/dev/null 2>&1; then \
+	  $(PY) -m pip install --quiet '$(TORCH_SPEC)'; \
+	elif $(PY) -m pip install --quiet --timeout 15 --retries 1 \
+	    --index-url $(TORCH_CPU_INDEX) '$(TORCH_SPEC)'; then \
+	  echo "CPU torch from $(TORCH_CPU_INDEX)"; \
+	else \
+	  echo "$(TORCH_CPU_INDEX) unreachable: torch from pip's default index"; \
+	  $(PY) -m pip install --quiet '$(TORCH_SPEC)'; \
+	fi
+	@touch $@
 
-serve: install
+# Reinstall only when the dependency list changes, so repeated runs are quick.
+$(SERVE_STAMP): pyproject.toml $(TORCH_STAMP)
+	$(PY) -m pip install --quiet -e .
+	@touch $@
+
+$(DEV_STAMP): pyproject.toml $(TORCH_STAMP)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@ $(SERVE_STAMP)
+
+$(KSERVE_STAMP): Makefile
+	@test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV) || python3 -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install --quiet 'kserve>=0.15,<1' 'numpy>=1.26'
+	@touch $@
+
+serve: install-serve
 	$(PY) -m service $(ARGS)
 
 test: install
@@ -37,6 +73,28 @@ train: install
 
 bench: install
 	$(PY) -m bench $(ARGS)
+
+# The image's lock: runtime dependencies for CPU torch on Linux x86_64, torch itself left out
+# (the Dockerfile installs it from the variant's index). Needs uv (`pip install uv`).
+# TORCH_WHEEL_DIR: a folder with the CPU torch wheel, where the PyTorch index is unreachable.
+lock:
+	uv pip compile pyproject.toml --python-version 3.11 \
+	  --python-platform x86_64-unknown-linux-gnu \
+	  $(if $(TORCH_WHEEL_DIR),--find-links $(TORCH_WHEEL_DIR),--extra-index-url $(TORCH_CPU_INDEX)) \
+	  --index-strategy unsafe-best-match --override requirements/image-overrides.txt \
+	  --no-emit-package torch --generate-hashes --no-header --quiet -o requirements/image.txt
+
+# Build with docker or podman, whichever is present (deploy/image/imagetest.py lists the knobs).
+image: install
+	$(PY) deploy/image/imagetest.py --build-only
+
+# Not part of `make test`: it needs a container engine (and root for sandboxed podman).
+image-test: install
+	$(PY) deploy/image/imagetest.py
+
+# Re-render deploy/rendered/ after editing deploy/k8s or deploy/kserve (needs kubectl or kustomize).
+manifests:
+	deploy/render.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis

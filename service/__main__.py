@@ -20,6 +20,7 @@ from service.config import Settings
 _FLAGS: dict[str, dict[str, Any]] = {
     "host": {},
     "port": {"type": int},
+    "grpc_port": {"type": int},
     "workers": {"type": int},
     "model_repository": {},
     "model_name": {},
@@ -138,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM into exit status 0, which is what orchestrators expect after a clean drain.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
+    if settings.workers == 0:
+        from service.cpus import available_cpus
+
+        overrides["workers"] = available_cpus()
+        settings = settings.model_copy(update={"workers": overrides["workers"]})
     if settings.workers == 1:
         from service.app import create_app, load_classifier
         from service.model import ModelLoadError
@@ -160,7 +166,16 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(lines[-1] + "\n")
         return check.returncode
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mnist-metrics-")
+        try:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mnist-metrics-")
+        except OSError as exc:
+            # A read-only root filesystem without a /tmp volume: say what to mount.
+            return _fail(
+                f"cannot create the metrics directory for {settings.workers} workers "
+                f"({exc.strerror or exc}); mount a writable /tmp (tmpfs or emptyDir) "
+                "or set PROMETHEUS_MULTIPROC_DIR to a writable directory",
+                1,
+            )
     from service.supervisor import Supervisor
 
     # What uvicorn.run does for workers > 1, with our supervisor in place of uvicorn's.

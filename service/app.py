@@ -7,7 +7,6 @@ import contextlib
 import gc
 import inspect
 import logging
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -19,11 +18,12 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
-from service.api import ops, rest
+from service.api import docs, ops, rest
 from service.api.guard import BodyBudget
 from service.api.hot import HotRoutes
 from service.batching import Batcher
 from service.config import Settings
+from service.cpus import available_cpus
 from service.dataplane import DataPlane, _warmup_sizes
 from service.errors import register_error_handlers
 from service.logging_config import flush_logs
@@ -57,9 +57,10 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         import torch
 
-        # Intra-op threads: explicit, or the cores shared out between the worker processes
-        # (2 workers x 2 threads on 2 cores measured slower than 2 x 1, see README).
-        threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // settings.workers)
+        # Intra-op threads: explicit, or the CPUs shared out between the worker processes
+        # (2 workers x 2 threads on 2 cores measured slower than 2 x 1, see README). The CPUs
+        # are the container's quota, not the node's cores a pod limited to 2 would oversubscribe.
+        threads = settings.torch_threads or max(1, available_cpus() // max(1, settings.workers))
         torch.set_num_threads(threads)
         # NOTE: the inference thread hands the GIL back and forth with the event loop; at
         # Python's default 5 ms switch interval each hand-over can stall a batch that long.
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
         plane = DataPlane(settings, clf, batcher, metrics)
         app.state.dataplane = plane
         app.state.shutting_down = False
+        grpc_server = await _start_grpc(app, settings, metrics)
         loop = asyncio.get_running_loop()
         hup_installed = _install_sighup(loop, app)
         _flag_shutdown_on_signals(app)
@@ -108,9 +110,14 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
             app.state.shutting_down = True
             if hup_installed:
                 loop.remove_signal_handler(signal.SIGHUP)
+            if grpc_server is not None:
+                # Refuse new RPCs at once; running ones finish while the batcher drains.
+                grpc_stopped = asyncio.create_task(grpc_server.stop(settings.drain_timeout_s))
             drained = await batcher.drain(settings.drain_timeout_s)
             if not drained:
                 logger.warning("drain timeout: failing %d queued images", batcher.queued_images)
+            if grpc_server is not None:
+                await grpc_stopped
             await batcher.stop(timeout_s=0)
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -128,6 +135,9 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
         version=__version__,
         summary="Handwritten-digit model server: REST, KServe V2 / Open Inference Protocol.",
         lifespan=lifespan,
+        docs_url=None,  # served by service.api.docs from local assets
+        redoc_url=None,
+        generate_unique_id_function=docs.operation_id,
         **_telemetry(settings),
     )
     app.state.settings = settings
@@ -150,6 +160,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
     from service.api import web
 
     app.include_router(web.router)
+    docs.install(app)
     static = Path(__file__).parent / "static"
     if static.is_dir():
         from fastapi.staticfiles import StaticFiles
@@ -172,6 +183,17 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
         in_flight=in_flight,
     )
     return app
+
+
+async def _start_grpc(app: FastAPI, settings: Settings, metrics: Metrics) -> Any:
+    """The gRPC front end on this worker's loop, or None when MNIST_GRPC_PORT is 0."""
+    if not settings.grpc_port:
+        return None
+    from service.rpc.server import GrpcServer  # grpcio is only imported when it is used
+
+    server = GrpcServer(app.state, settings, metrics)
+    app.state.grpc_port = await server.start()
+    return server
 
 
 def _document_body_models(app: FastAPI) -> None:

@@ -32,7 +32,12 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Interface to bind.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port).")
-    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes.")
+    grpc_port: int = Field(
+        8001, ge=0, le=65535, description="Open Inference Protocol gRPC port (0 = off)."
+    )
+    workers: int = Field(
+        1, ge=0, le=64, description="uvicorn worker processes; 0 = one per CPU of the quota."
+    )
     model_repository: Path = Field(
         default_factory=_default_repository, description="Root of <name>/<version>/ folders."
     )
@@ -43,7 +48,7 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     half_precision: bool = Field(False, description="float16 forward on CUDA.")
     torch_threads: int = Field(
-        0, ge=0, description="Intra-op threads per worker; 0 = cores / workers."
+        0, ge=0, description="Intra-op threads per worker; 0 = CPUs of the quota / workers."
     )
     optimize: bool = Field(True, description="Freeze and optimise the TorchScript graph.")
     gil_switch_interval_ms: float = Field(

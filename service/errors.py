@@ -65,6 +65,10 @@ class Unauthorized(ServiceError):
     status_code = 401
     code = "unauthorized"
 
+    def __init__(self, message: str) -> None:
+        # RFC 9110 section 11.6.1: a 401 names the scheme the client should use.
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="mnist-serving"'})
+
 
 class NotFound(ServiceError):
     status_code = 404

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -103,6 +104,14 @@ class RequestContextMiddleware:
         self.in_flight.started(scope.get("client"))
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            # uvicorn cancels what is still running once the drain bound has passed: the
+            # client gets a 503 to retry elsewhere, not the 500 uvicorn would send.
+            if status:
+                raise
+            status = 503
+            await send_with_id(dict(_SHUTDOWN_START))
+            await send_with_id(dict(_SHUTDOWN_BODY))
         except BaseException:
             status = status or 500
             raise
@@ -126,6 +135,20 @@ class RequestContextMiddleware:
                         "images": images, "client": _client(scope),
                     },
                 )  # fmt: skip
+
+
+_SHUTDOWN_JSON = b'{"error":"server is shutting down","code":"shutting_down"}'
+_SHUTDOWN_START: Message = {
+    "type": "http.response.start",
+    "status": 503,
+    "headers": [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(_SHUTDOWN_JSON)).encode()),
+        (b"retry-after", b"1"),
+        (b"connection", b"close"),
+    ],
+}
+_SHUTDOWN_BODY: Message = {"type": "http.response.body", "body": _SHUTDOWN_JSON}
 
 
 def _client(scope: Scope) -> str:

@@ -36,14 +36,19 @@ async def get_metrics(request: Request) -> Metrics:
 
 
 def _presented_key(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
+    return presented_key(request.headers.get("authorization"), request.headers.get("x-api-key"))
+
+
+def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
+    """The key from `Authorization: Bearer <key>`, else from `X-API-Key` (HTTP and gRPC)."""
+    auth = authorization or ""
     scheme, _, token = auth.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    return request.headers.get("x-api-key")
+    return x_api_key
 
 
-def _matches(presented: str, keys: list[str]) -> bool:
+def matches_any_key(presented: str, keys: list[str]) -> bool:
     # Compare against every key so the time taken does not reveal which one matched.
     found = False
     for key in keys:
@@ -52,13 +57,19 @@ def _matches(presented: str, keys: list[str]) -> bool:
 
 
 def client_key(request: Request) -> str:
-    """Who a request counts against for the batcher's fair share: its API key when it has
-    one (a hash of it, never the key), else its peer address."""
-    presented = _presented_key(request)
+    """Who a request counts against for the batcher's fair share: its API key when keys are
+    on (a hash of it, never the key; it was checked before), else its peer address. Without
+    keys a made-up key per request would be a new client each time."""
+    client = request.scope.get("client")
+    presented = _presented_key(request) if request.app.state.api_keys else None
+    return client_key_of(presented, client[0] if client else None)
+
+
+def client_key_of(presented: str | None, host: str | None) -> str:
+    """`client_key` from its parts (shared with the gRPC front end)."""
     if presented:
         return "key:" + hashlib.blake2b(presented.encode(), digest_size=8).hexdigest()
-    client = request.scope.get("client")
-    return f"addr:{client[0]}" if client else "addr:-"
+    return f"addr:{host or '-'}"
 
 
 def check_capacity(request: Request) -> None:
@@ -71,12 +82,15 @@ def check_capacity(request: Request) -> None:
 async def require_api_key(request: Request) -> None:
     """401 unless a configured API key is presented (no-op when none are configured)."""
     keys: list[str] = request.app.state.api_keys
-    if not keys:
-        return
-    presented = _presented_key(request)
+    if keys:
+        check_api_key(keys, _presented_key(request))
+
+
+def check_api_key(keys: list[str], presented: str | None) -> None:
+    """Raise Unauthorized unless `presented` is one of `keys` (HTTP and gRPC)."""
     if presented is None:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'")
-    if not _matches(presented, keys):
+    if not matches_any_key(presented, keys):
         raise Unauthorized("invalid API key")
 
 

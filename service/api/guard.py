@@ -36,8 +36,8 @@ class BodyBudget:
     """Bytes of request bodies one worker holds at once, from the first byte read until the
     answer is sent: the memory that concurrent uploads take, bounded.
 
-    A request reserves its declared Content-Length (or its route's limit when it streams
-    without one) before anything is read; past the budget it is a 503 at once. A request
+    A request with a Content-Length reserves it before anything is read; a streamed
+    (chunked) one reserves each chunk as it arrives. Past the budget it is a 503. A request
     alone always passes: its own size limit bounds it.
     """
 
@@ -45,20 +45,42 @@ class BodyBudget:
         self.total = total_bytes
         self.used = 0
 
-    @contextlib.contextmanager
-    def hold(self, request: Request, max_bytes: int) -> Iterator[None]:
-        declared = request.headers.get("content-length")
-        nbytes = int(declared) if declared and declared.isascii() and declared.isdigit() else 0
-        nbytes = min(nbytes, max_bytes) if declared else max_bytes
-        if self.used and self.used + nbytes > self.total:
+    def _take(self, nbytes: int, held: int) -> None:
+        if self.used > held and self.used + nbytes > self.total:
             raise Overloaded(
                 f"the server is receiving {self.used >> 20} MiB of uploads; retry shortly"
             )
         self.used += nbytes
+
+    @contextlib.contextmanager
+    def hold(self, request: Request, max_bytes: int) -> Iterator[Request]:
+        """Reserve the request's body for the block; yields the request to read it from.
+
+        A declared length over `max_bytes` reserves `max_bytes`: the size check then refuses
+        it with 413, which says more than a 503.
+        """
+        declared = request.headers.get("content-length")
+        held = 0
+        if declared is not None and declared.isascii() and declared.isdigit():
+            held = min(int(declared), max_bytes)
+            self._take(held, 0)
+            reading = request
+        else:
+            receive = request.receive
+
+            async def counted() -> Message:
+                nonlocal held
+                message = await receive()
+                size = len(message.get("body", b""))
+                self._take(size, held)
+                held += size
+                return message
+
+            reading = Request(request.scope, counted)
         try:
-            yield
+            yield reading
         finally:
-            self.used -= nbytes
+            self.used -= held
 
 
 def body_budget(request: Request) -> BodyBudget:
@@ -81,7 +103,7 @@ def guarded_route(check: Check, limit: Limit) -> type[APIRoute]:
                 limited = _limited(request, max_bytes)
                 if limited is request:  # no body
                     return await handler(request)
-                with body_budget(request).hold(request, max_bytes):
+                with body_budget(request).hold(limited, max_bytes) as limited:
                     if reads_body:
                         # FastAPI turns any error while it reads a body into a 400: read it
                         # here first, so that going over the limit stays a 413.
@@ -167,12 +189,20 @@ async def read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-async def parse_json(body: bytes, model: type[M], check: Callable[[Any], None] | None = None) -> M:
+async def parse_json(
+    body: bytes,
+    model: type[M],
+    check: Callable[[Any], None] | None = None,
+    max_values: int | None = None,
+) -> M:
     """Validate a JSON body as `model`, off the event loop when it is big.
 
-    `check` sees the parsed JSON before pydantic builds objects from it, to refuse element
-    counts over a limit at the cost of a length check.
+    `max_values` bounds the values (counted as commas, before parsing: the parse holds the
+    GIL even on a thread, and millions of tiny values cost seconds and gigabytes). `check`
+    sees the parsed JSON before pydantic builds objects from it.
     """
+    if max_values is not None and body.count(b",") > max_values:
+        raise PayloadTooLarge(f"request JSON has more than {max_values} values")
     if len(body) <= INLINE_PARSE_BYTES:
         return _parse(body, model, check)
     return await asyncio.to_thread(_parse, body, model, check)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -13,7 +15,11 @@ router = APIRouter(tags=["health"])
 
 def readiness(request: Request) -> tuple[bool, str | None]:
     """Ready when the model is loaded and warm, the batch loop runs, and not shutting down."""
-    state = request.app.state
+    return state_readiness(request.app.state)
+
+
+def state_readiness(state: Any) -> tuple[bool, str | None]:
+    """`readiness` from the app's state (shared with the gRPC front end)."""
     if getattr(state, "shutting_down", False):
         return False, "shutting down"
     plane = getattr(state, "dataplane", None)

@@ -167,14 +167,14 @@ async def predict_digits(request: Request) -> Response:
     check_capacity(request)
     settings: Settings = request.app.state.settings
     top_k, return_image = _query(request)
-    with body_budget(request).hold(request, settings.max_request_bytes):
+    with body_budget(request).hold(request, settings.max_request_bytes) as reading:
         limits = UploadLimits(
             settings.max_files, settings.max_file_bytes, settings.max_request_bytes
         )
         uploads = await read_multipart(
             request.headers.get("content-type"),
             request.headers.get("content-length"),
-            request.stream(),
+            reading.stream(),
             limits,
         )
         files = [NamedFile(u.filename, u.data) for u in uploads]
@@ -223,7 +223,12 @@ async def predict_digits_base64(
             raise PayloadTooLarge(f"too many files: at most {settings.max_files} per request")
 
     check_capacity(request)
-    body = await parse_json(await read_body(request), PredictBase64Request, count_images)
+    body = await parse_json(
+        await read_body(request),
+        PredictBase64Request,
+        count_images,
+        max_values=4 * settings.max_files + 64,  # a few fields per image
+    )
     files = (
         await asyncio.to_thread(_decode_base64, body)
         if len(body.images) > 1

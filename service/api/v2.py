@@ -6,21 +6,19 @@ outputs, and the classification extension (`classification: k` on an output).
 
 from __future__ import annotations
 
-import base64
-import binascii
-import struct
+import asyncio
+from collections.abc import Hashable
 from typing import Annotated, Any
 
 import numpy as np
-import orjson
 import torch
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
 
 from service import __version__
 from service.api.deps import (
     DataPlaneDep,
+    MetricsDep,
     SettingsDep,
     cancelled_on_disconnect,
     client_key,
@@ -28,17 +26,16 @@ from service.api.deps import (
 )
 from service.api.guard import guarded_route
 from service.api.ops import readiness
+from service.codec import triton
+from service.codec import v2 as codec
 from service.dataplane import DataPlane, NamedFile
-from service.errors import InvalidInput, ModelNotFound, ModelNotReady, PayloadTooLarge
-from service.model import Classifier, digit_probabilities
+from service.errors import ModelNotReady, PayloadTooLarge
+from service.model import Classifier
 from service.schemas.v2 import (
     InferenceErrorResponse,
-    InferenceRequest,
     InferenceResponse,
     MetadataModelResponse,
     ModelReadyResponse,
-    RequestInput,
-    RequestOutput,
     ServerMetadataResponse,
 )
 
@@ -49,7 +46,6 @@ protected = APIRouter(
     route_class=guarded_route(require_api_key, lambda s: s.max_request_bytes),
 )
 
-EXTENSIONS = ["binary_tensor_data", "classification"]
 HEADER_LENGTH = "inference-header-content-length"
 _DTYPES = {"FP32": np.float32, "UINT8": np.uint8, "FP64": np.float64, "FP16": np.float16}
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -67,47 +63,60 @@ ModelVersion = Annotated[str, Path(description="Model version, e.g. 1")]
 @router.get("", response_model=ServerMetadataResponse)
 async def get_server_metadata() -> ServerMetadataResponse:
     """Server name, version and supported protocol extensions."""
-    return ServerMetadataResponse(name="mnist-serving", version=__version__, extensions=EXTENSIONS)
+    return ServerMetadataResponse(
+        name="mnist-serving", version=__version__, extensions=codec.EXTENSIONS
+    )
 
 
-def _check_model(plane: DataPlane, name: str, version: str | None) -> Classifier:
-    clf = plane.classifier
-    if name != clf.name:
-        raise ModelNotFound(f"unknown model {name!r}; this server serves {clf.name!r}")
-    if version is not None and version != clf.version:
-        available = plane.available_versions()
-        hint = "available but not loaded" if version in available else "not found"
-        raise ModelNotFound(
-            f"model {name!r} version {version!r} is {hint}; serving version {clf.version}"
-        )
-    return clf
+# Triton's statistics and model configuration extensions (tritonclient's
+# get_inference_statistics and get_model_config). `/models/stats` is declared before
+# `/models/{name}` so that it is not taken for a model called "stats".
+@protected.get("/models/stats", response_model=dict[str, Any], responses=_ERRORS)
+async def get_all_model_statistics(plane: DataPlaneDep, metrics: MetricsDep) -> Response:
+    """Triton statistics extension: every served model, this worker process."""
+    return JSONResponse(triton.model_statistics(plane.classifier, metrics.registry))
 
 
-def _model_metadata(clf: Classifier) -> dict[str, Any]:
-    card = clf.card
-    return {
-        "name": card.name,
-        "versions": [card.version],
-        "platform": card.platform,
-        "inputs": [
-            {"name": "input", "datatype": "FP32", "shape": [-1, 1, 28, 28],
-             "parameters": {"normalization": card.input.normalization.model_dump(),
-                            "also_accepts": ["[-1,28,28]", "[-1,784]", "UINT8 raw pixels"]}},
-            {"name": "image", "datatype": "BYTES", "shape": [-1],
-             "parameters": {"content": "encoded image files (PNG, JPEG, BMP, GIF, WebP, TIFF)"}},
-        ],
-        "outputs": [
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10],
-             "parameters": {"labels": card.output.labels[:10]}},
-            {"name": "label", "datatype": "INT64", "shape": [-1]},
-        ],
-    }  # fmt: skip
+@protected.get("/models/{name}/stats", response_model=dict[str, Any], responses=_ERRORS)
+async def get_model_statistics(
+    name: ModelName, plane: DataPlaneDep, metrics: MetricsDep
+) -> Response:
+    """Triton statistics extension: inference counts and durations, this worker process."""
+    clf = codec.resolve_model(plane, name, None)
+    return JSONResponse(triton.model_statistics(clf, metrics.registry))
+
+
+@protected.get(
+    "/models/{name}/versions/{version}/stats", response_model=dict[str, Any], responses=_ERRORS
+)
+async def get_model_version_statistics(
+    name: ModelName, version: ModelVersion, plane: DataPlaneDep, metrics: MetricsDep
+) -> Response:
+    """Triton statistics extension for one model version."""
+    clf = codec.resolve_model(plane, name, version)
+    return JSONResponse(triton.model_statistics(clf, metrics.registry))
+
+
+@protected.get("/models/{name}/config", response_model=dict[str, Any], responses=_ERRORS)
+async def get_model_config(name: ModelName, plane: DataPlaneDep, settings: SettingsDep) -> Response:
+    """Triton model configuration extension, built from the model card and settings."""
+    return JSONResponse(triton.model_config(codec.resolve_model(plane, name, None), settings))
+
+
+@protected.get(
+    "/models/{name}/versions/{version}/config", response_model=dict[str, Any], responses=_ERRORS
+)
+async def get_model_version_config(
+    name: ModelName, version: ModelVersion, plane: DataPlaneDep, settings: SettingsDep
+) -> Response:
+    """Triton model configuration extension for one model version."""
+    return JSONResponse(triton.model_config(codec.resolve_model(plane, name, version), settings))
 
 
 @protected.get("/models/{name}", response_model=MetadataModelResponse, responses=_ERRORS)
 async def get_model_metadata(name: ModelName, plane: DataPlaneDep) -> Response:
     """Model metadata built from the model card."""
-    return JSONResponse(_model_metadata(_check_model(plane, name, None)))
+    return JSONResponse(codec.model_metadata(codec.resolve_model(plane, name, None).card))
 
 
 @protected.get(
@@ -117,14 +126,14 @@ async def get_model_version_metadata(
     name: ModelName, version: ModelVersion, plane: DataPlaneDep
 ) -> Response:
     """Metadata of one model version."""
-    return JSONResponse(_model_metadata(_check_model(plane, name, version)))
+    return JSONResponse(codec.model_metadata(codec.resolve_model(plane, name, version).card))
 
 
 async def _model_ready(request: Request, name: str, version: str | None) -> Response:
     plane: DataPlane | None = request.app.state.dataplane
     if plane is None:
         raise ModelNotReady("the model is not loaded yet")
-    clf = _check_model(plane, name, version)
+    clf = codec.resolve_model(plane, name, version)
     ready, _ = readiness(request)
     return JSONResponse(
         {"name": clf.name, "ready": ready},
@@ -151,16 +160,17 @@ async def get_model_version_readiness(
     return await _model_ready(request, name, version)
 
 
+# NOTE: only the JSON form is a content type here. The binary tensor data extension sends
+# the same JSON followed by raw bytes, in any content type; listing it as a second media
+# type made openapi-python-client generate a client that does not import.
 _INFER_BODY = {
     "requestBody": {
         "required": True,
+        "description": "An $inference_request. Binary tensor data extension: the JSON header "
+        "(its length in the Inference-Header-Content-Length header) followed by the raw "
+        "tensors, each input declaring its parameters.binary_data_size.",
         "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
-            "application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"},
-                "description": "Binary tensor data extension: JSON header of "
-                "Inference-Header-Content-Length bytes followed by the raw tensors.",
-            },
         },
     }
 }
@@ -196,12 +206,16 @@ async def infer_version(
     return await _infer(request, plane, settings.max_request_bytes, name, version)
 
 
-# ---------------------------------------------------------------------------- request parsing
+# ---------------------------------------------------------------------------- inference
+
+#: Bodies larger than this are parsed and decoded on a worker thread: JSON parsing, pydantic
+#: validation and BYTES splitting grow with the body and would stall every other request.
+OFFLOAD_BYTES = 64 * 1024
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit:
+    length = request.headers.get("content-length", "")
+    if length.isascii() and length.isdigit() and int(length) > limit:
         raise PayloadTooLarge(f"request body exceeds {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -212,268 +226,53 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequest, bytes]:
-    binary = b""
-    if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
-            raise InvalidInput(
-                f"Inference-Header-Content-Length {header_length!r} is not a length within "
-                f"the {len(body)}-byte body"
-            )
-        split = int(header_length)
-        body, binary = body[:split], body[split:]
-    try:
-        raw = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"request body is not valid JSON: {exc}") from exc
-    try:
-        return InferenceRequest.model_validate(raw), binary
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "request"
-        raise InvalidInput(f"invalid inference request at {where}: {first['msg']}") from exc
-
-
-def _split_binary(req: InferenceRequest, binary: bytes) -> dict[str, bytes]:
-    """Assign the binary section to inputs, in order, by their binary_data_size."""
-    out: dict[str, bytes] = {}
-    offset = 0
-    for item in req.inputs:
-        size = (item.parameters or {}).get("binary_data_size")
-        if size is None:
-            continue
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise InvalidInput(f"input {item.name!r}: binary_data_size must be an integer >= 0")
-        if offset + size > len(binary):
-            raise InvalidInput(
-                f"input {item.name!r}: binary_data_size {size} runs past the end of the body"
-            )
-        out[item.name] = binary[offset : offset + size]
-        offset += size
-    if offset != len(binary):
-        raise InvalidInput(f"binary section has {len(binary)} bytes but inputs declare {offset}")
-    return out
-
-
-def _element_count(shape: list[int]) -> int:
-    if any(d < 0 for d in shape):
-        raise InvalidInput(f"shape {shape} has a negative dimension")
-    count = 1
-    for d in shape:
-        count *= d
-    return count
-
-
-def _tensor_input(item: RequestInput, raw: bytes | None, clf: Classifier, limit: int) -> np.ndarray:
-    """`input` -> [N,28,28] pixels in [0,1] (FP32 is MNIST-normalised, UINT8 is raw)."""
-    dtype = _DTYPES.get(item.datatype)
-    if dtype is None:
-        raise InvalidInput(
-            f"input 'input' has datatype {item.datatype}; expected FP32 (normalised) or UINT8"
-        )
-    shape = item.shape
-    count = _element_count(shape)
-    if (
-        len(shape) == 4
-        and shape[1:] == [1, 28, 28]
-        or len(shape) == 3
-        and shape[1:] == [28, 28]
-        or len(shape) == 2
-        and shape[1:] == [784]
-    ):
-        n = shape[0]
-    else:
-        raise InvalidInput(
-            f"input 'input' has shape {shape}; expected [N,1,28,28], [N,28,28] or [N,784]"
-        )
-    if n < 1:
-        raise InvalidInput("input 'input' has no rows")
-    if n > limit:
-        raise PayloadTooLarge(f"input 'input' has {n} rows; the limit is {limit}")
-    if raw is not None:
-        itemsize = np.dtype(dtype).itemsize
-        if len(raw) != count * itemsize:
-            raise InvalidInput(
-                f"input 'input': {len(raw)} bytes of binary data for {count} {item.datatype} "
-                f"elements (expected {count * itemsize})"
-            )
-        arr = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
-    else:
-        if item.data is None:
-            raise InvalidInput("input 'input' has neither data nor binary_data_size")
-        try:
-            arr = np.asarray(item.data, dtype=dtype).reshape(-1)
-        except (TypeError, ValueError) as exc:
-            raise InvalidInput(f"input 'input' data is not a flat list of numbers: {exc}") from exc
-        if arr.size != count:
-            raise InvalidInput(
-                f"input 'input' has {arr.size} elements but shape {shape} needs {count}"
-            )
-    arr = arr.astype(np.float32).reshape(n, 28, 28)
-    if not np.isfinite(arr).all():
-        raise InvalidInput("input 'input' contains NaN or infinity")
-    if item.datatype == "UINT8":
-        return arr / 255.0
-    norm = clf.card.input.normalization
-    return arr * norm.std + norm.mean  # back to pixels: the batcher normalises for the model
-
-
-def _deserialize_bytes(raw: bytes) -> list[bytes]:
-    out, offset = [], 0
-    while offset < len(raw):
-        if offset + 4 > len(raw):
-            raise InvalidInput("BYTES tensor is truncated (incomplete length prefix)")
-        (size,) = struct.unpack_from("<I", raw, offset)
-        offset += 4
-        if offset + size > len(raw):
-            raise InvalidInput("BYTES tensor is truncated (element runs past the end)")
-        out.append(raw[offset : offset + size])
-        offset += size
-    return out
-
-
-def _image_input(item: RequestInput, raw: bytes | None, limit: int) -> list[NamedFile]:
-    if item.datatype != "BYTES":
-        raise InvalidInput(f"input 'image' has datatype {item.datatype}; expected BYTES")
-    count = _element_count(item.shape)
-    if len(item.shape) not in (1, 2) or (len(item.shape) == 2 and item.shape[1] != 1):
-        raise InvalidInput(f"input 'image' has shape {item.shape}; expected [N] or [N,1]")
-    if raw is not None:
-        elements = _deserialize_bytes(raw)
-    else:
-        if item.data is None:
-            raise InvalidInput("input 'image' has neither data nor binary_data_size")
-        elements = []
-        for i, value in enumerate(item.data):
-            if not isinstance(value, str):
-                raise InvalidInput(f"input 'image' element {i} must be a base64 string")
-            try:
-                elements.append(base64.b64decode(value, validate=True))
-            except (binascii.Error, ValueError) as exc:
-                raise InvalidInput(f"input 'image' element {i} is not valid base64") from exc
-    if len(elements) != count:
-        raise InvalidInput(
-            f"input 'image' has {len(elements)} elements but shape {item.shape} needs {count}"
-        )
-    if count < 1:
-        raise InvalidInput("input 'image' has no elements")
-    if count > limit:
-        raise PayloadTooLarge(f"too many images: {count}; the limit is {limit}")
-    return [NamedFile(f"image[{i}]", data) for i, data in enumerate(elements)]
-
-
-# ---------------------------------------------------------------------------- response
-
-
-def _serialize_bytes(values: list[bytes]) -> bytes:
-    return b"".join(struct.pack("<I", len(v)) + v for v in values)
-
-
-def _flag(params: dict[str, Any] | None, key: str) -> bool:
-    value = (params or {}).get(key, False)
-    if not isinstance(value, bool):
-        raise InvalidInput(f"parameter {key!r} must be a boolean")
-    return value
-
-
-def _build_outputs(
-    req: InferenceRequest, probs: torch.Tensor
-) -> tuple[list[dict[str, Any]], list[bytes]]:
-    # The V2 outputs stay a plain ten-digit classifier whatever the model's class count.
-    probs = digit_probabilities(probs)
-    n = int(probs.shape[0])
-    default_binary = _flag(req.parameters, "binary_data_output")
-    requested = req.outputs or [RequestOutput(name="probabilities"), RequestOutput(name="label")]
-    seen: set[str] = set()
-    outputs: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
-    for out in requested:
-        params = out.parameters or {}
-        if out.name in seen:
-            raise InvalidInput(f"output {out.name!r} is requested twice")
-        seen.add(out.name)
-        binary = _flag(params, "binary_data") if "binary_data" in params else default_binary
-        k = params.get("classification", 0)
-        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-            raise InvalidInput("parameter 'classification' must be an integer >= 0")
-        payload: np.ndarray | list[bytes]
-        if out.name not in ("probabilities", "label"):
-            raise InvalidInput(
-                f"unknown output {out.name!r}; this model has 'probabilities' and 'label'"
-            )
-        if k:
-            # Classification extension: top-k "<score>:<index>:<label>" strings, as Triton.
-            k = min(k, 10)
-            scores, indices = probs.topk(k, dim=1)
-            strings = [
-                f"{s:f}:{i}:{i}".encode()
-                for row_s, row_i in zip(scores.tolist(), indices.tolist(), strict=True)
-                for s, i in zip(row_s, row_i, strict=True)
-            ]
-            meta: dict[str, Any] = {"name": out.name, "datatype": "BYTES", "shape": [n, k]}
-            payload = strings
-        elif out.name == "probabilities":
-            meta = {"name": out.name, "datatype": "FP32", "shape": [n, 10]}
-            payload = probs.numpy().astype("<f4")
-        else:
-            meta = {"name": out.name, "datatype": "INT64", "shape": [n]}
-            payload = probs.argmax(dim=1).numpy().astype("<i8")
-        if binary:
-            blob = _serialize_bytes(payload) if isinstance(payload, list) else payload.tobytes()
-            meta["parameters"] = {"binary_data_size": len(blob)}
-            blobs.append(blob)
-        elif isinstance(payload, list):
-            meta["data"] = [p.decode() for p in payload]
-        else:
-            meta["data"] = payload.reshape(-1).tolist()
-        outputs.append(meta)
-    return outputs, blobs
+def _decode(
+    body: bytes, header_length: str | None, limits: codec.Limits, norm: tuple[float, float]
+) -> tuple[codec.V2Request, list[codec.OutputSpec], np.ndarray | list[bytes]]:
+    header, binary = codec.split_body(body, header_length)
+    req = codec.parse_json_request(header, binary, limits)
+    plan = codec.plan_outputs(req)
+    return req, plan, codec.decode_input(codec.single_input(req), limits, norm)
 
 
 async def _infer(
     request: Request, plane: DataPlane, limit: int, name: str, version: str | None
 ) -> Response:
-    clf = _check_model(plane, name, version)
+    clf = codec.resolve_model(plane, name, version)
     plane.batcher.check_capacity(client_key(request))  # before the body is read
     body = await _read_body(request, limit)
-    req, binary = _parse_request(body, request.headers.get(HEADER_LENGTH))
-    raw = _split_binary(req, binary)
-    if len(req.inputs) != 1:
-        raise InvalidInput(
-            f"expected exactly one input ('input' or 'image'), got {len(req.inputs)}"
-        )
-    item = req.inputs[0]
-    settings = plane.settings
-    # Validate the requested outputs before spending any model time.
-    _build_outputs(req, torch.zeros(1, 10))
-    if item.name == "input":
-        pixels = _tensor_input(item, raw.get(item.name), clf, settings.max_queue_size)
-        request.state.images = len(pixels)
-        with cancelled_on_disconnect(request):
-            probs, model = await plane.infer(pixels, client_key(request))
-    elif item.name == "image":
-        files = _image_input(item, raw.get(item.name), settings.max_files)
-        request.state.images = len(files)
-        with cancelled_on_disconnect(request):
-            _, probs, model = await plane.predict_files(files, client_key(request))
+    norm = clf.card.input.normalization
+    limits = codec.Limits.of(plane.settings.max_queue_size, plane.settings.max_files)
+    args = (body, request.headers.get(HEADER_LENGTH), limits, (norm.mean, norm.std))
+    if len(body) > OFFLOAD_BYTES:
+        req, plan, decoded = await asyncio.to_thread(_decode, *args)
     else:
-        raise InvalidInput(f"unknown input {item.name!r}; expected 'input' or 'image'")
-    outputs, blobs = _build_outputs(req, probs)
-    response: dict[str, Any] = {
-        "model_name": model.name,
-        "model_version": model.version,
-        "outputs": outputs,
-    }
-    if req.id is not None:
-        response["id"] = req.id
-    header = orjson.dumps(response)
+        req, plan, decoded = _decode(*args)
+    request.state.images = len(decoded)
+    with cancelled_on_disconnect(request):
+        probs, model = await infer_decoded(plane, decoded, client_key(request))
+    tensors = codec.encode_outputs(plan, probs.numpy())
+    header, blobs = codec.render_json(tensors, model.name, model.version, req.id)
     if not blobs:
         return Response(header, media_type="application/json")
     return Response(
-        header + b"".join(blobs),
+        header + blobs,
         media_type="application/octet-stream",
         headers={"Inference-Header-Content-Length": str(len(header))},
     )
+
+
+async def infer_decoded(
+    plane: DataPlane, decoded: np.ndarray | list[bytes], client: Hashable
+) -> tuple[torch.Tensor, Classifier]:
+    """Probabilities for a decoded V2 input: pixels straight to the batcher, files decoded.
+
+    `client` keys the batcher's fair share (see `client_key`)."""
+    if isinstance(decoded, np.ndarray):
+        return await plane.infer(decoded, client)
+    files = [NamedFile(f"image[{i}]", data) for i, data in enumerate(decoded)]
+    _, probs, model = await plane.predict_files(files, client)
+    return probs, model
 
 
 router.include_router(protected)

@@ -40,10 +40,14 @@ class ModelReadyResponse(BaseModel):
     ready: bool
 
 
+# NOTE: unknown request fields are ignored, as the protocol allows: the KServe SDK sends
+# `model_name` in the body, for one.
+
+
 class RequestInput(BaseModel):
     """$request_input"""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
     name: str
     shape: list[int] = Field(max_length=8)
     datatype: str
@@ -54,7 +58,7 @@ class RequestInput(BaseModel):
 class RequestOutput(BaseModel):
     """$request_output"""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
     name: str
     parameters: dict[str, Any] | None = None
 
@@ -63,7 +67,7 @@ class InferenceRequest(BaseModel):
     """$inference_request"""
 
     model_config = ConfigDict(
-        extra="forbid",
+        extra="ignore",
         json_schema_extra={
             "example": {
                 "id": "42",

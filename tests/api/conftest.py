@@ -11,7 +11,12 @@ from service.config import Settings
 
 
 def make_settings(repo: Path, **kw: object) -> Settings:
-    base = {"model_repository": repo, "max_batch_wait_ms": 1.0, "preprocess_threads": 2}
+    base = {
+        "model_repository": repo,
+        "max_batch_wait_ms": 1.0,
+        "preprocess_threads": 2,
+        "grpc_port": 0,  # in-process apps never bind the shared default gRPC port
+    }
     base.update(kw)
     return Settings(_env_file=None, **base)  # type: ignore[call-arg]
 

@@ -150,7 +150,7 @@ async def test_base64_image_count_is_refused_before_objects_are_built(app: FastA
     headers = {"content-type": "application/json", "x-api-key": KEY}
     status, _, body, _ = await call(app, "POST", "/v1/predict/base64", headers, [payload])
     assert status == 413
-    assert "too many files" in body["error"]
+    assert "values" in body["error"]  # counted before parsing
 
 
 async def test_base64_still_predicts_and_documents_its_body(app: FastAPI) -> None:
@@ -211,3 +211,66 @@ async def test_uploads_in_flight_are_bounded_per_worker(
         assert response_headers["retry-after"] == "1"
         assert reads == 0
         slow.cancel()
+
+
+async def test_json_bodies_of_millions_of_tiny_values_are_refused_before_parsing(
+    app: FastAPI,
+) -> None:
+    headers = {"content-type": "application/json", "x-api-key": KEY}
+    junk = b'{"images": [{"data": "aaaa"}], "junk": [' + b"[]," * 200_000 + b"[]]}"
+    status, _, body, _ = await call(app, "POST", "/v1/predict/base64", headers, [junk])
+    assert status == 413, body
+    assert "values" in body["error"]
+    v2 = (
+        b'{"inputs": [{"name": "input", "shape": [1, 784], "datatype": "UINT8", "data": ['
+        + b"[]," * 400_000
+        + b"[]]}]}"
+    )
+    status, _, body, _ = await call(app, "POST", "/v2/models/mnist-cnn/infer", headers, [v2])
+    assert status == 413, body
+
+
+async def test_one_v2_request_may_hold_at_most_half_the_queue(shipped_models: Path) -> None:
+    application = create_app(make_settings(shipped_models, max_queue_size=64, max_batch_size=8))
+    body = orjson.dumps(
+        {
+            "inputs": [
+                {"name": "input", "shape": [33, 784], "datatype": "UINT8", "data": [0] * (33 * 784)}
+            ]
+        }  # fmt: skip
+    )
+    async with LifespanManager(application):
+        status, _, answer, _ = await call(
+            application,
+            "POST",
+            "/v2/models/mnist-cnn/infer",
+            {"content-type": "application/json"},
+            [body],
+        )
+    assert status == 413, answer
+    assert str(32 * 784) in answer["error"]  # 32 rows of 784 pixels: half of 64
+
+
+async def test_made_up_keys_do_not_make_new_clients_when_keys_are_off(
+    shipped_models: Path,
+) -> None:
+    from starlette.requests import Request
+
+    from service.api.deps import client_key
+
+    application = create_app(make_settings(shipped_models))
+    scope = {"type": "http", "app": application, "client": ("10.0.0.7", 1), "headers": []}
+    plain = client_key(Request(scope))
+    keyed = client_key(Request({**scope, "headers": [(b"x-api-key", b"made-up-1")]}))
+    assert plain == keyed == "addr:10.0.0.7"
+
+
+async def test_multipart_with_thousands_of_other_fields_is_refused(app: FastAPI) -> None:
+    parts = b"".join(
+        b'--x\r\nContent-Disposition: form-data; name="f"\r\n\r\n\r\n' for _ in range(500)
+    )
+    body = parts + b"--x--\r\n"
+    headers = {"content-type": "multipart/form-data; boundary=x", "x-api-key": KEY}
+    status, _, answer, _ = await call(app, "POST", "/v1/predict", headers, [body])
+    assert status == 413, answer
+    assert "form fields" in answer["error"]

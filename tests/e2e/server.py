@@ -34,8 +34,15 @@ class ServerProcess:
         """`fd_limit`: RLIMIT_NOFILE (soft and hard) of the server process, as `ulimit -n`."""
         self.fd_limit = fd_limit
         self.port = free_port()
+        self.grpc_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "MNIST_PORT": str(self.port), "PYTHONUNBUFFERED": "1"}
+        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
+        self.env = {
+            **os.environ,
+            "MNIST_PORT": str(self.port),
+            "MNIST_GRPC_PORT": str(self.grpc_port),
+            "PYTHONUNBUFFERED": "1",
+        }
         self.env.update(env or {})
         self.args = args or []
         self.proc: subprocess.Popen[bytes] | None = None
@@ -116,7 +123,12 @@ def run_to_exit(
     env: dict[str, str], args: list[str] | None = None, timeout_s: float = 60
 ) -> subprocess.CompletedProcess[str]:
     """Run the server command expecting it to exit (startup failures)."""
-    full_env = {**os.environ, "MNIST_PORT": str(free_port()), **env}
+    full_env = {
+        **os.environ,
+        "MNIST_PORT": str(free_port()),
+        "MNIST_GRPC_PORT": str(free_port()),
+        **env,
+    }
     return subprocess.run(
         [sys.executable, "-m", "service", *(args or [])],
         cwd=ROOT,

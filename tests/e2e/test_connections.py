@@ -358,3 +358,25 @@ def test_protocol_keeps_serving_at_a_low_fd_limit(tmp_path: Path) -> None:
         assert "out of system resource" not in server.log()
     finally:
         assert server.stop() == 0, server.log()
+
+
+def test_protocol_limits_reach_every_worker(tmp_path: Path) -> None:
+    # uvicorn pickles its config (with our protocol factory) into each spawned worker.
+    env = _env(MNIST_MAX_HEADER_COUNT="5", MNIST_MAX_CONNECTIONS="3")
+    server = ServerProcess(env=env, args=["--workers", "2"]).start(tmp_path, timeout_s=180)
+    try:
+        fields = b"".join(b"X-F%d: 1\r\n" % i for i in range(5))  # + Host: 6
+        for _ in range(6):  # new connections land on both workers
+            status, _, body = _parse(_exchange(server, LIVE + fields + b"\r\n")[1])
+            assert (status, body["code"]) == (431, "headers_too_large")
+        # Each worker keeps at most 3 of 12 idle connections (however the shared socket
+        # splits them) and refuses the rest at once.
+        idle = _fill_with_idle(server, 12)
+        time.sleep(0.5)
+        answered, _, _ = select.select(idle, [], [], 0)
+        refused = [sock for sock in answered if _read_to_eof(sock).startswith(b"HTTP/1.1 503")]
+        assert len(refused) >= 6, f"{len(refused)} of 12 refused"
+        for sock in idle:
+            sock.close()
+    finally:
+        assert server.stop() == 0, server.log()

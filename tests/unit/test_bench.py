@@ -35,3 +35,20 @@ def test_table_shows_each_round() -> None:
                   "inprocess_ceiling_images_per_s": 1234.0})  # fmt: skip
     assert "medians of 2 interleaved rounds" in text
     assert "| a | single | 1 | 200 | 100 / 300 |" in text
+
+
+def test_protocols_table_reports_medians_and_the_ratio_to_http() -> None:
+    from bench.protocols import table as protocols_table
+
+    def cell(rps: float) -> dict[str, float]:
+        return {"rps": rps, "p50_ms": 1000 / rps, "p99_ms": 2000 / rps}
+
+    runs = {
+        ("http", "single"): [cell(100), cell(300), cell(200)],
+        ("grpc", "single"): [cell(400), cell(100), cell(300)],
+        ("http", "batch64"): [cell(10)],
+        ("grpc", "batch64"): [cell(5)],
+    }
+    text = protocols_table(runs, 3, 5)
+    assert "| single | grpc | 300 | 300 | 3.33 | 6.67 | 1.50 |" in text
+    assert "| batch64 | grpc | 5 | 320 | 200.00 | 400.00 | 0.50 |" in text

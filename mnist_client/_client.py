@@ -1,0 +1,183 @@
+"""`Client` and `AsyncClient`: /v1/predict with auth, timeouts and polite retries."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from mnist_client._inputs import ImageLike, to_files
+from mnist_client._types import ClientError, PredictResult
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+#: Statuses worth another try: the server said it is busy (503) or ran out of time (504).
+RETRY_STATUSES = (503, 504)
+
+
+class _Base:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 30.0,
+        retries: int = 2,
+        backoff_s: float = 0.5,
+        max_wait_s: float = 10.0,
+    ) -> None:
+        self.url = (url or os.environ.get("MNIST_URL") or DEFAULT_URL).rstrip("/")
+        self.api_key = api_key if api_key is not None else os.environ.get("MNIST_API_KEY")
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_wait_s = max_wait_s
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def _delay(self, attempt: int, response: httpx.Response | None) -> float | None:
+        """Seconds to wait before another try, or None to give up."""
+        if attempt >= self.retries:
+            return None
+        if response is not None and response.status_code not in RETRY_STATUSES:
+            return None
+        delay = self.backoff_s * 2**attempt
+        if response is not None:
+            delay = _retry_after(response.headers.get("retry-after"), delay)
+        return min(delay, self.max_wait_s)
+
+    @staticmethod
+    def _params(top_k: int | None) -> dict[str, Any]:
+        return {"top_k": top_k} if top_k else {}
+
+    @staticmethod
+    def _multipart(files: list[tuple[str, bytes]]) -> list[tuple[str, tuple[str, bytes]]]:
+        return [("files", (name, data)) for name, data in files]
+
+
+def _retry_after(value: str | None, default: float) -> float:
+    """Retry-After as seconds or an HTTP date (RFC 9110 10.2.3); `default` when absent."""
+    if not value:
+        return default
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return default
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _result(response: httpx.Response) -> PredictResult:
+    if response.status_code == 200:
+        return PredictResult.from_json(response.json())
+    raise _error(response)
+
+
+def _error(response: httpx.Response) -> ClientError:
+    try:
+        body: Mapping[str, Any] = response.json()
+    except ValueError:
+        body = {}
+    if not isinstance(body, Mapping):
+        body = {}
+    message = str(body.get("error") or f"HTTP {response.status_code}")
+    code = str(body.get("code") or f"http_{response.status_code}")
+    return ClientError(message, code=code, status=response.status_code, details=body.get("details"))
+
+
+def _connection_error(url: str, exc: httpx.TransportError) -> ClientError:
+    kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "connection_error"
+    return ClientError(f"{url}: {exc or type(exc).__name__}", code=kind)
+
+
+class Client(_Base):
+    """Blocking client. `with Client(url, api_key=...) as c: c.predict("seven.png")`."""
+
+    def __init__(self, url: str | None = None, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self._http = httpx.Client(base_url=self.url, timeout=self.timeout_s)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def predict(self, *images: ImageLike, top_k: int | None = None) -> PredictResult:
+        """One prediction per image (paths, bytes, open files, PIL images or arrays)."""
+        files = to_files(images)
+        return _result(self._send(files, top_k))
+
+    def _send(self, files: list[tuple[str, bytes]], top_k: int | None) -> httpx.Response:
+        attempt = 0
+        while True:
+            try:
+                response = self._http.post(
+                    "/v1/predict",
+                    files=self._multipart(files),
+                    params=self._params(top_k),
+                    headers=self._headers(),
+                )
+            except httpx.TransportError as exc:
+                delay = self._delay(attempt, None)
+                if delay is None:
+                    raise _connection_error(self.url, exc) from exc
+            else:
+                delay = self._delay(attempt, response)
+                if delay is None:
+                    return response
+            time.sleep(delay)
+            attempt += 1
+
+
+class AsyncClient(_Base):
+    """asyncio client with the same behaviour as `Client`."""
+
+    def __init__(self, url: str | None = None, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=self.timeout_s)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def predict(self, *images: ImageLike, top_k: int | None = None) -> PredictResult:
+        """One prediction per image (paths, bytes, open files, PIL images or arrays)."""
+        files = to_files(images)
+        return _result(await self._send(files, top_k))
+
+    async def _send(self, files: list[tuple[str, bytes]], top_k: int | None) -> httpx.Response:
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.post(
+                    "/v1/predict",
+                    files=self._multipart(files),
+                    params=self._params(top_k),
+                    headers=self._headers(),
+                )
+            except httpx.TransportError as exc:
+                delay = self._delay(attempt, None)
+                if delay is None:
+                    raise _connection_error(self.url, exc) from exc
+            else:
+                delay = self._delay(attempt, response)
+                if delay is None:
+                    return response
+            await asyncio.sleep(delay)
+            attempt += 1

@@ -1,0 +1,101 @@
+"""`mnist-serving`: predict (through the client, no torch), serve and train in one command.
+
+`mnist-serving serve ARGS` is `python -m service ARGS`; `mnist-serving train ARGS` is
+`python -m training ARGS`. Flags without a subcommand keep meaning `serve`, as before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from service import __version__
+
+_COMMANDS = ("predict", "serve", "train")
+
+
+def _predict_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mnist-serving predict",
+        description="Predict the digit in each image file with a running server.",
+    )
+    parser.add_argument("files", nargs="+", metavar="FILE", help="image files (PNG, JPEG, ...)")
+    parser.add_argument("--url", help="server URL (default $MNIST_URL or http://127.0.0.1:8000)")
+    parser.add_argument("--api-key", help="API key (default $MNIST_API_KEY)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--top-k", type=int, choices=range(1, 11), metavar="K",
+                        help="also show the K most likely digits (1-10)")  # fmt: skip
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    return parser
+
+
+def predict(argv: Sequence[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Exit status 0 when every file was predicted, 1 on a server or client error."""
+    from mnist_client import Client, ClientError
+
+    args = _predict_parser().parse_args(argv)
+    try:
+        with Client(args.url, api_key=args.api_key, timeout_s=args.timeout) as client:
+            result = client.predict(*args.files, top_k=args.top_k)
+    except ClientError as exc:
+        if args.json:
+            body = {"error": exc.message, "code": exc.code, "details": exc.details or None}
+            out.write(json.dumps({k: v for k, v in body.items() if v is not None}) + "\n")
+        else:
+            err.write(f"error: {exc.message} ({exc.code})\n")
+            for d in exc.details:
+                err.write(f"  {d.get('filename', '?')}: {d.get('error', '')}\n")
+        return 1
+    if args.json:
+        payload = {
+            "model": {"name": result.model.name, "version": result.model.version},
+            "predictions": [
+                {"file": path, "digit": p.digit, "confidence": p.confidence,
+                 **({"top_k": [[t.digit, t.probability] for t in p.top_k]} if p.top_k else {})}
+                for path, p in zip(args.files, result, strict=True)
+            ],
+        }  # fmt: skip
+        out.write(json.dumps(payload) + "\n")
+        return 0
+    width = max(len("FILE"), *(len(f) for f in args.files))
+    header = f"{'FILE':<{width}}  DIGIT  CONFIDENCE"
+    out.write(header + ("  TOP-K" if args.top_k else "") + "\n")
+    for path, p in zip(args.files, result, strict=True):
+        line = f"{path:<{width}}  {p.digit:>5}  {p.confidence:>10.4f}"
+        if p.top_k:
+            line += "  " + " ".join(f"{t.digit}:{t.probability:.3f}" for t in p.top_k)
+        out.write(line + "\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("--version", "-V"):
+        sys.stdout.write(f"mnist-serving {__version__}\n")
+        return 0
+    if not args or args[0] in ("-h", "--help"):
+        sys.stdout.write(
+            "usage: mnist-serving {predict,serve,train} ... | --version\n\n"
+            "  predict FILE...  predict digits with a running server (--url, --api-key, "
+            "--json, --top-k)\n"
+            "  serve [FLAGS]    run the server (same as python -m service)\n"
+            "  train [FLAGS]    train and export a model version (same as python -m training)\n"
+        )
+        return 0 if args else 2
+    command, rest = (args[0], args[1:]) if args[0] in _COMMANDS else ("serve", args)
+    if command == "predict":
+        return predict(rest)
+    if command == "train":
+        from training.train import main as train
+
+        return train(rest)
+    from service.__main__ import main as serve
+
+    return serve(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

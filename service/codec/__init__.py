@@ -1,0 +1,1 @@
+"""Wire codecs shared by the HTTP and gRPC front ends."""

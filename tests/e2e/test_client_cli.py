@@ -1,0 +1,136 @@
+"""Our client and the `mnist-serving` CLI against a real server, on image files the tests
+write themselves."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnist_client import AsyncClient, Client, ClientError
+from tests.conftest import png_bytes
+from tests.e2e.server import ROOT, ServerProcess
+
+KEY = "client-key"
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = ServerProcess(env={"MNIST_API_KEYS": KEY, "MNIST_GRPC_PORT": "0"})
+    proc.start(tmp_path_factory.mktemp("client"))
+    yield proc
+    assert proc.stop() == 0, proc.log()
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory, mnist_sample) -> tuple[list[Path], list[int]]:
+    images, labels = mnist_sample
+    folder = tmp_path_factory.mktemp("digits")
+    paths = []
+    for i in range(5):
+        path = folder / f"digit{i}.png"
+        path.write_bytes(png_bytes(images[i]))
+        paths.append(path)
+    return paths, [int(v) for v in labels[:5]]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_client_predicts_paths_bytes_pil_and_arrays(keyed, digits, mnist_sample) -> None:
+    paths, labels = digits
+    images, _ = mnist_sample
+    with Client(keyed.url, api_key=KEY) as client:
+        result = client.predict(*paths, top_k=3)
+        assert result.digits == labels
+        assert result.model.name == "mnist-cnn"
+        assert [p.filename for p in result] == [p.name for p in paths]
+        assert all(p.top_k is not None and len(p.top_k) == 3 for p in result)
+        mixed = client.predict(
+            paths[0].read_bytes(), Image.open(paths[1]), images[2], images[3:5] / 255.0
+        )
+        assert mixed.digits == labels
+
+
+async def test_async_client_predicts(keyed, digits) -> None:
+    paths, labels = digits
+    async with AsyncClient(keyed.url, api_key=KEY) as client:
+        result = await client.predict(*paths)
+    assert result.digits == labels
+
+
+def test_client_errors_keep_code_status_and_details(keyed, digits) -> None:
+    paths, _ = digits
+    with Client(keyed.url) as client, pytest.raises(ClientError) as exc:
+        client.predict(paths[0])
+    assert (exc.value.status, exc.value.code) == (401, "unauthorized")
+    with Client(keyed.url, api_key=KEY) as client, pytest.raises(ClientError) as exc:
+        client.predict(paths[0], b"not an image")
+    assert exc.value.status == 415
+    assert exc.value.details[0]["index"] == 1
+    with Client("http://127.0.0.1:9", retries=0) as client, pytest.raises(ClientError) as exc:
+        client.predict(paths[0])
+    assert exc.value.code == "connection_error"
+
+
+def test_cli_predict_prints_a_table_and_json(keyed, digits) -> None:
+    paths, labels = digits
+    run = _cli("predict", *map(str, paths), "--url", keyed.url, "--api-key", KEY, "--top-k", "2")
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].split() == ["FILE", "DIGIT", "CONFIDENCE", "TOP-K"]
+    assert [int(line.split()[1]) for line in lines[1:]] == labels
+    run = _cli("predict", str(paths[0]), "--url", keyed.url, "--api-key", KEY, "--json")
+    assert run.returncode == 0, run.stderr
+    body = json.loads(run.stdout)
+    assert body["predictions"][0]["digit"] == labels[0]
+    assert body["predictions"][0]["file"] == str(paths[0])
+
+
+def test_cli_predict_exits_non_zero_on_errors(keyed, digits, tmp_path: Path) -> None:
+    paths, _ = digits
+    run = _cli("predict", str(paths[0]), "--url", keyed.url)
+    assert run.returncode == 1
+    assert run.stderr.startswith("error: missing API key")
+    assert run.stderr.rstrip().endswith("(unauthorized)")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    run = _cli("predict", str(paths[0]), str(bad), "--url", keyed.url, "--api-key", KEY,
+               "--json")  # fmt: skip
+    assert run.returncode == 1
+    body = json.loads(run.stdout)
+    assert body["code"] == "unsupported_media_type"
+    assert body["details"][0]["filename"] == "bad.png"
+
+
+def test_cli_version_and_serve_is_python_m_service() -> None:
+    run = _cli("--version")
+    assert run.returncode == 0
+    assert run.stdout.startswith("mnist-serving ")
+    serve = _cli("serve", "--help")
+    direct = subprocess.run(
+        [sys.executable, "-m", "service", "--help"], cwd=ROOT, capture_output=True, text=True,
+        check=False,
+    )  # fmt: skip
+    assert serve.returncode == direct.returncode == 0
+    assert serve.stdout == direct.stdout
+    train = _cli("train", "--help")
+    assert train.returncode == 0
+    assert "--epochs" in train.stdout
+
+
+def test_client_sends_arrays_as_images(keyed, mnist_sample) -> None:
+    images, labels = mnist_sample
+    with Client(keyed.url, api_key=KEY) as client:
+        result = client.predict(np.asarray(images[10:14], dtype=np.uint8))
+    assert result.digits == [int(v) for v in labels[10:14]]
