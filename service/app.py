@@ -33,6 +33,9 @@ from service.model import Classifier, resolve_device, resolve_version
 
 logger = logging.getLogger(__name__)
 
+#: How long a worker of several goes on accepting after SIGTERM/SIGINT (see the lifespan).
+_WORKER_STOP_DELAY_S = 0.25
+
 
 def load_classifier(settings: Settings) -> Classifier:
     """Resolve the version and device from settings and load the model (raises ModelLoadError)."""
@@ -93,7 +96,11 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
         grpc_server = await _start_grpc(app, settings, metrics)
         loop = asyncio.get_running_loop()
         hup_installed = _install_sighup(loop, app)
-        _flag_shutdown_on_signals(app)
+        # NOTE: with several workers a SIGTERM to the whole group reaches the workers as the
+        # parent closes the shared listener (service/supervisor.py). A worker that closed at
+        # once would reset connections still in the backlog and close fresh ones whose
+        # request it had not read yet: it waits a moment for the parent's filter to act.
+        _flag_shutdown_on_signals(app, loop, _WORKER_STOP_DELAY_S if settings.workers > 1 else 0)
         # Everything allocated so far (torch, the model, FastAPI) lives as long as the process:
         # keep it out of the cyclic GC's scans, which otherwise cause multi-ms pauses.
         gc.collect()
@@ -229,8 +236,14 @@ def _install_sighup(loop: asyncio.AbstractEventLoop, app: FastAPI) -> bool:
     return True
 
 
-def _flag_shutdown_on_signals(app: FastAPI) -> None:
-    """Turn readiness to 503 the moment SIGTERM/SIGINT arrives, before uvicorn drains."""
+def _flag_shutdown_on_signals(
+    app: FastAPI, loop: asyncio.AbstractEventLoop, stop_delay_s: float = 0.0
+) -> None:
+    """Turn readiness to 503 the moment SIGTERM/SIGINT arrives, before uvicorn drains.
+
+    With `stop_delay_s`, uvicorn hears of the signal that much later: the worker goes on
+    accepting and reading for a moment before it closes its listener and idle connections.
+    """
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -240,7 +253,12 @@ def _flag_shutdown_on_signals(app: FastAPI) -> None:
 
         def handler(signum: int, frame: object, previous: object = previous) -> None:
             app.state.shutting_down = True
-            if callable(previous):
+            if not callable(previous):
+                return
+            if stop_delay_s:
+                # From a signal handler only the thread-safe entry point is safe to use.
+                loop.call_soon_threadsafe(loop.call_later, stop_delay_s, previous, signum, frame)
+            else:
                 previous(signum, frame)
 
         signal.signal(sig, handler)

@@ -86,6 +86,11 @@ class Settings(BaseSettings):
         description="Pixels decoded per image (w x h; for JPEG after libjpeg's reduced-scale "
         "decoding, so bigger phone photos fit).",
     )
+    max_request_pixels: int = Field(
+        256_000_000,
+        ge=1,
+        description="Pixels decoded per request, all its images together (413 beyond).",
+    )
     max_image_aspect: float = Field(
         32.0, ge=1, description="Longest over shortest side, for images over 1024 px."
     )
@@ -119,6 +124,12 @@ class Settings(BaseSettings):
     )
     body_timeout_s: float = Field(
         20.0, gt=0, description="Longest pause between request body bytes; then 408."
+    )
+    send_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest time a client may leave its answer unread once the socket's "
+        "send buffer is full; then the connection is closed.",
     )
     keep_alive_timeout_s: float = Field(
         5.0, gt=0, description="Idle keep-alive connections are closed after this."

@@ -24,8 +24,8 @@ import torch
 from service.batching import Batcher
 from service.card import CardError, ModelCard, list_versions
 from service.config import Settings
-from service.decode import DecodeBudget, ImageLimits, cheap_to_decode
-from service.errors import InvalidImage, ServiceError
+from service.decode import DecodeBudget, ImageLimits, RequestBudget, cheap_to_decode
+from service.errors import InferenceTimeout, InvalidImage, ServiceError
 from service.metrics import Metrics
 from service.model import Classifier, ModelLoadError, resolve_version
 from service.preprocess import preprocess
@@ -87,9 +87,11 @@ class DataPlane:
 
     # ---------------------------------------------------------------- images
 
-    def _decode_one(self, data: bytes) -> np.ndarray | ServiceError:
+    def _decode_one(
+        self, data: bytes, budget: RequestBudget | None = None
+    ) -> np.ndarray | ServiceError:
         try:
-            return preprocess(data, self.limits, self.decode_budget)
+            return preprocess(data, self.limits, budget or self.decode_budget)
         except ServiceError as exc:  # returned, not raised: one bad file must not hide the rest
             return _detached(exc)
         except Exception as exc:
@@ -98,13 +100,13 @@ class DataPlane:
             return InvalidImage("the image could not be decoded")
 
     def _decode_many(
-        self, blobs: list[bytes], abandoned: threading.Event
+        self, blobs: list[bytes], abandoned: threading.Event, budget: RequestBudget
     ) -> list[np.ndarray | ServiceError]:
         out: list[np.ndarray | ServiceError] = []
         for data in blobs:
             if abandoned.is_set():
                 break  # the request was cancelled (client gone, deadline): stop spending CPU
-            out.append(self._decode_one(data))
+            out.append(self._decode_one(data, budget))
         return out
 
     async def decode_images(self, files: list[NamedFile]) -> np.ndarray:
@@ -122,13 +124,24 @@ class DataPlane:
             bounds = [len(files) * i // n for i in range(n + 1)]
             chunks = [[f.data for f in files[bounds[i] : bounds[i + 1]]] for i in range(n)]
             abandoned = threading.Event()
+            budget = self.decode_budget.for_request(self.settings.max_request_pixels)
             try:
-                parts = await asyncio.gather(
-                    *(
-                        loop.run_in_executor(self._pool, self._decode_many, c, abandoned)
-                        for c in chunks
+                # The request deadline covers decoding too: a request of many heavy images
+                # must not hold the decode threads for longer than anyone would wait.
+                async with asyncio.timeout(self.settings.request_timeout_s):
+                    parts = await asyncio.gather(
+                        *(
+                            loop.run_in_executor(
+                                self._pool, self._decode_many, c, abandoned, budget
+                            )
+                            for c in chunks
+                        )
                     )
-                )
+            except TimeoutError:
+                raise InferenceTimeout(
+                    f"images not decoded within the {self.settings.request_timeout_s:g} s "
+                    "request deadline"
+                ) from None
             finally:
                 abandoned.set()  # a no-op when all is done; stops the threads when cancelled
             outcomes = [o for part in parts for o in part]

@@ -69,6 +69,13 @@ class DecodeBudget:
     def used(self) -> int:
         return self._used
 
+    def for_request(self, max_pixels: int) -> RequestBudget:
+        """A view of this budget that also caps the pixels one request decodes in all."""
+        return RequestBudget(self, max_pixels)
+
+    def reserve_image(self, width: int, height: int) -> contextlib.AbstractContextManager[None]:
+        return self.reserve(decode_cost(width, height))
+
     @contextlib.contextmanager
     def reserve(self, nbytes: int) -> Iterator[None]:
         if nbytes > self.total:
@@ -87,10 +94,33 @@ class DecodeBudget:
                 self._cond.notify_all()
 
 
+class RequestBudget:
+    """One request's share of a DecodeBudget: its files may decode at most `max_pixels` in
+    all, so one request of many big images cannot hold the decode threads for long."""
+
+    def __init__(self, shared: DecodeBudget, max_pixels: int) -> None:
+        self.shared = shared
+        self.max_pixels = max_pixels
+        self._pixels = 0
+        self._lock = threading.Lock()
+
+    def reserve_image(self, width: int, height: int) -> contextlib.AbstractContextManager[None]:
+        with self._lock:
+            self._pixels += width * height
+            total = self._pixels
+        if total > self.max_pixels:
+            raise PayloadTooLarge(
+                f"the request's images hold more than {self.max_pixels} pixels in all"
+            )
+        return self.shared.reserve_image(width, height)
+
+
 _UNLIMITED = DecodeBudget(1 << 62)
 
 
-def decode_gray(data: bytes, limits: ImageLimits, budget: DecodeBudget = _UNLIMITED) -> np.ndarray:
+def decode_gray(
+    data: bytes, limits: ImageLimits, budget: DecodeBudget | RequestBudget = _UNLIMITED
+) -> np.ndarray:
     """Image file bytes -> grayscale float32 in [0, 1], at most WORK_SIDE a side.
 
     Every limit is checked from the header before pixels are decoded; the image is reduced
@@ -105,10 +135,10 @@ def decode_gray(data: bytes, limits: ImageLimits, budget: DecodeBudget = _UNLIMI
         _check_bytes(data, limits)
         width, height = _png_size(data)
         _check_size(width, height, limits)
-        with budget.reserve(decode_cost(width, height)):
+        with budget.reserve_image(width, height):
             return _decode_plain_png(data, mode)
     img = decode(data, limits)
-    with budget.reserve(decode_cost(*img.size)):
+    with budget.reserve_image(*img.size):
         img = _load(img)
         return to_gray(_reduce(img))
 

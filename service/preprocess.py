@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from service.decode import WORK_SIDE, DecodeBudget, ImageLimits, decode_gray
+from service.decode import WORK_SIDE, DecodeBudget, ImageLimits, RequestBudget, decode_gray
 from service.errors import InvalidImage
 
 __all__ = ["ImageLimits", "normalize", "preprocess", "to_png", "MNIST_SIZE", "BOX"]
@@ -213,7 +213,9 @@ def _fit_and_centre(crop: np.ndarray) -> np.ndarray:
     return out
 
 
-def preprocess(data: bytes, limits: ImageLimits, budget: DecodeBudget | None = None) -> np.ndarray:
+def preprocess(
+    data: bytes, limits: ImageLimits, budget: DecodeBudget | RequestBudget | None = None
+) -> np.ndarray:
     """Image file bytes -> 28x28 float32 in [0, 1], light ink on dark (before normalisation)."""
     gray = decode_gray(data, limits, budget) if budget else decode_gray(data, limits)
     if float(gray.max() - gray.min()) < _MIN_CONTRAST:  # at every size, 28x28 included

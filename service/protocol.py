@@ -63,6 +63,7 @@ class ConnectionLimits:
     header_timeout_s: float
     body_timeout_s: float
     max_connections: int
+    send_timeout_s: float = 30.0
     #: RLIMIT_NOFILE when it lowered `max_connections`, for the log line; None otherwise.
     fd_limit: int | None = None
 
@@ -76,6 +77,7 @@ class ConnectionLimits:
             "header_timeout_s": settings.header_timeout_s,
             "body_timeout_s": settings.body_timeout_s,
             "max_connections": settings.max_connections,
+            "send_timeout_s": settings.send_timeout_s,
             **overrides,
         }
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -176,6 +178,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._waiting_head = False  # the deadline is a header deadline
         self._app_was_not_reading = False  # at the last body deadline
         self._closing = False  # refused: discard input, close soon
+        self._send_stalled: asyncio.TimerHandle | None = None
 
     # Connection life
 
@@ -198,6 +201,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._send_stalled is not None:
+            self._send_stalled.cancel()
+            self._send_stalled = None
         if self.flow is None:  # refused in connection_made: nothing was set up
             return
         super().connection_lost(exc)
@@ -318,6 +324,29 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.flow.resume_reading()
         self._waiting_head = False
         self._set_deadline(self.loop.time() + LINGER_S, reset=True)
+
+    # A client that stops reading its answers (say, pipelining requests for big answers into
+    # a tiny receive window) holds the connection while the server waits to write; none of
+    # the read-side timeouts runs then, so the send side has its own.
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_stalled is None:
+            self._send_stalled = self.loop.call_later(
+                self.limits.send_timeout_s, self._on_send_timeout
+            )
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._send_stalled is not None:
+            self._send_stalled.cancel()
+            self._send_stalled = None
+
+    def _on_send_timeout(self) -> None:
+        self._send_stalled = None
+        if not self.transport.is_closing():
+            _tally.note("connection closed: answer unread for the send timeout", self.loop)
+            self.transport.abort()
 
     def _default_headers(self) -> bytes:
         return b"".join(n + b": " + v + b"\r\n" for n, v in self.server_state.default_headers)

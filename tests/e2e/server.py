@@ -97,6 +97,16 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
 
+    def wait_for_log(self, text: str, timeout_s: float = 10) -> str:
+        """The log once it contains `text`: lines reach it from a writer thread, a moment
+        after the event they describe."""
+        deadline = time.monotonic() + timeout_s
+        while text not in (log := self.log()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not logged: {log[-2000:]}")
+            time.sleep(0.02)
+        return log
+
     @property
     def pid(self) -> int:
         """The server's pid, which is also its process group (it starts a new session)."""

@@ -123,3 +123,36 @@ def test_liveness_answers_quickly_while_hostile_files_are_decoded(
     # (Before, one 1.4 KB WebP held the loop 0.5-1 s; kubelet's default probe timeout is 1 s.)
     assert max(latencies) < 1.0, max(latencies)
     assert statistics.quantiles(latencies, n=20)[-1] < 0.25, sorted(latencies)[-5:]
+
+
+def test_a_client_that_never_reads_its_answers_is_disconnected(tmp_path: Path) -> None:
+    """Pipelining requests for big answers into a tiny receive window, then never reading,
+    held a connection slot forever: no read-side timeout runs while the server waits to
+    write."""
+    import socket
+
+    proc = ServerProcess(env={"MNIST_SEND_TIMEOUT_S": "2", "MNIST_LOG_LEVEL": "info"})
+    proc.start(tmp_path)
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", proc.port))
+        request = b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n"
+        sock.sendall(request * 200)
+        time.sleep(6)  # the server's send buffer fills at once; 2 s later it gives up
+        sock.settimeout(10)
+        received = 0
+        try:
+            while chunk := sock.recv(65536):
+                received += len(chunk)
+        except ConnectionResetError:
+            pass
+        sock.close()
+        openapi = len(httpx.get(proc.url + "/openapi.json").content)
+        assert received < 200 * openapi, (received, openapi)  # cut off, not all answered
+        deadline = time.monotonic() + 5
+        while "answer unread" not in proc.log() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "answer unread for the send timeout" in proc.log()
+    finally:
+        assert proc.stop() == 0, proc.log()

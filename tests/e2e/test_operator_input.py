@@ -86,7 +86,7 @@ def test_operator_reload_of_the_served_version_loads_nothing(served) -> None:
         "reloaded": False,
         "message": "already serving v1",
     }
-    assert "reload: already serving mnist-cnn v1" in served.log()
+    served.wait_for_log("reload: already serving mnist-cnn v1")
 
 
 def test_operator_startup_refuses_an_unparseable_newest_card(tmp_path: Path) -> None:

@@ -145,6 +145,15 @@ def test_budget_refuses_what_can_never_fit_and_times_out_when_full() -> None:
     assert budget.used == 0
 
 
+def test_a_request_decodes_a_bounded_number_of_pixels_in_all() -> None:
+    request = DecodeBudget(1 << 30).for_request(max_pixels=25_000)
+    image = encode(Image.new("L", (100, 100), 9), "PNG")
+    decode_gray(image, ImageLimits(), request)
+    decode_gray(image, ImageLimits(), request)
+    with pytest.raises(PayloadTooLarge, match="25000 pixels in all"):
+        decode_gray(image, ImageLimits(), request)
+
+
 def test_budget_too_small_for_the_pixel_limit_is_a_settings_error() -> None:
     with pytest.raises(ValueError, match="decode_memory_mib must be at least"):
         Settings(max_image_pixels=100_000_000)
@@ -213,7 +222,7 @@ def test_an_abandoned_request_stops_decoding_its_remaining_files() -> None:
     plane.decode_budget = DecodeBudget(1 << 30)
     plane._pool = ThreadPoolExecutor(1)
 
-    def slow_decode(data: bytes) -> np.ndarray:
+    def slow_decode(data: bytes, budget: object = None) -> np.ndarray:
         gate.wait(5)
         decoded.append(len(data))
         return np.zeros((28, 28), np.float32)
