@@ -24,6 +24,8 @@ CARD_FILE = "card.json"
 _VERSION = re.compile(r"[0-9]{1,18}")
 MODEL_FILE = "model.pt"
 LABELS = [str(d) for d in range(10)]
+#: The optional 11th output class (index 10) of a model that can answer "not a digit".
+NOT_A_DIGIT = "not_a_digit"
 
 
 class CardError(Exception):
@@ -59,18 +61,37 @@ class InputSpec(BaseModel):
 
 
 class OutputSpec(BaseModel):
+    """Ten digit classes, optionally followed by "not_a_digit" (index 10).
+
+    With the 11th class, `reject_threshold` is the calibrated probability of "not a digit"
+    (after the temperature) at or above which an image is answered as not a digit.
+    """
+
     model_config = ConfigDict(extra="forbid")
     name: str = "output"
     shape: list[int] = Field(default_factory=lambda: [-1, 10])
     kind: Literal["logits", "log_probabilities", "probabilities"] = "logits"
     temperature: float = Field(default=1.0, gt=0)
     labels: list[str] = Field(default_factory=lambda: list(LABELS))
+    reject_threshold: float | None = Field(default=None, gt=0, le=1)
 
     @model_validator(mode="after")
-    def _ten_labels(self) -> OutputSpec:
-        if self.shape != [-1, 10] or len(self.labels) != 10:
-            raise ValueError("output must be [-1, 10] with ten labels")
-        return self
+    def _labels_match(self) -> OutputSpec:
+        if self.shape == [-1, 10] and self.labels == LABELS:
+            if self.reject_threshold is not None:
+                raise ValueError("reject_threshold needs the not_a_digit output class")
+            return self
+        if self.shape == [-1, 11] and self.labels == [*LABELS, NOT_A_DIGIT]:
+            if self.reject_threshold is None:
+                raise ValueError("an 11-class output needs a reject_threshold")
+            return self
+        raise ValueError(
+            'output must be [-1, 10] with labels "0".."9", or [-1, 11] with "not_a_digit" last'
+        )
+
+    @property
+    def classes(self) -> int:
+        return self.shape[1]
 
 
 class Metrics(BaseModel):
@@ -85,6 +106,8 @@ class Metrics(BaseModel):
     ece_uncalibrated: float | None = None
     validation_accuracy: float | None = None
     test_size: int | None = None
+    #: Measured on the held-out part of the real-upload development set (see docs/accuracy.md).
+    real_dev: dict[str, float | int] = Field(default_factory=dict)
 
 
 class ModelCard(BaseModel):

@@ -18,6 +18,26 @@ from service.card import CardError, ModelCard, is_version, list_versions
 logger = logging.getLogger(__name__)
 
 
+def digit_probabilities(probs: torch.Tensor) -> torch.Tensor:
+    """The ten digit columns of [N, C] probabilities, renormalised to sum to one per row.
+
+    An 11-class model's last column is "not a digit"; callers that must answer a digit
+    whatever the input (the V2 `input` tensor path, a digit once "not a digit" is ruled
+    out) use this. A 10-class output comes back unchanged.
+    """
+    if probs.shape[1] == 10:
+        return probs
+    digits = probs[:, :10]
+    return digits / digits.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def not_a_digit_scores(probs: torch.Tensor) -> torch.Tensor:
+    """Per-row probability of "not a digit" ([N]); zeros for a 10-class model."""
+    if probs.shape[1] == 10:
+        return torch.zeros(probs.shape[0], dtype=probs.dtype)
+    return probs[:, 10]
+
+
 class ModelLoadError(Exception):
     """The model cannot be served: missing, corrupt, checksum mismatch, bad device."""
 
@@ -111,6 +131,16 @@ class Classifier:
     def version(self) -> str:
         return self.card.version
 
+    @property
+    def classes(self) -> int:
+        """Output columns: 10 digits, or 11 with "not a digit" last."""
+        return self.card.output.classes
+
+    @property
+    def reject_threshold(self) -> float | None:
+        """P(not a digit) at or above which an image is answered "not a digit" (11 classes)."""
+        return self.card.output.reject_threshold
+
     @classmethod
     def load(
         cls,
@@ -166,10 +196,11 @@ class Classifier:
                 out = clf.predict_batch(np.zeros((size, 28, 28), dtype=np.float32))
             except Exception as exc:
                 raise ModelLoadError(f"warm-up forward failed at batch {size}: {exc}") from exc
-            if out.shape != (size, 10) or not bool(torch.isfinite(out).all()):
+            classes = card.output.classes
+            if out.shape != (size, classes) or not bool(torch.isfinite(out).all()):
                 raise ModelLoadError(
                     f"model output for batch {size} has shape {tuple(out.shape)}, expected "
-                    f"({size}, 10) of finite values"
+                    f"({size}, {classes}) of finite values"
                 )
         clf.warmup_ms = (time.perf_counter() - started) * 1000
         logger.info(
@@ -180,7 +211,8 @@ class Classifier:
 
     @torch.inference_mode()
     def predict_batch(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Probabilities on CPU, one row per input row; input is [N,28,28] pixels in [0,1]."""
+        """Probabilities on CPU, [N, C] with C = 10 or 11 per the card (see
+        `digit_probabilities`); input is [N,28,28] pixels in [0,1]."""
         x = torch.as_tensor(pixels, dtype=torch.float32)
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)

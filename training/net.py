@@ -13,11 +13,15 @@ def _block(c_in: int, c_out: int) -> list[nn.Module]:
 class Net(nn.Module):
     """Three conv-BN-ReLU stages (32, 48, 96 channels) with max-pooling, then one linear layer.
 
+    `classes` is 10 for digits only, or 11 with "not a digit" as the last class.
+
     Pooling early keeps the expensive convolutions at 14x14 and 7x7; BatchNorm folds into
     the convolutions at export, so inference is three convolutions and a matmul.
     """
 
-    def __init__(self, widths: tuple[int, int, int] = (32, 48, 96), dropout: float = 0.2) -> None:
+    def __init__(
+        self, widths: tuple[int, int, int] = (32, 48, 96), dropout: float = 0.2, classes: int = 10
+    ) -> None:
         super().__init__()
         w1, w2, w3 = widths
         self.features = nn.Sequential(
@@ -30,7 +34,7 @@ class Net(nn.Module):
         )
         self.flat_features = w3 * 3 * 3
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Dropout(dropout), nn.Linear(self.flat_features, 10)
+            nn.Flatten(), nn.Dropout(dropout), nn.Linear(self.flat_features, classes)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

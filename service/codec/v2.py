@@ -388,6 +388,11 @@ def encode_outputs(
 ) -> list[OutputTensor]:
     """The planned outputs over probabilities [N,10]; `given` outputs (the `image` input's
     label, kind and number per file) are taken as they are."""
+    if probs.shape[1] > 10:
+        # An 11-class model: the tensor outputs stay a plain ten-digit classifier, as
+        # service.model.digit_probabilities renormalises them.
+        digits = probs[:, :10]
+        probs = digits / np.maximum(digits.sum(axis=1, keepdims=True), 1e-12)
     n = int(probs.shape[0])
     tensors = []
     for spec in plan:
@@ -468,6 +473,7 @@ def resolve_model(plane: DataPlane, name: str, version: str | None) -> Classifie
 
 def model_metadata(card: ModelCard) -> dict[str, Any]:
     """$metadata_model_response built from the model card."""
+    digit_labels = card.output.labels[:10]  # the tensor outputs never hold not_a_digit
     return {
         "name": card.name,
         "versions": [card.version],
@@ -481,7 +487,7 @@ def model_metadata(card: ModelCard) -> dict[str, Any]:
         ],
         "outputs": [
             {"name": name, "datatype": datatype, "shape": [-1, *row],
-             **({"parameters": {"labels": card.output.labels}} if name == "probabilities" else {})}
+             **({"parameters": {"labels": digit_labels}} if name == "probabilities" else {})}
             for name, (datatype, row, _) in OUTPUTS.items()
         ],
     }  # fmt: skip

@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from evaluation.uploads import KINDS, make_upload
 from tests.conftest import SHIPPED_MODELS, png_bytes
 from tests.e2e.server import ServerProcess, run_to_exit
-from training.uploads import KINDS, make_upload
 
 
 def test_e2e_realistic_uploads_of_every_kind_are_recognised(server, mnist_sample) -> None:
@@ -172,7 +172,7 @@ def test_e2e_clients_that_hang_up_free_the_queue_and_are_counted_499(
 
 def test_e2e_models_and_v2_metadata(server) -> None:
     models = httpx.get(server.url + "/v1/models").json()
-    assert models["served"]["version"] == "1"
+    assert models["served"]["version"] == "2"
     meta = httpx.get(server.url + "/v2/models/mnist-cnn").json()
     assert meta["name"] == "mnist-cnn"
     assert {i["name"] for i in meta["inputs"]} == {"input", "image"}

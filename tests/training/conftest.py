@@ -59,3 +59,66 @@ def write_mnist(folder: Path, layout: str, n_train: int = 240, n_test: int = 60)
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "mnist_test_sample.npz"
+
+
+def _paper_png(ink: np.ndarray, side: int) -> bytes:
+    """An ink image (255 = ink, 28 px high) as dark pen on white paper, `side` px high."""
+    import io
+
+    from PIL import Image
+
+    h, w = ink.shape
+    img = Image.fromarray(255 - ink.astype(np.uint8), mode="L").resize((w * side // h, side))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_realdev(folder: Path, n_digits: int = 40) -> Path:
+    """A small development set in the real one's layout: manifest.csv and image files.
+
+    Digits are committed MNIST test samples drawn as pen on paper, split over a "photo"
+    source whose crops come from two rows of each of two pictures, and a "usps" bitmap set;
+    non-digits are stripes, plus a blank page (nothing to read) and a two-digit number.
+    """
+    import csv
+
+    sample = np.load(SAMPLE)
+    images, labels = sample["images"], sample["labels"]
+    rows = []
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n_digits):
+        source = "photo-src" if i % 2 else "usps"
+        sub = folder / source
+        sub.mkdir(exist_ok=True)
+        path = f"{source}/{labels[i]}_{i}.png"
+        (folder / path).write_bytes(_paper_png(images[i], 64 if source == "usps" else 96))
+        if source == "usps":
+            origin, kind = f"repo@abc:zip.train.gz#row{i}", "dataset"
+        else:
+            y0 = 100 * ((i // 2) % 2)
+            origin, kind = f"repo@abc:pic{i % 4 // 2}.jpg crop {i},{y0},{i + 90},{y0 + 90}", "photo"
+        rows.append([path, str(labels[i]), source, kind, origin, "MIT", ""])
+    (folder / "nondigit").mkdir(exist_ok=True)
+    for j in range(8):
+        stripes = np.zeros((28, 28), np.uint8)
+        stripes[:, j % 3 :: 3 + j % 2] = 255
+        path = f"nondigit/texture_{j}.png"
+        (folder / path).write_bytes(_paper_png(stripes, 80))
+        rows.append([path, "nondigit:texture", "gen", "dataset", f"gen#{j}", "CC0", ""])
+    (folder / "nondigit/blank_paper_0.png").write_bytes(_paper_png(np.zeros((28, 28)), 80))
+    rows.append(["nondigit/blank_paper_0.png", "nondigit:blank_paper", "gen", "dataset",
+                 "gen#blank", "CC0", ""])  # fmt: skip
+    (folder / "multi").mkdir(exist_ok=True)
+    pair = np.concatenate([images[0], images[1]], axis=1)
+    (folder / "multi/n_0.png").write_bytes(_paper_png(pair, 112))
+    rows.append(["multi/n_0.png", f"multi:{labels[0]}{labels[1]}", "photo-src", "photo",
+                 "repo@abc:pic9.jpg", "MIT", ""])  # fmt: skip
+    with open(folder / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "source", "kind", "origin", "licence", "note"])
+        w.writerows(rows)
+    return folder

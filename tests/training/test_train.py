@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from service.card import ModelCard, sha256_file
-from service.model import Classifier
-from tests.training.conftest import write_mnist
-from training.train import main
+from service.model import Classifier, digit_probabilities
+from tests.training.conftest import write_mnist, write_realdev
+from training.calibrate import main as calibrate_main
+from training.train import main, reject_threshold
 
 
 def run(tmp_path: Path, *extra: str) -> int:
@@ -111,3 +112,57 @@ def test_train_corrupt_data_file_is_one_line(tmp_path: Path, capsys) -> None:
     assert run(tmp_path) == 2
     assert capsys.readouterr().err.strip().startswith("error: corrupt MNIST file")
     assert not (tmp_path / "models" / "mnist-cnn" / "1").exists()
+
+
+def test_train_with_real_dev_and_negatives_ships_an_eleven_class_model(tmp_path: Path) -> None:
+    dev = write_realdev(tmp_path / "dev")
+    code = run(tmp_path, "--real-dev", str(dev), "--cache-dir", str(tmp_path / "cache"),
+               "--negatives", "40", "--real-repeat", "2", "--elastic", "1.0")  # fmt: skip
+    assert code == 0
+    version = tmp_path / "models" / "mnist-cnn" / "1"
+    card = ModelCard.read(version)
+    assert card.output.shape == [-1, 11]
+    assert card.output.labels[-1] == "not_a_digit"
+    assert card.output.reject_threshold is not None
+    assert 0 < card.output.reject_threshold < 1
+    assert card.metrics is not None
+    real = card.metrics.real_dev
+    assert {"accuracy_real_digits", "nondigit_rejection", "ece_real_digits"} <= set(real)
+    assert "accuracy_photo" in real
+    assert "accuracy_usps" in real
+    assert "mnist_test_false_rejection" in real
+    sources = card.dataset["sources"]
+    assert isinstance(sources, dict)
+    assert sources["mnist_train"] == 200
+    assert sources["real_dev_real_digits"]["repeat"] == 2  # type: ignore[index]
+    assert sources["synthetic_negatives"] > 0
+    per_source = card.dataset["real_dev"]["per_source"]  # type: ignore[index]
+    assert set(per_source) == {"usps", "photo-src", "gen"}
+    clf = Classifier.load(version, torch.device("cpu"))
+    assert clf.classes == 11
+    assert clf.reject_threshold == card.output.reject_threshold
+    probs = clf.predict_batch(np.zeros((3, 28, 28), dtype=np.float32))
+    assert probs.shape == (3, 11)
+    torch.testing.assert_close(digit_probabilities(probs).sum(1), torch.ones(3))
+    # Recalibrating rewrites the threshold and the figures, never the weights.
+    sha = card.sha256
+    args = ["--model-dir", str(version), "--real-dev", str(dev),
+            "--cache-dir", str(tmp_path / "cache"), "--threshold", "0.3"]  # fmt: skip
+    assert calibrate_main(args) == 0
+    again = ModelCard.read(version)
+    assert again.output.reject_threshold == 0.3
+    assert again.sha256 == sha == sha256_file(version / "model.pt")
+    assert again.metrics is not None
+    assert "mnist_test_false_rejection" in again.metrics.real_dev
+    assert again.training["reject_rule"] == "fixed threshold 0.3"
+
+
+def test_reject_threshold_keeps_each_part_within_the_budget() -> None:
+    # Ten real digits, ten bitmap digits and five non-digits, with known scores.
+    scores = torch.tensor([0.01] * 9 + [0.6] + [0.02] * 9 + [0.3] + [0.9] * 5)
+    is_digit = torch.tensor([True] * 20 + [False] * 5)
+    is_bitmap = torch.tensor([False] * 10 + [True] * 10 + [False] * 5)
+    # No digit may be rejected: the threshold sits just above the highest digit score.
+    assert reject_threshold(scores, is_digit, is_bitmap, 0.0) == pytest.approx(0.6, abs=1e-3)
+    # One in ten may be: the real part's 0.6 is allowed, the bitmap part's 0.3 too.
+    assert reject_threshold(scores, is_digit, is_bitmap, 0.1) == pytest.approx(0.05, abs=1e-3)

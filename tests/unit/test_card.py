@@ -7,8 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from service.card import CardError, ModelCard, list_versions
+from service.card import CardError, ModelCard, OutputSpec, list_versions
 
 
 @pytest.fixture
@@ -72,6 +73,28 @@ def test_list_versions_sorts_numerically_and_needs_a_card(version_dir: Path) -> 
     (root / "mnist-cnn" / "2").mkdir()  # no card: not a version
     assert list_versions(root, "mnist-cnn") == [1, 10]
     assert list_versions(root, "other") == []
+
+
+def _output(**kw: object) -> dict[str, object]:
+    labels = [str(d) for d in range(10)]
+    base: dict[str, object] = {"shape": [-1, 11], "labels": [*labels, "not_a_digit"]}
+    return {**base, **kw}
+
+
+def test_output_spec_eleven_classes_need_not_a_digit_last_and_a_threshold() -> None:
+    spec = OutputSpec.model_validate(_output(reject_threshold=0.4))
+    assert spec.classes == 11
+    assert OutputSpec().classes == 10
+    with pytest.raises(ValidationError, match="needs a reject_threshold"):
+        OutputSpec.model_validate(_output())
+    with pytest.raises(ValidationError, match="not_a_digit"):
+        OutputSpec.model_validate(
+            _output(labels=[*(str(d) for d in range(10)), "other"], reject_threshold=0.4)
+        )
+    with pytest.raises(ValidationError, match="needs the not_a_digit output class"):
+        OutputSpec(reject_threshold=0.4)
+    with pytest.raises(ValidationError):
+        OutputSpec.model_validate(_output(reject_threshold=1.5))
 
 
 def test_list_versions_ignores_names_that_are_not_ascii_numbers(version_dir: Path) -> None:

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from service.model import Classifier, ModelLoadError, resolve_device, resolve_version
+from service.model import (
+    Classifier,
+    ModelLoadError,
+    digit_probabilities,
+    not_a_digit_scores,
+    resolve_device,
+    resolve_version,
+)
 
 
 def test_classifier_shipped_model_matches_its_card_on_real_digits(
@@ -62,6 +69,19 @@ def test_resolve_version_newest_pinned_and_missing(tmp_path: Path, shipped_model
         resolve_version(tmp_path, "mnist-cnn", "2")
     with pytest.raises(ModelLoadError, match="no versions"):
         resolve_version(tmp_path, "other", None)
+
+
+def test_digit_probabilities_renormalise_the_ten_digit_columns() -> None:
+    ten = torch.softmax(torch.randn(4, 10), 1)
+    assert digit_probabilities(ten) is ten
+    torch.testing.assert_close(not_a_digit_scores(ten), torch.zeros(4))
+    eleven = torch.tensor([[0.1] * 5 + [0.0] * 5 + [0.5], [0.0] * 9 + [0.2, 0.8]])
+    digits = digit_probabilities(eleven)
+    assert digits.shape == (2, 10)
+    torch.testing.assert_close(digits.sum(1), torch.ones(2))
+    torch.testing.assert_close(digits[0, :5], torch.full((5,), 0.2))
+    assert float(digits[1, 9]) == pytest.approx(1.0)
+    torch.testing.assert_close(not_a_digit_scores(eleven), torch.tensor([0.5, 0.8]))
 
 
 @pytest.mark.parametrize("version", ["²", "1" * 256, "", "1/../3", "-1"])

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
+from evaluation.uploads import make_upload
 from service.decode import ImageLimits, _decode_plain_png, _plain_png, decode, decode_gray, to_gray
 from service.errors import InvalidImage, PayloadTooLarge, ServiceError, UnsupportedMediaType
 from service.preprocess import normalize, preprocess
 from tests.conftest import png_bytes
-from training.uploads import make_upload
 
 LIMITS = ImageLimits()
 

@@ -1,9 +1,9 @@
 """Accuracy on realistic uploads, measured through a running server's HTTP API.
 
-    python -m training.eval_uploads --url http://127.0.0.1:8000 --data-dir ../shared/data/mnist
+    python -m evaluation.generated --url http://127.0.0.1:8000 --data-dir ../shared/data/mnist
 
 Each MNIST test digit is turned into a scan, a phone photo, a canvas export, ... (see
-`training.uploads`) and posted to /v1/predict in multi-file requests.
+`evaluation.uploads`) and posted to /v1/predict in multi-file requests.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
-from training.uploads import KINDS, make_upload
+from evaluation.uploads import KINDS, make_upload
 
-logger = logging.getLogger("training.eval_uploads")
+logger = logging.getLogger("evaluation.generated")
 
 
 def _digits(
@@ -62,7 +62,7 @@ def evaluate_kind(
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    p = argparse.ArgumentParser(prog="python -m training.eval_uploads", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m evaluation.generated", description=__doc__)
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--data-dir", type=Path, help="MNIST folder (test split is used)")
     p.add_argument("--sample", type=Path, default=Path("tests/data/mnist_test_sample.npz"))

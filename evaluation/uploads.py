@@ -1,7 +1,8 @@
 """Realistic uploads made from MNIST digits: scans, phone photos, canvas exports, markers.
 
 Used by the tests (on a small committed sample of MNIST test digits) and by
-`python -m training.eval_uploads`, which measures accuracy per kind through the HTTP API.
+`python -m evaluation`, which measures accuracy per kind through the HTTP API. They are
+MNIST digits re-rendered, so they test the plumbing, not real handwriting.
 Every kind is seeded, so a given (digit, seed) always yields the same file.
 """
 

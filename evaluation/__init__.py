@@ -1,0 +1,1 @@
+"""Measuring a running server on real and generated uploads, through its HTTP API."""
