@@ -79,8 +79,12 @@ def read(scan: Scan, rows: list[list[float]], reject_threshold: float | None = N
     for glyph, row in zip(scan.glyphs, rows, strict=True):
         if _rejected(row, reject_threshold):
             continue
-        digit = max(range(10), key=row.__getitem__)  # first maximum, as torch.argmax
-        digits.append(DigitRead(digit, row[digit], glyph.box, glyph.row, row, glyph))
+        # The answer is a digit: its probabilities are the ten digit columns, renormalised
+        # (the served confidence, calibrated on real digits; docs/accuracy.md).
+        total = sum(row[:10]) or 1.0
+        digit_row = [p / total for p in row[:10]]
+        digit = max(range(10), key=digit_row.__getitem__)  # first maximum, as torch.argmax
+        digits.append(DigitRead(digit, digit_row[digit], glyph.box, glyph.row, digit_row, glyph))
     if not digits:
         reason = "the model reads it as not a digit"
         return Reading("not_a_digit", reason=reason)

@@ -419,3 +419,18 @@ def test_predict_base64_says_the_same_as_multipart(client: TestClient, mnist_sam
     assert multi.status_code == b64.status_code == 200
     assert multi.json() == b64.json()
     assert [p["kind"] for p in b64.json()["predictions"]] == ["number", "not_a_digit", "digit"]
+
+
+def test_digit_answers_carry_ten_probabilities_whatever_the_model(
+    client: TestClient, mnist_sample
+) -> None:
+    """The shipped model has an 11th class, "not a digit": a digit's answer still lists the
+    ten digit probabilities (renormalised), and its confidence is one of them."""
+    images, labels = mnist_sample
+    r = client.post("/v1/predict", files={"files": ("d.png", png_bytes(images[0]))})
+    assert r.status_code == 200, r.text
+    (p,) = r.json()["predictions"]
+    assert p["kind"] == "digit"
+    assert len(p["probabilities"]) == 10
+    assert abs(sum(p["probabilities"]) - 1.0) < 1e-4
+    assert p["confidence"] == max(p["probabilities"])
