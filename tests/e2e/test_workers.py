@@ -4,6 +4,7 @@ gauges go away. Real `python -m service --workers 2` processes, real HTTP."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import re
 import signal
@@ -104,6 +105,14 @@ def _gauge(url: str, name: str) -> float:
     return float(found.group(1))
 
 
+def _open_sockets(pid: int) -> int:
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            count += os.readlink(fd).startswith("socket:")
+    return count
+
+
 def test_workers_killed_worker_gauges_are_removed(tmp_path: Path, mnist_sample) -> None:
     # The slow uploads are chunked (no declared size): admission counts each one at
     # max_request_bytes against this budget, which must hold all eight.
@@ -130,7 +139,9 @@ def test_workers_killed_worker_gauges_are_removed(tmp_path: Path, mnist_sample) 
                     break
                 time.sleep(0.05)
             assert _gauge(proc.url, "mnist_in_flight_requests") >= 9
-            victim = _workers(proc)[0]
+            # The kernel need not spread connections evenly: kill the busier worker (the one
+            # holding more sockets), so the dead one surely had requests in flight.
+            victim = max(_workers(proc), key=_open_sockets)
             os.kill(victim, signal.SIGKILL)
             statuses = [f.result() for f in futures]
         assert -1 in statuses, "some requests were in flight on the killed worker"
