@@ -1,6 +1,6 @@
 """Accuracy on realistic uploads, measured through a running server's HTTP API.
 
-    python -m evaluation.generated --url http://127.0.0.1:8000 --data-dir ../shared/data/mnist
+    python -m evaluation.generated --url http://127.0.0.1:8000 --data-dir MNIST_DIR
 
 Each MNIST test digit is turned into a scan, a phone photo, a canvas export, ... (see
 `evaluation.uploads`) and posted to /v1/predict in multi-file requests.

@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
         import torch
 
         # Intra-op threads: explicit, or the CPUs shared out between the worker processes
-        # (2 workers x 2 threads on 2 cores measured slower than 2 x 1, see README). The CPUs
+        # (more torch threads than cores measured slower: docs/decisions.md). The CPUs
         # are the container's quota, not the node's cores a pod limited to 2 would oversubscribe.
         threads = settings.torch_threads or max(1, available_cpus() // max(1, settings.workers))
         torch.set_num_threads(threads)
@@ -81,7 +81,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
             request_timeout_s=settings.request_timeout_s,
             enabled=settings.batching,
             observer=metrics,
-            # NOTE: CPU only: measured there (c=1 p50 -11 to -20 %, README); on CUDA the
+            # NOTE: CPU only: measured there (docs/decisions.md); on CUDA the
             # forward is asynchronous and its synchronisation belongs off the event loop.
             alone=in_flight.alone
             if settings.inline_when_idle and clf.device.type == "cpu"
@@ -275,8 +275,8 @@ def _log_reload(task: asyncio.Task[Classifier]) -> None:
 
 def _telemetry(settings: Settings) -> dict[str, Any]:
     """FastAPI's native OpenTelemetry switch (FastAPI versions that have it)."""
-    # NOTE: with it on, FastAPI asks OpenTelemetry for its providers on every request
-    # (~4 us, ~2 % of a one-image request's CPU) even when no SDK is configured.
+    # NOTE: with it on, FastAPI asks OpenTelemetry for its providers on every request,
+    # even when no SDK is configured (cost: docs/decisions.md).
     if "telemetry" not in inspect.signature(FastAPI).parameters or settings.opentelemetry:
         return {}
     return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}

@@ -268,7 +268,7 @@ class Batcher:
             self._by_client[client] += int(chunk.shape[0])
         self._arrived.set()
         # NOTE: a timer handle, not `asyncio.timeout`: that costs a Timeout object, a
-        # reschedule and a cancellation check per request (~4 % of the event loop's time).
+        # reschedule and a cancellation check per request (cost: docs/decisions.md).
         timer = loop.call_at(loop.time() + self.request_timeout_s, self._expire, items)
         try:
             results = [await item.future for item in items]

@@ -89,7 +89,7 @@ class Metrics:
         key = (route, method, status)
         children = self._request_children.get(key)
         if children is None:
-            # NOTE: `labels()` takes a lock and builds a key on every call: ~3 us a metric.
+            # NOTE: `labels()` takes a lock and builds a key on every call (docs/decisions.md).
             children = (
                 self.requests.labels(route, method, str(status)),
                 self.request_latency.labels(route),
@@ -111,8 +111,8 @@ class Metrics:
 
     def refresh(self) -> None:
         # NOTE: sampled rather than updated per request: with several workers every gauge
-        # update writes a memory-mapped file (~2 us); four per request were ~4 % of a
-        # worker's CPU at c=64. A gauge read every 15 s loses nothing at 10 Hz.
+        # update writes a memory-mapped file, four per request (cost: docs/decisions.md).
+        # A gauge read every 15 s loses nothing at 10 Hz.
         dropped = dropped_records()
         if dropped > self._log_dropped_seen:
             self.log_dropped.inc(dropped - self._log_dropped_seen)

@@ -92,7 +92,7 @@ def resolve_version(repository: Path, name: str, version: str | None) -> Path:
 #: TorchScript call.
 #: NOTE: one call means one GIL release for the whole batch. Run as separate Python-level
 #: ops, every op re-acquires the GIL, and under load each acquisition waits for the event
-#: loop's switch interval: measured 26x slower forwards (see README, Throughput).
+#: loop's switch interval: far slower forwards (measured: docs/decisions.md).
 _SERVE = "serve_pixels"
 _SERVE_SOURCE = """
 def serve_pixels(self, pixels: Tensor) -> Tensor:
@@ -172,7 +172,7 @@ class Classifier:
                 # NOTE: the serving method is compiled into the loaded module's own
                 # compilation unit, which dies with it. torch.jit.script of a Python wrapper
                 # (and freezing that) registered new types in torch's process-wide unit on
-                # every load: ~0.7 MB kept per reload (docs/operations.md).
+                # every load, kept for the life of the process (measured: docs/operations.md).
                 serving.define(
                     _serve_source(
                         norm.mean, norm.std, spec.temperature, spec.kind != "probabilities"

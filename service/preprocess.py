@@ -221,7 +221,7 @@ def read_gray(gray: np.ndarray, one_digit: bool = False) -> Scan:
             return Scan((Glyph(pixels, (0, 0, MNIST_SIZE, MNIST_SIZE), 0),))
     # NOTE: small images are padded with paper before the lighting fit, which then sees
     # paper around a tight crop; big ones (photos) get their margin after it, as zero ink:
-    # fitting and levelling the padded copy cost ~40 % more for the same result there.
+    # fitting and levelling the bigger padded copy costs more for the same result there.
     small = max(gray.shape) <= _PAD_BEFORE_FIT_SIDE
     margin = _paper_level(gray, bright_background) if small else None
     work, sx, sy, pad = _working_copy(gray, margin)

@@ -22,8 +22,7 @@ from multipart import (
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 # NOTE: `multipart` (Bottle's parser) rather than python-multipart, which FastAPI uses:
-# python-multipart walks part headers byte by byte in Python. Per one-image request the
-# whole read went from ~95 to ~30 us (see the README's decisions table).
+# python-multipart walks part headers byte by byte in Python (measured: docs/decisions.md).
 
 #: Form fields other than `files` are ignored, but only up to this size each, and this many.
 _MAX_OTHER_FIELD = 64 * 1024

@@ -184,10 +184,9 @@ _BOOLS = {"true": True, "1": True, "yes": True, "on": True,
 async def predict_digits(request: Request) -> Response:
     """Read each uploaded file (multipart `files` parts): a digit, a number, or not a digit."""
     # NOTE: the hot route takes only the Request and is served by `HotRoutes` ahead of the
-    # router (see create_app): FastAPI's dependency and validation layer cost ~0.2 ms per
-    # request (measured 4,400 -> 6,000 req/s for multipart parsing alone); skipping the
-    # router and exception middleware saves another ~2% of CPU per request. OpenAPI still
-    # documents the route.
+    # router (see create_app): FastAPI's dependency and validation layer, the router and the
+    # exception middleware cost CPU on every request (measured: docs/decisions.md). OpenAPI
+    # still documents the route.
     await require_api_key(request)
     plane = await get_dataplane(request)
     check_capacity(request)

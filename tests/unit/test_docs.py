@@ -11,9 +11,11 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 #: Strings that only make sense where the text was written: local paths outside the
-#: repository, and references to a moment or a ticket instead of a date.
+#: repository (the shared-data folder beside a checkout, the development box's work folder;
+#: written with character classes so this pattern is not itself such a path), and references
+#: to a moment or a ticket instead of a date.
 MACHINE_SPECIFIC = re.compile(
-    r"\.\./shared|/work/|this afternoon|this morning|\btoday\b|\byesterday\b"
+    r"\.\.[/]shared|[/]work[/]|this afternoon|this morning|\btoday\b|\byesterday\b"
     r"|\bissue \d+|\bas here\b",
     re.IGNORECASE,
 )
