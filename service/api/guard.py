@@ -13,15 +13,15 @@ import contextlib
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
-import orjson
 from fastapi import Request
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.responses import Response
 from starlette.types import Message
 
 from service.config import Settings
 from service.errors import InvalidInput, Overloaded, PayloadTooLarge
+from service.jsonbody import loads_bounded, validated
 
 M = TypeVar("M", bound=BaseModel)
 Check = Callable[[Request], Awaitable[None]]
@@ -201,23 +201,15 @@ async def parse_json(
     GIL even on a thread, and millions of tiny values cost seconds and gigabytes). `check`
     sees the parsed JSON before pydantic builds objects from it.
     """
-    if max_values is not None and body.count(b",") > max_values:
-        raise PayloadTooLarge(f"request JSON has more than {max_values} values")
     if len(body) <= INLINE_PARSE_BYTES:
-        return _parse(body, model, check)
-    return await asyncio.to_thread(_parse, body, model, check)
+        return _parse(body, model, check, max_values)
+    return await asyncio.to_thread(_parse, body, model, check, max_values)
 
 
-def _parse(body: bytes, model: type[M], check: Callable[[Any], None] | None) -> M:
-    try:
-        raw = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+def _parse(
+    body: bytes, model: type[M], check: Callable[[Any], None] | None, max_values: int | None
+) -> M:
+    raw = loads_bounded(body, max_values)
     if check is not None:
         check(raw)
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise InvalidInput(f"invalid request: {where}: {first['msg']}") from None
+    return validated(model, raw, "invalid request: ", "body")

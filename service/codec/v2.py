@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
-from pydantic import ValidationError
 
 from service.errors import InvalidInput, ModelNotFound, PayloadTooLarge
+from service.jsonbody import loads_bounded, validated
 from service.schemas.v2 import InferenceRequest
 
 if TYPE_CHECKING:
@@ -100,22 +100,10 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
 
 def parse_json_request(header: bytes, binary: bytes, limits: Limits) -> V2Request:
     """A V2Request from the JSON header, the binary section assigned to its inputs in order."""
-    # Count values (commas) before parsing: the parse holds the GIL, and a body of millions
-    # of tiny values (`[[],[],...]`) costs seconds and gigabytes before any check could run.
-    most = max(limits.max_rows * PIXELS, limits.max_files) + 4096
-    if header.count(b",") > most:
-        raise PayloadTooLarge(f"request JSON has more than {most} values")
-    try:
-        raw = orjson.loads(header)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"request body is not valid JSON: {exc}") from exc
+    # The largest acceptable tensor, and room for the rest of the request.
+    raw = loads_bounded(header, max(limits.max_rows * PIXELS, limits.max_files) + 4096)
     _check_counts(raw, limits)
-    try:
-        req = InferenceRequest.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "request"
-        raise InvalidInput(f"invalid inference request at {where}: {first['msg']}") from exc
+    req = validated(InferenceRequest, raw, "invalid inference request at ", "request")
     inputs = [
         Tensor(i.name, i.datatype, i.shape, dict(i.parameters or {}), i.data) for i in req.inputs
     ]
