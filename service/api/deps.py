@@ -72,11 +72,14 @@ def client_key_of(presented: str | None, host: str | None) -> str:
     return f"addr:{host or '-'}"
 
 
-def check_capacity(request: Request) -> None:
-    """503 before the body is read when this worker's queue is already full."""
+def check_capacity(request: Request) -> str:
+    """503 before the body is read when this worker's queue (or the client's share of it) is
+    already full; returns the client key the request counts against."""
+    client = client_key(request)
     plane: DataPlane | None = getattr(request.app.state, "dataplane", None)
     if plane is not None:
-        plane.batcher.check_capacity(client_key(request))
+        plane.batcher.check_capacity(client)
+    return client
 
 
 async def require_api_key(request: Request) -> None:

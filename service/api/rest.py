@@ -17,7 +17,6 @@ from service.api.deps import (
     SettingsDep,
     cancelled_on_disconnect,
     check_capacity,
-    client_key,
     get_dataplane,
     require_api_key,
 )
@@ -189,7 +188,7 @@ async def predict_digits(request: Request) -> Response:
     # still documents the route.
     await require_api_key(request)
     plane = await get_dataplane(request)
-    check_capacity(request)
+    client = check_capacity(request)
     settings: Settings = request.app.state.settings
     top_k, return_image, one_digit = _query(request)
     with body_budget(request).hold(request, settings.max_request_bytes) as reading:
@@ -206,7 +205,7 @@ async def predict_digits(request: Request) -> Response:
         del uploads
         request.state.images = len(files)
         with cancelled_on_disconnect(request):
-            readings, model = await plane.predict_files(files, client_key(request), one_digit)
+            readings, model = await plane.predict_files(files, client, one_digit)
         body = render_predictions([f.filename for f in files], readings, model, top_k, return_image)
     return _json(body)
 
@@ -245,7 +244,7 @@ async def predict_digits_base64(
         if isinstance(images, list) and len(images) > settings.max_files:
             raise PayloadTooLarge(f"too many files: at most {settings.max_files} per request")
 
-    check_capacity(request)
+    client = check_capacity(request)
     body = await parse_json(
         await read_body(request),
         PredictBase64Request,
@@ -259,7 +258,7 @@ async def predict_digits_base64(
     )
     request.state.images = len(files)
     with cancelled_on_disconnect(request):
-        readings, model = await plane.predict_files(files, client_key(request), body.one_digit)
+        readings, model = await plane.predict_files(files, client, body.one_digit)
     return _json(
         render_predictions(
             [f.filename for f in files], readings, model, body.top_k, body.return_image

@@ -239,7 +239,8 @@ async def _infer(
     request: Request, plane: DataPlane, limit: int, name: str, version: str | None
 ) -> Response:
     clf = codec.resolve_model(plane, name, version)
-    plane.batcher.check_capacity(client_key(request))  # before the body is read
+    client = client_key(request)
+    plane.batcher.check_capacity(client)  # before the body is read
     body = await _read_body(request, limit)
     norm = clf.card.input.normalization
     limits = codec.Limits.of(plane.settings.max_queue_size, plane.settings.max_files)
@@ -250,9 +251,7 @@ async def _infer(
         req, plan, decoded = _decode(*args)
     request.state.images = len(decoded)
     with cancelled_on_disconnect(request):
-        probs, model, given = await infer_decoded(
-            plane, decoded, client_key(request), _one_digit(req)
-        )
+        probs, model, given = await infer_decoded(plane, decoded, client, _one_digit(req))
     tensors = codec.encode_outputs(plan, probs.numpy(), given)
     header, blobs = codec.render_json(tensors, model.name, model.version, req.id)
     if not blobs:
