@@ -117,9 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        return _fail(f"invalid setting {where}: {first['msg']}")
+        from service.errors import describe_validation  # the web stack only on this path
+
+        return _fail(f"invalid setting {describe_validation(exc, 'settings')}")
 
     import uvicorn
 

@@ -144,9 +144,11 @@ class ModelCard(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "card"
-            raise CardError(f"model card {path} is invalid at {where}: {first['msg']}") from exc
+            # Imported here: the card is read by training too, which needs no web stack.
+            from service.errors import describe_validation
+
+            reason = describe_validation(exc, "card")
+            raise CardError(f"model card {path} is invalid at {reason}") from exc
 
     def write(self, version_dir: Path) -> Path:
         path = Path(version_dir) / CARD_FILE

@@ -11,13 +11,14 @@ import sys
 from pydantic import ValidationError
 
 from service.config import Settings
+from service.errors import describe_validation
 
 
 def main() -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
-        sys.stderr.write(f"error: invalid setting: {exc.errors()[0]['msg']}\n")
+        sys.stderr.write(f"error: invalid setting {describe_validation(exc, 'settings')}\n")
         return 2
     from service.app import load_classifier
     from service.model import ModelLoadError

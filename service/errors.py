@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -130,16 +131,28 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     return service_error_response(request, exc)
 
 
-def _describe(error: dict[str, Any]) -> str:
-    loc = [str(p) for p in error.get("loc", ()) if p not in ("body",)]
-    where = ".".join(loc)
-    return f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg"))
+class _Validation(Protocol):
+    def errors(self) -> Sequence[Any]: ...
+
+
+def describe_validation(exc: _Validation, where: str = "", most: int = 1) -> str:
+    """'<field>: <what is wrong>' for the first `most` errors of a pydantic ValidationError
+    (or FastAPI's RequestValidationError), joined by '; '.
+
+    The field is the dotted location (FastAPI's leading 'body' left out), or `where` when the
+    error is about the whole object. Every message that reports a validation uses this.
+    """
+    parts = []
+    for error in list(exc.errors())[:most]:
+        loc = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or where
+        msg = str(error.get("msg", "invalid"))
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts) or "invalid"
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = list(exc.errors())
-    message = "; ".join(_describe(e) for e in errors[:5]) or "invalid request"
+    message = describe_validation(exc, most=5)
     return await _service_error(request, InvalidInput(f"invalid request: {message}"))
 
 

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from service.errors import InvalidInput, PayloadTooLarge
+from service.errors import InvalidInput, PayloadTooLarge, describe_validation
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -32,6 +32,4 @@ def validated(model: type[M], raw: Any, prefix: str, default_where: str) -> M:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or default_where
-        raise InvalidInput(f"{prefix}{where}: {first['msg']}") from None
+        raise InvalidInput(prefix + describe_validation(exc, default_where)) from None
