@@ -1,8 +1,10 @@
-"""DataPlane: the one inference path shared by the /v1 and /v2 routes.
+"""DataPlane: what every route asks of the server, shared by /v1, /v2 and gRPC.
 
-Routes hand it image files or pixel arrays; it decodes them on a thread pool (off the event
-loop, in parallel with inference), submits them to the batcher and returns probabilities
-with the model version that produced them. It also owns hot reload.
+Routes only translate their wire format. They hand the data plane image files or pixel
+arrays; it decodes them on a thread pool (off the event loop, in parallel with inference),
+submits them to the batcher and returns probabilities with the model version that produced
+them. It also answers readiness, looks models up by name and version, describes them, holds
+the request limits, and owns hot reload.
 """
 
 from __future__ import annotations
@@ -16,19 +18,28 @@ from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from service.batching import Batcher
 from service.card import CardError, ModelCard, list_versions
+from service.codec import v2 as codec
 from service.config import Settings
 from service.decode import DecodeBudget, ImageLimits, RequestBudget, cheap_to_decode
-from service.errors import InferenceTimeout, InvalidImage, ServiceError
+from service.errors import (
+    InferenceTimeout,
+    InvalidImage,
+    ModelNotFound,
+    PayloadTooLarge,
+    ServiceError,
+)
 from service.metrics import Metrics
 from service.model import Classifier, ModelLoadError, resolve_version
 from service.preprocess import Scan, scan
 from service.reading import Reading, read
+from service.uploads import UploadLimits
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +72,10 @@ class DataPlane:
             max_aspect=settings.max_image_aspect,
             max_frames=settings.max_image_frames,
         )
+        self.upload_limits = UploadLimits(
+            settings.max_files, settings.max_file_bytes, settings.max_request_bytes
+        )
+        self.tensor_limits = codec.Limits.of(settings.max_queue_size, settings.max_files)
         self.decode_budget = DecodeBudget(
             settings.decode_memory_mib << 20, wait_s=settings.request_timeout_s
         )
@@ -69,7 +84,6 @@ class DataPlane:
         )
         self._reload_lock = asyncio.Lock()
         self.classifier = classifier
-        self.ready = True
 
     @property
     def classifier(self) -> Classifier:
@@ -84,6 +98,70 @@ class DataPlane:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ---------------------------------------------------------------- readiness and models
+
+    def not_ready_reason(self) -> str | None:
+        """None while requests can be served; else why not (the batch loop has stopped)."""
+        return None if self.batcher.alive else "inference loop stopped"
+
+    def get_model(self, name: str, version: str | None = None) -> Classifier:
+        """The served classifier if `name` (and `version`, when given) designate it; else 404."""
+        clf = self.classifier
+        if name != clf.name:
+            raise ModelNotFound(f"unknown model {name!r}; this server serves {clf.name!r}")
+        if version and version != clf.version:
+            on_disk = version in self.available_versions()
+            hint = "available but not loaded" if on_disk else "not found"
+            raise ModelNotFound(
+                f"model {name!r} version {version!r} is {hint}; serving version {clf.version}"
+            )
+        return clf
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """The V2 $metadata_model_response of a served model (404 for any other)."""
+        return codec.model_metadata(self.get_model(name, version).card)
+
+    def models_summary(self) -> dict[str, Any]:
+        """The /v1/models body: the served model's card, the versions on disk, the limits."""
+        clf = self.classifier
+        card = clf.card
+        settings = self.settings
+        return {
+            "served": {
+                "name": card.name,
+                "version": card.version,
+                "device": str(clf.device),
+                "platform": card.platform,
+                "accuracy": card.metrics.accuracy if card.metrics else None,
+                "parameters": card.parameters,
+                "mflops": card.mflops,
+                "input": card.input.model_dump(mode="json"),
+                "output": card.output.model_dump(mode="json"),
+                "created_at": card.created_at.isoformat(),
+                "sha256": card.sha256,
+            },
+            "available_versions": self.available_versions(),
+            "limits": {
+                "max_files": settings.max_files,
+                "max_file_bytes": settings.max_file_bytes,
+                "max_request_bytes": settings.max_request_bytes,
+                "max_image_pixels": settings.max_image_pixels,
+                "max_image_frames": settings.max_image_frames,
+                "request_timeout_s": settings.request_timeout_s,
+            },
+            "batching": {
+                "enabled": settings.batching,
+                "max_batch_size": settings.max_batch_size,
+                "max_batch_wait_ms": settings.max_batch_wait_ms,
+                "max_queue_size": settings.max_queue_size,
+            },
+        }
+
+    def check_file_count(self, count: int) -> None:
+        """413 for a request that brings more than `max_files` images, before any is decoded."""
+        if count > self.settings.max_files:
+            raise PayloadTooLarge(f"too many files: at most {self.settings.max_files} per request")
 
     # ---------------------------------------------------------------- images
 

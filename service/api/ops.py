@@ -25,9 +25,8 @@ def state_readiness(state: Any) -> tuple[bool, str | None]:
     plane = getattr(state, "dataplane", None)
     if plane is None:
         return False, "model not loaded"
-    if not plane.batcher.alive:
-        return False, "inference loop stopped"
-    return True, None
+    reason: str | None = plane.not_ready_reason()
+    return reason is None, reason
 
 
 @router.get("/v2/health/live", response_model=HealthResponse)

@@ -24,7 +24,7 @@ from service.api.guard import body_budget, body_schema, guarded_route, parse_jso
 from service.api.hot import HotRoute
 from service.config import Settings
 from service.dataplane import NamedFile
-from service.errors import InvalidInput, PayloadTooLarge
+from service.errors import InvalidInput
 from service.model import Classifier
 from service.preprocess import to_png
 from service.reading import Reading
@@ -34,7 +34,7 @@ from service.schemas.rest import (
     PredictBase64Request,
     PredictResponse,
 )
-from service.uploads import UploadLimits, read_multipart
+from service.uploads import read_multipart
 
 router = APIRouter(
     prefix="/v1",
@@ -192,14 +192,11 @@ async def predict_digits(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     top_k, return_image, one_digit = _query(request)
     with body_budget(request).hold(request, settings.max_request_bytes) as reading:
-        limits = UploadLimits(
-            settings.max_files, settings.max_file_bytes, settings.max_request_bytes
-        )
         uploads = await read_multipart(
             request.headers.get("content-type"),
             request.headers.get("content-length"),
             reading.stream(),
-            limits,
+            plane.upload_limits,
         )
         files = [NamedFile(u.filename, u.data) for u in uploads]
         del uploads
@@ -241,8 +238,8 @@ async def predict_digits_base64(
 
     def count_images(raw: Any) -> None:
         images = raw.get("images") if isinstance(raw, dict) else None
-        if isinstance(images, list) and len(images) > settings.max_files:
-            raise PayloadTooLarge(f"too many files: at most {settings.max_files} per request")
+        if isinstance(images, list):
+            plane.check_file_count(len(images))
 
     client = check_capacity(request)
     body = await parse_json(
@@ -278,39 +275,6 @@ def _decode_base64(body: PredictBase64Request) -> list[NamedFile]:
 
 
 @router.get("/models", response_model=ModelsResponse, responses=_errors(401, 503))
-async def list_models(plane: DataPlaneDep, settings: SettingsDep) -> Response:
+async def list_models(plane: DataPlaneDep) -> Response:
     """The served model with its card summary, the versions available, and the limits."""
-    clf = plane.classifier
-    card = clf.card
-    return _json(
-        {
-            "served": {
-                "name": card.name,
-                "version": card.version,
-                "device": str(clf.device),
-                "platform": card.platform,
-                "accuracy": card.metrics.accuracy if card.metrics else None,
-                "parameters": card.parameters,
-                "mflops": card.mflops,
-                "input": card.input.model_dump(mode="json"),
-                "output": card.output.model_dump(mode="json"),
-                "created_at": card.created_at.isoformat(),
-                "sha256": card.sha256,
-            },
-            "available_versions": plane.available_versions(),
-            "limits": {
-                "max_files": settings.max_files,
-                "max_file_bytes": settings.max_file_bytes,
-                "max_request_bytes": settings.max_request_bytes,
-                "max_image_pixels": settings.max_image_pixels,
-                "max_image_frames": settings.max_image_frames,
-                "request_timeout_s": settings.request_timeout_s,
-            },
-            "batching": {
-                "enabled": settings.batching,
-                "max_batch_size": settings.max_batch_size,
-                "max_batch_wait_ms": settings.max_batch_wait_ms,
-                "max_queue_size": settings.max_queue_size,
-            },
-        }
-    )
+    return _json(plane.models_summary())

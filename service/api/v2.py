@@ -29,7 +29,7 @@ from service.api.ops import readiness
 from service.codec import triton
 from service.codec import v2 as codec
 from service.dataplane import DataPlane, NamedFile
-from service.errors import InvalidInput, ModelNotReady, PayloadTooLarge
+from service.errors import InvalidInput, PayloadTooLarge
 from service.model import Classifier
 from service.schemas.v2 import (
     InferenceErrorResponse,
@@ -82,7 +82,7 @@ async def get_model_statistics(
     name: ModelName, plane: DataPlaneDep, metrics: MetricsDep
 ) -> Response:
     """Triton statistics extension: inference counts and durations, this worker process."""
-    clf = codec.resolve_model(plane, name, None)
+    clf = plane.get_model(name)
     return JSONResponse(triton.model_statistics(clf, metrics.registry))
 
 
@@ -93,14 +93,14 @@ async def get_model_version_statistics(
     name: ModelName, version: ModelVersion, plane: DataPlaneDep, metrics: MetricsDep
 ) -> Response:
     """Triton statistics extension for one model version."""
-    clf = codec.resolve_model(plane, name, version)
+    clf = plane.get_model(name, version)
     return JSONResponse(triton.model_statistics(clf, metrics.registry))
 
 
 @protected.get("/models/{name}/config", response_model=dict[str, Any], responses=_ERRORS)
 async def get_model_config(name: ModelName, plane: DataPlaneDep, settings: SettingsDep) -> Response:
     """Triton model configuration extension, built from the model card and settings."""
-    return JSONResponse(triton.model_config(codec.resolve_model(plane, name, None), settings))
+    return JSONResponse(triton.model_config(plane.get_model(name), settings))
 
 
 @protected.get(
@@ -110,13 +110,13 @@ async def get_model_version_config(
     name: ModelName, version: ModelVersion, plane: DataPlaneDep, settings: SettingsDep
 ) -> Response:
     """Triton model configuration extension for one model version."""
-    return JSONResponse(triton.model_config(codec.resolve_model(plane, name, version), settings))
+    return JSONResponse(triton.model_config(plane.get_model(name, version), settings))
 
 
 @protected.get("/models/{name}", response_model=MetadataModelResponse, responses=_ERRORS)
 async def get_model_metadata(name: ModelName, plane: DataPlaneDep) -> Response:
     """Model metadata built from the model card."""
-    return JSONResponse(codec.model_metadata(codec.resolve_model(plane, name, None).card))
+    return JSONResponse(plane.model_metadata(name))
 
 
 @protected.get(
@@ -126,14 +126,11 @@ async def get_model_version_metadata(
     name: ModelName, version: ModelVersion, plane: DataPlaneDep
 ) -> Response:
     """Metadata of one model version."""
-    return JSONResponse(codec.model_metadata(codec.resolve_model(plane, name, version).card))
+    return JSONResponse(plane.model_metadata(name, version))
 
 
-async def _model_ready(request: Request, name: str, version: str | None) -> Response:
-    plane: DataPlane | None = request.app.state.dataplane
-    if plane is None:
-        raise ModelNotReady("the model is not loaded yet")
-    clf = codec.resolve_model(plane, name, version)
+def _model_ready(request: Request, plane: DataPlane, name: str, version: str | None) -> Response:
+    clf = plane.get_model(name, version)
     ready, _ = readiness(request)
     return JSONResponse(
         {"name": clf.name, "ready": ready},
@@ -143,9 +140,9 @@ async def _model_ready(request: Request, name: str, version: str | None) -> Resp
 
 
 @protected.get("/models/{name}/ready", response_model=ModelReadyResponse, responses=_ERRORS)
-async def get_model_readiness(name: ModelName, request: Request) -> Response:
+async def get_model_readiness(name: ModelName, request: Request, plane: DataPlaneDep) -> Response:
     """200 when this model can serve inference requests."""
-    return await _model_ready(request, name, None)
+    return _model_ready(request, plane, name, None)
 
 
 @protected.get(
@@ -154,10 +151,10 @@ async def get_model_readiness(name: ModelName, request: Request) -> Response:
     responses=_ERRORS,
 )
 async def get_model_version_readiness(
-    name: ModelName, version: ModelVersion, request: Request
+    name: ModelName, version: ModelVersion, request: Request, plane: DataPlaneDep
 ) -> Response:
     """200 when this model version can serve inference requests."""
-    return await _model_ready(request, name, version)
+    return _model_ready(request, plane, name, version)
 
 
 # NOTE: only the JSON form is a content type here. The binary tensor data extension sends
@@ -238,13 +235,12 @@ def _decode(
 async def _infer(
     request: Request, plane: DataPlane, limit: int, name: str, version: str | None
 ) -> Response:
-    clf = codec.resolve_model(plane, name, version)
+    clf = plane.get_model(name, version)
     client = client_key(request)
     plane.batcher.check_capacity(client)  # before the body is read
     body = await _read_body(request, limit)
     norm = clf.card.input.normalization
-    limits = codec.Limits.of(plane.settings.max_queue_size, plane.settings.max_files)
-    args = (body, request.headers.get(HEADER_LENGTH), limits, (norm.mean, norm.std))
+    args = (body, request.headers.get(HEADER_LENGTH), plane.tensor_limits, (norm.mean, norm.std))
     if len(body) > OFFLOAD_BYTES:
         req, plan, decoded = await asyncio.to_thread(_decode, *args)
     else:

@@ -19,14 +19,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from service.errors import InvalidInput, ModelNotFound, PayloadTooLarge
+from service.errors import InvalidInput, PayloadTooLarge
 from service.jsonbody import loads_bounded, validated
 from service.schemas.v2 import InferenceRequest
 
 if TYPE_CHECKING:
     from service.card import ModelCard
-    from service.dataplane import DataPlane
-    from service.model import Classifier
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "statistics"]
 PIXELS = 28 * 28
@@ -443,20 +441,6 @@ def tensor_bytes(t: OutputTensor) -> bytes:
 
 
 # ---------------------------------------------------------------------------- models
-
-
-def resolve_model(plane: DataPlane, name: str, version: str | None) -> Classifier:
-    """The served classifier if `name` (and `version`, when given) designate it; else 404."""
-    clf = plane.classifier
-    if name != clf.name:
-        raise ModelNotFound(f"unknown model {name!r}; this server serves {clf.name!r}")
-    if version and version != clf.version:
-        available = plane.available_versions()
-        hint = "available but not loaded" if version in available else "not found"
-        raise ModelNotFound(
-            f"model {name!r} version {version!r} is {hint}; serving version {clf.version}"
-        )
-    return clf
 
 
 def model_metadata(card: ModelCard) -> dict[str, Any]:

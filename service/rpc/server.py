@@ -205,7 +205,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelReadyRequest, context: Any
     ) -> pb.ModelReadyResponse:
         async def run(rpc: _Rpc) -> pb.ModelReadyResponse:
-            codec.resolve_model(self._plane(), request.name, request.version or None)
+            self._plane().get_model(request.name, request.version or None)
             return pb.ModelReadyResponse(ready=state_readiness(self.state)[0])
 
         return await self._call("ModelReady", context, run)
@@ -214,8 +214,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelMetadataRequest, context: Any
     ) -> pb.ModelMetadataResponse:
         async def run(rpc: _Rpc) -> pb.ModelMetadataResponse:
-            clf = codec.resolve_model(self._plane(), request.name, request.version or None)
-            meta = codec.model_metadata(clf.card)
+            meta = self._plane().model_metadata(request.name, request.version or None)
             for tensor in (*meta["inputs"], *meta["outputs"]):
                 tensor.pop("parameters", None)  # the gRPC message has no tensor parameters
             return json_format.ParseDict(meta, pb.ModelMetadataResponse())
@@ -226,7 +225,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelConfigRequest, context: Any
     ) -> pb.ModelConfigResponse:
         async def run(rpc: _Rpc) -> pb.ModelConfigResponse:
-            clf = codec.resolve_model(self._plane(), request.name, request.version or None)
+            clf = self._plane().get_model(request.name, request.version or None)
             config = triton.model_config(clf, self.settings)
             return pb.ModelConfigResponse(config=json_format.ParseDict(config, pb.ModelConfig()))
 
@@ -239,7 +238,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             plane = self._plane()
             clf = plane.classifier
             if request.name:
-                clf = codec.resolve_model(plane, request.name, request.version or None)
+                clf = plane.get_model(request.name, request.version or None)
             stats = triton.model_statistics(clf, self.metrics.registry)
             return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
 
@@ -252,14 +251,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         async def run(rpc: _Rpc) -> pb.ModelInferResponse:
             plane = self._plane()
-            clf = codec.resolve_model(plane, request.model_name, request.model_version or None)
+            clf = plane.get_model(request.model_name, request.model_version or None)
             client = self._client(context)
             plane.batcher.check_capacity(client)  # before any decoding, as over HTTP
             req = request_from_proto(request)
             plan = codec.plan_outputs(req)
             norm = clf.card.input.normalization
-            limits = codec.Limits.of(self.settings.max_queue_size, self.settings.max_files)
-            decoded = codec.decode_input(codec.single_input(req), limits, (norm.mean, norm.std))
+            decoded = codec.decode_input(
+                codec.single_input(req), plane.tensor_limits, (norm.mean, norm.std)
+            )
             # NOTE: a client deadline cancels this task (grpc.aio), which releases the
             # request's queue slot; the server's own request_timeout_s still applies.
             probs, model, given = await infer_decoded(plane, decoded, client)
