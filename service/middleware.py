@@ -8,9 +8,10 @@ import random
 import time
 from typing import Any
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import CLIENT_CLOSED
+from service.errors import CLIENT_CLOSED, unhandled_error_response
 from service.logging_config import QUIET_PATHS
 from service.metrics import Metrics
 
@@ -112,11 +113,17 @@ class RequestContextMiddleware:
             status = 503
             await send_with_id(dict(_SHUTDOWN_START))
             await send_with_id(dict(_SHUTDOWN_BODY))
+        except Exception as exc:
+            if status:
+                raise  # the answer has started: nothing else can be sent
+            # NOTE: answered here, not by Starlette's outermost handler, so that a 500 carries
+            # X-Request-ID like any other answer.
+            await unhandled_error_response(Request(scope), exc)(scope, receive, send_with_id)
         except BaseException:
             status = status or 500
             raise
         finally:
-            # Returned without answering: the client hung up (HotRoutes drops the request).
+            # Returned without answering: the client hung up.
             status = status or CLIENT_CLOSED
             self.in_flight.finished()
             elapsed = time.perf_counter() - started
