@@ -20,7 +20,6 @@ from fastapi.middleware.cors import CORSMiddleware
 from service import __version__
 from service.api import docs, ops, rest
 from service.api.guard import BodyBudget
-from service.api.hot import HotRoutes
 from service.batching import Batcher
 from service.config import Settings
 from service.cpus import available_cpus
@@ -173,8 +172,6 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
         from fastapi.staticfiles import StaticFiles
 
         app.mount("/static", StaticFiles(directory=static), name="static")
-    # Innermost middleware: the hot route skips the router but keeps CORS and request context.
-    app.add_middleware(HotRoutes, routes=rest.hot_routes)
     if settings.cors_origins.strip():
         app.add_middleware(
             CORSMiddleware,

@@ -5,23 +5,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from service.api.deps import (
     DataPlaneDep,
-    SettingsDep,
     cancelled_on_disconnect,
     check_capacity,
-    get_dataplane,
     require_api_key,
 )
-from service.api.guard import body_budget, body_schema, guarded_route, parse_json, read_body
-from service.api.hot import HotRoute
+from service.api.guard import body_schema, guarded_route, parse_json, read_body
 from service.config import Settings
 from service.dataplane import NamedFile
 from service.errors import InvalidInput
@@ -32,6 +29,7 @@ from service.schemas.rest import (
     ErrorResponse,
     ModelsResponse,
     PredictBase64Request,
+    PredictOptions,
     PredictResponse,
 )
 from service.uploads import read_multipart
@@ -92,9 +90,10 @@ def render_predictions(
     filenames: list[str],
     readings: list[Reading],
     model: Classifier,
-    top_k: int | None,
-    return_image: bool,
+    options: PredictOptions,
 ) -> dict[str, Any]:
+    """The PredictResponse body: one prediction per file, in upload order."""
+    top_k, return_image = options.top_k, options.return_image
     predictions = []
     for i, (name, reading) in enumerate(zip(filenames, readings, strict=True)):
         item: dict[str, Any] = {
@@ -131,80 +130,26 @@ def _png64(pixels: np.ndarray) -> str:
     return base64.b64encode(to_png(pixels)).decode("ascii")
 
 
-_QUERY_DOCS = [
-    {
-        "name": "top_k",
-        "in": "query",
-        "required": False,
-        "description": "Also list the k most likely digits (1-10).",
-        "schema": {"type": "integer", "minimum": 1, "maximum": 10},
-    },
-    {
-        "name": "one_digit",
-        "in": "query",
-        "required": False,
-        "description": "Read each image as exactly one digit (a form cell): never a number.",
-        "schema": {"type": "boolean", "default": False},
-    },
-    {
-        "name": "return_image",
-        "in": "query",
-        "required": False,
-        "description": "Include the 28x28 image the model saw, as a base64 PNG.",
-        "schema": {"type": "boolean", "default": False},
-    },
-]
-
-
-def _query(request: Request) -> tuple[int | None, bool, bool]:
-    """top_k, return_image and one_digit from the query string."""
-    if not request.scope["query_string"]:
-        return None, False, False  # the usual case: skip building QueryParams
-    params = request.query_params
-    top_k: int | None = None
-    raw = params.get("top_k")
-    if raw is not None:
-        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 10:
-            raise InvalidInput("invalid request: top_k: must be an integer from 1 to 10")
-        top_k = int(raw)
-    flags = []
-    for name in ("return_image", "one_digit"):
-        flag = params.get(name, "false").lower()
-        if flag not in _BOOLS:
-            raise InvalidInput(f"invalid request: {name}: must be true or false")
-        flags.append(_BOOLS[flag])
-    return top_k, flags[0], flags[1]
-
-
-_BOOLS = {"true": True, "1": True, "yes": True, "on": True,
-          "false": False, "0": False, "no": False, "off": False}  # fmt: skip
-
-
-async def predict_digits(request: Request) -> Response:
+async def predict_digits(
+    request: Request, plane: DataPlaneDep, options: Annotated[PredictOptions, Query()]
+) -> Response:
     """Read each uploaded file (multipart `files` parts): a digit, a number, or not a digit."""
-    # NOTE: the hot route takes only the Request and is served by `HotRoutes` ahead of the
-    # router (see create_app): FastAPI's dependency and validation layer, the router and the
-    # exception middleware cost CPU on every request (measured: docs/decisions.md). OpenAPI
-    # still documents the route.
-    await require_api_key(request)
-    plane = await get_dataplane(request)
+    # NOTE: the route class has checked the key and the declared length, and holds the body
+    # budget while the body is read here, part by part, with the file limits applied as the
+    # bytes arrive.
     client = check_capacity(request)
-    settings: Settings = request.app.state.settings
-    top_k, return_image, one_digit = _query(request)
-    with body_budget(request).hold(request, settings.max_request_bytes) as reading:
-        uploads = await read_multipart(
-            request.headers.get("content-type"),
-            request.headers.get("content-length"),
-            reading.stream(),
-            plane.upload_limits,
-        )
-        files = [NamedFile(u.filename, u.data) for u in uploads]
-        del uploads
-        request.state.images = len(files)
-        with cancelled_on_disconnect(request):
-            readings, model = await plane.predict_files(files, client, one_digit)
-        body = render_predictions([f.filename for f in files], readings, model, top_k, return_image)
-    return _json(body)
+    uploads = await read_multipart(
+        request.headers.get("content-type"),
+        request.headers.get("content-length"),
+        request.stream(),
+        plane.upload_limits,
+    )
+    files = [NamedFile(u.filename, u.data) for u in uploads]
+    del uploads
+    request.state.images = len(files)
+    with cancelled_on_disconnect(request):
+        readings, model = await plane.predict_files(files, client, options.one_digit)
+    return _json(render_predictions([f.filename for f in files], readings, model, options))
 
 
 router.add_api_route(
@@ -213,13 +158,11 @@ router.add_api_route(
     methods=["POST"],
     response_model=PredictResponse,
     responses=_errors(400, 401, 413, 415, 503, 504),
-    openapi_extra={**_MULTIPART_BODY, "parameters": _QUERY_DOCS},
+    openapi_extra=_MULTIPART_BODY,
     summary="Predict digits from uploaded image files",
+    # The multipart body is capped at max_request_bytes, not at the base64 routes' 4/3 of it.
+    route_class_override=guarded_route(require_api_key, lambda s: s.max_request_bytes),
 )
-
-
-#: Served by `HotRoutes` ahead of the router (same handler, without the per-request layers).
-hot_routes = [HotRoute("POST", "/v1/predict", predict_digits)]
 
 
 @router.post(
@@ -229,9 +172,7 @@ hot_routes = [HotRoute("POST", "/v1/predict", predict_digits)]
     summary="Predict digits from base64-encoded images in JSON",
     openapi_extra=body_schema(PredictBase64Request),
 )
-async def predict_digits_base64(
-    request: Request, plane: DataPlaneDep, settings: SettingsDep
-) -> Response:
+async def predict_digits_base64(request: Request, plane: DataPlaneDep) -> Response:
     """Same as /v1/predict for clients that cannot send multipart: images as base64 strings."""
     # NOTE: the body is read here, not declared as a parameter: FastAPI would read and parse
     # it on the event loop before the API key is checked (see service/api/guard.py).
@@ -246,7 +187,7 @@ async def predict_digits_base64(
         await read_body(request),
         PredictBase64Request,
         count_images,
-        max_values=4 * settings.max_files + 64,  # a few fields per image
+        max_values=4 * plane.settings.max_files + 64,  # a few fields per image
     )
     files = (
         await asyncio.to_thread(_decode_base64, body)
@@ -256,11 +197,7 @@ async def predict_digits_base64(
     request.state.images = len(files)
     with cancelled_on_disconnect(request):
         readings, model = await plane.predict_files(files, client, body.one_digit)
-    return _json(
-        render_predictions(
-            [f.filename for f in files], readings, model, body.top_k, body.return_image
-        )
-    )
+    return _json(render_predictions([f.filename for f in files], readings, model, body))
 
 
 def _decode_base64(body: PredictBase64Request) -> list[NamedFile]:

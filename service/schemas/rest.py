@@ -102,7 +102,21 @@ class Base64Image(BaseModel):
     filename: str | None = Field(None, max_length=255)
 
 
-class PredictBase64Request(BaseModel):
+class PredictOptions(BaseModel):
+    """How to read and answer: the query of /v1/predict, the same fields in /v1/predict/base64."""
+
+    top_k: int | None = Field(
+        None, ge=1, le=10, description="Also list the k most likely digits (1-10)."
+    )
+    one_digit: bool = Field(
+        False, description="Read each image as exactly one digit (a form cell): never a number."
+    )
+    return_image: bool = Field(
+        False, description="Include the 28x28 image the model saw, as a base64 PNG."
+    )
+
+
+class PredictBase64Request(PredictOptions):
     """JSON alternative to multipart for clients that cannot send files."""
 
     model_config = ConfigDict(
@@ -112,9 +126,6 @@ class PredictBase64Request(BaseModel):
         },
     )
     images: list[Base64Image] = Field(min_length=1)
-    top_k: int | None = Field(None, ge=1, le=10)
-    return_image: bool = False
-    one_digit: bool = Field(False, description="Read each image as exactly one digit.")
 
 
 class ModelSummary(BaseModel):

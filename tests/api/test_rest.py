@@ -250,7 +250,7 @@ def test_predict_wrong_method_falls_through_to_a_json_405(client: TestClient) ->
 
 
 def test_predict_bug_is_a_json_500_and_the_next_request_is_served(
-    client: TestClient, mnist_sample, monkeypatch: pytest.MonkeyPatch
+    shipped_models: Path, mnist_sample, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from service.api import rest
 
@@ -259,18 +259,19 @@ def test_predict_bug_is_a_json_500_and_the_next_request_is_served(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr(rest, "render_predictions", broken)
-    r = client.post("/v1/predict", files=image)
-    assert (r.status_code, r.json()) == (
-        500,
-        {"error": "internal server error", "code": "internal"},
-    )
-    assert r.headers["x-request-id"]
-    monkeypatch.undo()
-    assert client.post("/v1/predict", files=image).status_code == 200
+    with TestClient(create_app(make_settings(shipped_models))) as client:
+        monkeypatch.setattr(rest, "render_predictions", broken)
+        r = client.post("/v1/predict", files=image)
+        assert (r.status_code, r.json()) == (
+            500,
+            {"error": "internal server error", "code": "internal"},
+        )
+        assert r.headers["x-request-id"]
+        monkeypatch.undo()
+        assert client.post("/v1/predict", files=image).status_code == 200
 
 
-def test_cors_applies_to_the_hot_route_when_configured(shipped_models: Path, mnist_sample) -> None:
+def test_cors_applies_to_predict_when_configured(shipped_models: Path, mnist_sample) -> None:
     origin = "https://app.example"
     settings = make_settings(shipped_models, cors_origins=origin)
     with TestClient(create_app(settings)) as c:
@@ -434,3 +435,58 @@ def test_digit_answers_carry_ten_probabilities_whatever_the_model(
     assert len(p["probabilities"]) == 10
     assert abs(sum(p["probabilities"]) - 1.0) < 1e-4
     assert p["confidence"] == max(p["probabilities"])
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("top_k=0", "query.top_k: Input should be greater than or equal to 1"),
+        ("top_k=11", "query.top_k: Input should be less than or equal to 10"),
+        ("top_k=two", "query.top_k: Input should be a valid integer, unable to parse string"),
+        ("one_digit=maybe", "query.one_digit: Input should be a valid boolean"),
+        ("return_image=2", "query.return_image: Input should be a valid boolean"),
+    ],
+)
+def test_predict_query_errors_are_400_naming_the_parameter(
+    client: TestClient, query: str, message: str
+) -> None:
+    r = client.post(f"/v1/predict?{query}", files=files_of(("a.png", b"x")))
+    assert r.status_code == 400, r.text
+    assert r.json()["code"] == "invalid_input"
+    assert r.json()["error"].startswith(f"invalid request: {message}"), r.json()
+
+
+def test_predict_query_accepts_the_usual_boolean_spellings(
+    client: TestClient, mnist_sample
+) -> None:
+    image = files_of(("a.png", png_bytes(mnist_sample[0][0])))
+    for flag in ("true", "1", "yes", "on"):
+        r = client.post(f"/v1/predict?return_image={flag}&top_k=2", files=image)
+        prediction = r.json()["predictions"][0]
+        assert "processed_image" in prediction, flag
+        assert len(prediction["top_k"]) == 2
+    r = client.post("/v1/predict?return_image=off", files=image)
+    assert "processed_image" not in r.json()["predictions"][0]
+
+
+def test_predict_goes_through_dependency_overrides(shipped_models: Path, mnist_sample) -> None:
+    from service.api.deps import get_dataplane, require_api_key
+    from service.errors import ModelNotReady, Unauthorized
+
+    app = create_app(make_settings(shipped_models))
+    image = files_of(("a.png", png_bytes(mnist_sample[0][0])))
+
+    async def refuse_key() -> None:
+        raise Unauthorized("overridden key check")
+
+    async def no_plane() -> None:
+        raise ModelNotReady("overridden data plane")
+
+    with TestClient(app) as c:
+        assert c.post("/v1/predict", files=image).status_code == 200
+        app.dependency_overrides[require_api_key] = refuse_key  # the router's dependency
+        r = c.post("/v1/predict", files=image)
+        assert (r.status_code, r.json()["error"]) == (401, "overridden key check")
+        app.dependency_overrides = {get_dataplane: no_plane}
+        r = c.post("/v1/predict", files=image)
+        assert (r.status_code, r.json()["error"]) == (503, "overridden data plane")
