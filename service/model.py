@@ -115,7 +115,6 @@ class Classifier:
     module: torch.jit.ScriptModule
     device: torch.device
     half: bool
-    path: Path
     warmup_ms: float = 0.0
     _serve: Callable[[torch.Tensor], torch.Tensor] = field(init=False, repr=False)
 
@@ -189,7 +188,7 @@ class Classifier:
                         serving = torch.jit.optimize_for_inference(serving, other_methods=[_SERVE])
         except Exception as exc:
             raise ModelLoadError(f"cannot prepare {model_path} for serving: {exc}") from exc
-        clf = cls(card, serving, device, use_half, model_path)
+        clf = cls(card, serving, device, use_half)
         started = time.perf_counter()
         for size in warmup_batch_sizes:
             try:

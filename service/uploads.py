@@ -31,9 +31,7 @@ _MAX_OTHER_FIELDS = 16
 
 @dataclass
 class Upload:
-    index: int
     filename: str
-    content_type: str
     data: bytes
 
 
@@ -94,14 +92,7 @@ class _Collector:
         assert segment is not None
         if self._wanted:
             index = len(self.uploads)
-            self.uploads.append(
-                Upload(
-                    index=index,
-                    filename=segment.filename or f"file{index}",
-                    content_type=segment.content_type or "application/octet-stream",
-                    data=b"".join(self._chunks),
-                )
-            )
+            self.uploads.append(Upload(segment.filename or f"file{index}", b"".join(self._chunks)))
         self._segment, self._chunks = None, []
 
 
