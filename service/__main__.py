@@ -10,71 +10,30 @@ import signal
 import subprocess
 import sys
 import tempfile
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
 from service.config import Settings
 
-# CLI flag -> Settings field; every flag also exists as an MNIST_* environment variable.
-_FLAGS: dict[str, dict[str, Any]] = {
-    "host": {},
-    "port": {"type": int},
-    "grpc_port": {"type": int},
-    "workers": {"type": int},
-    "model_repository": {},
-    "model_name": {},
-    "model_version": {},
-    "device": {},
-    "max_batch_size": {"type": int},
-    "max_batch_wait_ms": {"type": float},
-    "max_queue_size": {"type": int},
-    "request_timeout_s": {"type": float},
-    "max_files": {"type": int},
-    "max_file_bytes": {"type": int},
-    "max_request_bytes": {"type": int},
-    "max_image_pixels": {"type": int},
-    "max_image_frames": {"type": int},
-    "torch_threads": {"type": int},
-    "preprocess_threads": {"type": int},
-    "drain_timeout_s": {"type": float},
-    "max_header_bytes": {"type": int},
-    "max_header_count": {"type": int},
-    "header_timeout_s": {"type": float},
-    "body_timeout_s": {"type": float},
-    "keep_alive_timeout_s": {"type": float},
-    "max_connections": {"type": int},
-    "gil_switch_interval_ms": {"type": float},
-    "log_level": {"choices": ["debug", "info", "warning", "error"]},
-    "log_queue_records": {"type": int},
-}
-_SWITCHES = (
-    "batching",
-    "inline_when_idle",
-    "optimize",
-    "log_json",
-    "half_precision",
-    "access_log",
-    "connection_limits",
-)
-
 
 def parse_args(argv: list[str] | None) -> dict[str, Any]:
+    """The Settings fields given as flags: one flag per field, `--max-batch-size 32` for
+    `max_batch_size`, `--batching` / `--no-batching` for a yes/no field."""
     parser = argparse.ArgumentParser(
         prog="python -m service",
         description="Serve the MNIST model over HTTP. Every flag has an MNIST_<FLAG> env var.",
     )
-    for field, extra in _FLAGS.items():
-        description = Settings.model_fields[field].description
-        parser.add_argument("--" + field.replace("_", "-"), dest=field, help=description, **extra)
-    for field in _SWITCHES:
-        parser.add_argument(
-            "--" + field.replace("_", "-"),
-            dest=field,
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help=Settings.model_fields[field].description,
-        )
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool:
+            action = argparse.BooleanOptionalAction
+            parser.add_argument(flag, dest=name, action=action, help=field.description)
+            continue
+        # NOTE: values stay strings: Settings converts and validates them, so a bad value
+        # gets the same one-line error whether it came from a flag or the environment.
+        choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
+        parser.add_argument(flag, dest=name, choices=choices, help=field.description)
     args = parser.parse_args(argv)
     return {k: v for k, v in vars(args).items() if v is not None}
 

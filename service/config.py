@@ -220,8 +220,8 @@ _DOC_HEAD = """\
 # Configuration
 
 Every setting is a field of `service.config.Settings` (pydantic-settings). A value comes, from
-highest to lowest priority, from a flag of `python -m service` where the setting has one
-(`--max-batch-size 32`; yes/no settings as `--batching` / `--no-batching`; `--help` lists
+highest to lowest priority, from a flag of `python -m service` (every setting has one:
+`--max-batch-size 32`; yes/no settings as `--batching` / `--no-batching`; `--help` lists
 them), the environment variable in the table, a `.env` file in the working directory, or the
 default. An invalid value or an inconsistent combination stops the server at start-up with
 one line naming the setting. [limits.md](limits.md) explains each limit: what it protects,

@@ -82,3 +82,44 @@ def test_docs_configuration_is_what_the_generator_prints() -> None:
         "docs/configuration.md is out of date with service.config.Settings: "
         "run `python -m service.config > docs/configuration.md`"
     )
+
+
+def test_every_setting_has_a_flag_with_its_description_as_help() -> None:
+    import argparse
+
+    from service import __main__ as cli
+
+    seen: dict[str, argparse.Action] = {}
+    original = argparse.ArgumentParser.parse_args
+
+    def capture(parser: argparse.ArgumentParser, argv: object = None) -> argparse.Namespace:
+        seen.update({a.dest: a for a in parser._actions if a.dest != "help"})
+        return original(parser, [])
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(argparse.ArgumentParser, "parse_args", capture)
+        cli.parse_args([])
+    assert set(seen) == set(Settings.model_fields)
+    for name, action in seen.items():
+        field = Settings.model_fields[name]
+        assert action.option_strings[0] == "--" + name.replace("_", "-")
+        assert action.help == field.description, name
+        if field.annotation is bool:
+            assert "--no-" + name.replace("_", "-") in action.option_strings, name
+
+
+def test_flags_reach_settings_and_are_validated_like_env_vars(tmp_path: Path) -> None:
+    from service.__main__ import parse_args
+
+    given = parse_args(
+        ["--max-batch-size", "16", "--no-batching", "--log-level", "debug",
+         "--model-version", "2", "--max-batch-wait-ms", "1.5", "--model-repository", str(tmp_path)]
+    )  # fmt: skip
+    s = Settings(_env_file=None, **given)  # type: ignore[call-arg]
+    assert (s.max_batch_size, s.batching, s.log_level) == (16, False, "debug")
+    assert (s.model_version, s.max_batch_wait_ms, s.model_repository) == ("2", 1.5, tmp_path)
+    assert parse_args([]) == {}  # unset flags leave the environment and defaults alone
+    with pytest.raises(SystemExit):
+        parse_args(["--log-level", "loud"])
+    with pytest.raises(ValidationError, match="max_batch_size"):
+        Settings(_env_file=None, **parse_args(["--max-batch-size", "many"]))  # type: ignore[call-arg]
