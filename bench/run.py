@@ -148,7 +148,7 @@ def inprocess_ceiling(images: Path, model: dict[str, str], seconds: float = 5.0)
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         pixels = np.stack([preprocess(f, limits) for f in files])
-        clf.predict_batch(pixels)
+        clf.predict_pixels(pixels)
         done += len(files)
     return done / (time.perf_counter() - started)
 

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 class Predictor(Protocol):
-    """What the batcher needs from a model: rows of pixels in, rows of probabilities out."""
+    """What the batcher needs from a model: rows of model inputs in, rows of probabilities out."""
 
     def predict_batch(self, pixels: torch.Tensor) -> torch.Tensor: ...
 

@@ -246,17 +246,31 @@ class DataPlane:
     # ---------------------------------------------------------------- inference
 
     async def infer(
-        self, pixels: np.ndarray | torch.Tensor, client: Hashable = None, admitted: bool = False
+        self,
+        rows: np.ndarray,
+        client: Hashable = None,
+        admitted: bool = False,
+        normalized: bool = False,
     ) -> tuple[torch.Tensor, Classifier]:
-        """Probabilities [N,10] for [N,28,28] pixels in [0,1], through the batcher.
+        """Probabilities [N,C] for [N,28,28] rows, through the batcher, and the model that
+        produced them.
 
-        `client` keys the batcher's fair share and round-robin lanes.
+        Rows are pixels in [0,1], normalised here with the model's mean and std, or, with
+        `normalized`, the model's inputs already (the V2 FP32 tensor), which go to the model
+        as they are. `client` keys the batcher's fair share and round-robin lanes.
         """
-        tensor = torch.as_tensor(pixels, dtype=torch.float32)
-        probs, model = await self.batcher.submit(tensor, client, admitted)
+        model = self.classifier
+        while True:
+            x = torch.as_tensor(rows if normalized else model.inputs(rows))
+            probs, used = await self.batcher.submit(x, client, admitted)
+            # NOTE: a reload between here and the batch may bring a model with other
+            # constants: its rows are normalised again for it (rare, and never for FP32).
+            if normalized or used is model or _same_inputs(used, model):
+                break
+            model = used
         if self.metrics is not None:
-            self.metrics.images.labels(model.name, model.version).inc(len(probs))
-        return probs, model
+            self.metrics.images.labels(used.name, used.version).inc(len(probs))
+        return probs, used
 
     async def predict_files(
         self, files: list[NamedFile], client: Hashable = None, one_digit: bool = False
@@ -344,6 +358,10 @@ class DataPlane:
         # free them now: the reload leak measured in docs/operations.md.
         gc.collect()
         return new
+
+
+def _same_inputs(a: Classifier, b: Classifier) -> bool:
+    return a.card.input.normalization == b.card.input.normalization
 
 
 def _warmup_sizes(settings: Settings) -> tuple[int, ...]:

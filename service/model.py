@@ -88,22 +88,30 @@ def resolve_version(repository: Path, name: str, version: str | None) -> Path:
     return Path(repository) / name / str(int(version))
 
 
-#: The serving method added to every loaded model: normalise, forward and softmax in one
-#: TorchScript call.
+def model_inputs(pixels: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """[N,28,28] pixels in [0,1] -> the model's inputs, (pixels - mean) / std in float32: what
+    the V2 `input` tensor carries when it is FP32."""
+    out = np.subtract(pixels, np.float32(mean), dtype=np.float32)
+    out /= np.float32(std)
+    return out
+
+
+#: The serving method added to every loaded model: forward and softmax in one TorchScript
+#: call, on inputs already normalised (see `model_inputs`).
 #: NOTE: one call means one GIL release for the whole batch. Run as separate Python-level
 #: ops, every op re-acquires the GIL, and under load each acquisition waits for the event
 #: loop's switch interval: far slower forwards (measured: docs/decisions.md).
-_SERVE = "serve_pixels"
+_SERVE = "serve_inputs"
 _SERVE_SOURCE = """
-def serve_pixels(self, pixels: Tensor) -> Tensor:
-    out = self.forward(((pixels - {mean!r}) / {std!r}).unsqueeze(1)).float()
+def serve_inputs(self, inputs: Tensor) -> Tensor:
+    out = self.forward(inputs.unsqueeze(1)).float()
     return {result}
 """
 
 
-def _serve_source(mean: float, std: float, temperature: float, softmax: bool) -> str:
+def _serve_source(temperature: float, softmax: bool) -> str:
     result = f"torch.softmax(out / {temperature!r}, dim=1)" if softmax else "out"
-    return _SERVE_SOURCE.format(mean=float(mean), std=float(std), result=result)
+    return _SERVE_SOURCE.format(result=result)
 
 
 @dataclass
@@ -163,7 +171,6 @@ class Classifier:
             raise ModelLoadError(f"cannot load TorchScript from {model_path}: {exc}") from exc
         module.eval()
         use_half = half and device.type == "cuda"
-        norm = card.input.normalization
         spec = card.output
         serving: torch.jit.ScriptModule = module
         try:
@@ -172,11 +179,7 @@ class Classifier:
                 # compilation unit, which dies with it. torch.jit.script of a Python wrapper
                 # (and freezing that) registered new types in torch's process-wide unit on
                 # every load, kept for the life of the process (measured: docs/operations.md).
-                serving.define(
-                    _serve_source(
-                        norm.mean, norm.std, spec.temperature, spec.kind != "probabilities"
-                    )
-                )
+                serving.define(_serve_source(spec.temperature, spec.kind != "probabilities"))
                 if use_half:
                     serving = serving.half()
                 if optimize:
@@ -208,11 +211,20 @@ class Classifier:
         )  # fmt: skip
         return clf
 
+    def inputs(self, pixels: np.ndarray) -> np.ndarray:
+        """This model's inputs for [N,28,28] pixels in [0,1] (the card's mean and std)."""
+        norm = self.card.input.normalization
+        return model_inputs(pixels, norm.mean, norm.std)
+
+    def predict_pixels(self, pixels: np.ndarray) -> torch.Tensor:
+        """`predict_batch` of [N,28,28] pixels in [0,1] (for callers outside the server)."""
+        return self.predict_batch(self.inputs(pixels))
+
     @torch.inference_mode()
-    def predict_batch(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def predict_batch(self, inputs: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Probabilities on CPU, [N, C] with C = 10 or 11 per the card (see
-        `digit_probabilities`); input is [N,28,28] pixels in [0,1]."""
-        x = torch.as_tensor(pixels, dtype=torch.float32)
+        `digit_probabilities`); input is [N,28,28] model inputs (see `inputs`)."""
+        x = torch.as_tensor(inputs, dtype=torch.float32)
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
             if self.half:

@@ -224,23 +224,22 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _decode(
-    body: bytes, header_length: str | None, limits: codec.Limits, norm: tuple[float, float]
-) -> tuple[codec.V2Request, list[codec.OutputSpec], np.ndarray | list[bytes]]:
+    body: bytes, header_length: str | None, limits: codec.Limits
+) -> tuple[codec.V2Request, list[codec.OutputSpec], codec.Rows | list[bytes]]:
     header, binary = codec.split_body(body, header_length)
     req = codec.parse_json_request(header, binary, limits)
     plan = codec.plan_outputs(req)
-    return req, plan, codec.decode_input(codec.single_input(req), limits, norm)
+    return req, plan, codec.decode_input(codec.single_input(req), limits)
 
 
 async def _infer(
     request: Request, plane: DataPlane, limit: int, name: str, version: str | None
 ) -> Response:
-    clf = plane.get_model(name, version)
+    plane.get_model(name, version)  # 404 for another model, before the body is read
     client = client_key(request)
-    plane.batcher.check_capacity(client)  # before the body is read
+    plane.batcher.check_capacity(client)
     body = await _read_body(request, limit)
-    norm = clf.card.input.normalization
-    args = (body, request.headers.get(HEADER_LENGTH), plane.tensor_limits, (norm.mean, norm.std))
+    args = (body, request.headers.get(HEADER_LENGTH), plane.tensor_limits)
     if len(body) > OFFLOAD_BYTES:
         req, plan, decoded = await asyncio.to_thread(_decode, *args)
     else:
@@ -260,15 +259,15 @@ async def _infer(
 
 
 async def infer_decoded(
-    plane: DataPlane, decoded: np.ndarray | list[bytes], client: Hashable, one_digit: bool = False
+    plane: DataPlane, decoded: codec.Rows | list[bytes], client: Hashable, one_digit: bool = False
 ) -> tuple[torch.Tensor, Classifier, dict[str, Any] | None]:
-    """Probabilities for a decoded V2 input: pixels straight to the batcher, files read.
+    """Probabilities for a decoded V2 input: tensor rows straight to the model, files read.
 
     For files, also the label, kind and number outputs per file; probabilities are zeros and
     the label -1 for a file that is not a single digit. `client` keys the batcher's fair
     share (see `client_key`)."""
-    if isinstance(decoded, np.ndarray):
-        probs, model = await plane.infer(decoded, client)
+    if isinstance(decoded, codec.Rows):
+        probs, model = await plane.infer(decoded.values, client, normalized=decoded.normalized)
         return probs, model, None
     files = [NamedFile(f"image[{i}]", data) for i, data in enumerate(decoded)]
     readings, model = await plane.predict_files(files, client, one_digit)

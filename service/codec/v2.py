@@ -2,7 +2,7 @@
 
 A front end turns its wire request into a `V2Request` (REST: JSON plus the binary tensor
 data extension; gRPC: protobuf plus raw_input_contents), then: `plan_outputs` parses the
-requested outputs once, `decode_input` turns the one input into pixels or image files, the
+requested outputs once, `decode_input` turns the one input into rows or image files, the
 data plane runs the model, and `encode_outputs` renders the plan over the probabilities.
 Nothing here touches a socket, a route or the model.
 """
@@ -165,19 +165,30 @@ def _element_count(shape: Sequence[int]) -> int:
     return count
 
 
-def decode_input(
-    item: Tensor, limits: Limits, normalization: tuple[float, float]
-) -> np.ndarray | list[bytes]:
-    """`input` -> [N,28,28] pixels in [0,1]; `image` -> the encoded image files."""
+@dataclass(frozen=True)
+class Rows:
+    """The `input` tensor as [N,28,28] float32 `values`: the model's inputs as sent (FP32,
+    FP64, FP16: normalised by the client with the card's mean and std), or pixels in [0,1]
+    (UINT8 0..255 scaled), which the data plane normalises."""
+
+    values: np.ndarray
+    normalized: bool
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def decode_input(item: Tensor, limits: Limits) -> Rows | list[bytes]:
+    """`input` -> its rows; `image` -> the encoded image files."""
     if item.name == "input":
-        return tensor_pixels(item, limits.max_rows, normalization)
+        return tensor_rows(item, limits.max_rows)
     if item.name == "image":
         return image_files(item, limits.max_files)
     raise InvalidInput(f"unknown input {item.name!r}; expected 'input' or 'image'")
 
 
-def tensor_pixels(item: Tensor, max_rows: int, normalization: tuple[float, float]) -> np.ndarray:
-    """[N,28,28] float32 pixels in [0,1] (FP32 is normalised by (mean, std), UINT8 is 0..255).
+def tensor_rows(item: Tensor, max_rows: int) -> Rows:
+    """[N,28,28] float32 rows: normalised model inputs (FP32) or pixels in [0,1] (UINT8).
 
     The row cap is checked on the declared shape, before any work proportional to the data.
     """
@@ -211,12 +222,8 @@ def tensor_pixels(item: Tensor, max_rows: int, normalization: tuple[float, float
     if not np.isfinite(pixels).all():
         raise InvalidInput("input 'input' contains NaN or infinity")
     if item.datatype == "UINT8":
-        return pixels / 255.0
-    # NOTE: the scripted model wrapper normalises pixels with the card's constants baked in,
-    # so normalised input is mapped back to pixels here; feeding it past the wrapper would
-    # need a second model entry point and batches that mix the two kinds of rows.
-    mean, std = normalization
-    return pixels * std + mean
+        return Rows(pixels / np.float32(255), normalized=False)
+    return Rows(pixels, normalized=True)  # to the model as they came
 
 
 def _json_numbers(item: Tensor, dtype: type[np.generic], count: int) -> np.ndarray:

@@ -251,15 +251,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         async def run(rpc: _Rpc) -> pb.ModelInferResponse:
             plane = self._plane()
-            clf = plane.get_model(request.model_name, request.model_version or None)
+            plane.get_model(request.model_name, request.model_version or None)  # or a 404
             client = self._client(context)
             plane.batcher.check_capacity(client)  # before any decoding, as over HTTP
             req = request_from_proto(request)
             plan = codec.plan_outputs(req)
-            norm = clf.card.input.normalization
-            decoded = codec.decode_input(
-                codec.single_input(req), plane.tensor_limits, (norm.mean, norm.std)
-            )
+            decoded = codec.decode_input(codec.single_input(req), plane.tensor_limits)
             # NOTE: a client deadline cancels this task (grpc.aio), which releases the
             # request's queue slot; the server's own request_timeout_s still applies.
             probs, model, given = await infer_decoded(plane, decoded, client)

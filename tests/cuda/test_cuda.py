@@ -18,8 +18,8 @@ def test_cuda_classifier_matches_cpu(shipped_models, mnist_sample) -> None:
     images, labels = mnist_sample
     x = images.astype(np.float32) / 255
     folder = shipped_models / "mnist-cnn" / "1"
-    cpu = Classifier.load(folder, torch.device("cpu")).predict_batch(x)
-    gpu = Classifier.load(folder, resolve_device("cuda")).predict_batch(x)
+    cpu = Classifier.load(folder, torch.device("cpu")).predict_pixels(x)
+    gpu = Classifier.load(folder, resolve_device("cuda")).predict_pixels(x)
     assert gpu.device.type == "cpu", "results come back on the CPU"
     torch.testing.assert_close(gpu, cpu, atol=1e-4, rtol=1e-3)
 
@@ -29,7 +29,7 @@ def test_cuda_half_precision_keeps_accuracy(shipped_models, mnist_sample) -> Non
     x = images.astype(np.float32) / 255
     clf = Classifier.load(shipped_models / "mnist-cnn" / "1", resolve_device("cuda"), half=True)
     assert clf.half
-    preds = clf.predict_batch(x).argmax(1).numpy()
+    preds = clf.predict_pixels(x).argmax(1).numpy()
     assert (preds == labels).mean() >= 0.99
 
 

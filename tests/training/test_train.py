@@ -46,7 +46,7 @@ def test_train_limit_run_exports_a_loadable_model_and_valid_card(tmp_path: Path)
     from training.data import load_mnist
 
     test = load_mnist(tmp_path / "data", train=False, download=False)
-    preds = clf.predict_batch(test.data.numpy()[:200] / 255.0).argmax(1)
+    preds = clf.predict_pixels(test.data.numpy()[:200] / 255.0).argmax(1)
     accuracy = float((preds == test.targets[:200]).float().mean())
     assert accuracy == pytest.approx(card.metrics.accuracy, abs=1e-6)
 

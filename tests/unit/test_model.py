@@ -24,7 +24,7 @@ def test_classifier_shipped_model_matches_its_card_on_real_digits(
 ) -> None:
     images, labels = mnist_sample
     clf = Classifier.load(shipped_models / "mnist-cnn" / "1", torch.device("cpu"))
-    probs = clf.predict_batch(images.astype(np.float32) / 255)
+    probs = clf.predict_pixels(images.astype(np.float32) / 255)
     assert probs.shape == (200, 10)
     torch.testing.assert_close(probs.sum(1), torch.ones(200))
     accuracy = float((probs.argmax(1).numpy() == labels).mean())
@@ -34,8 +34,8 @@ def test_classifier_shipped_model_matches_its_card_on_real_digits(
 def test_classifier_optimized_and_plain_graphs_agree(shipped_models: Path, mnist_sample) -> None:
     x = mnist_sample[0][:32].astype(np.float32) / 255
     folder = shipped_models / "mnist-cnn" / "1"
-    fast = Classifier.load(folder, torch.device("cpu"), optimize=True).predict_batch(x)
-    plain = Classifier.load(folder, torch.device("cpu"), optimize=False).predict_batch(x)
+    fast = Classifier.load(folder, torch.device("cpu"), optimize=True).predict_pixels(x)
+    plain = Classifier.load(folder, torch.device("cpu"), optimize=False).predict_pixels(x)
     torch.testing.assert_close(fast, plain, atol=1e-4, rtol=1e-4)
 
 

@@ -12,7 +12,6 @@ from service.codec import v2 as codec
 from service.errors import InvalidInput, PayloadTooLarge
 
 LIMITS = codec.Limits(max_rows=64, max_files=8)
-NORM = (0.1307, 0.3081)
 
 
 def _tensor(datatype: str, shape: list[int], data: list | None = None, raw: bytes | None = None):
@@ -34,31 +33,36 @@ def test_split_body_splits_json_from_binary() -> None:
 def test_uint8_values_out_of_range_are_invalid_input(value: float) -> None:
     data = [0] * 783 + [value]
     with pytest.raises(InvalidInput, match="UINT8|numbers"):
-        codec.tensor_pixels(_tensor("UINT8", [1, 784], data), 64, NORM)
+        codec.tensor_rows(_tensor("UINT8", [1, 784], data), 64)
 
 
 def test_uint8_json_values_become_pixels_in_unit_range() -> None:
-    pixels = codec.tensor_pixels(_tensor("UINT8", [1, 784], [255] * 784), 64, NORM)
-    assert pixels.shape == (1, 28, 28)
-    assert float(pixels.max()) == pytest.approx(1.0)
+    rows = codec.tensor_rows(_tensor("UINT8", [1, 784], [255] * 784), 64)
+    assert (rows.values.shape, rows.values.dtype, rows.normalized) == (
+        (1, 28, 28),
+        np.float32,
+        False,
+    )
+    assert float(rows.values.max()) == pytest.approx(1.0)
 
 
-def test_fp32_input_is_mapped_back_to_pixels_with_the_cards_constants() -> None:
-    x = np.full((1, 1, 28, 28), (1.0 - NORM[0]) / NORM[1], dtype=np.float32)
-    item = _tensor("FP32", [1, 1, 28, 28], raw=x.tobytes())
-    np.testing.assert_allclose(codec.tensor_pixels(item, 64, NORM), 1.0, rtol=1e-6)
+def test_fp32_input_is_kept_as_sent_for_the_model() -> None:
+    x = np.random.default_rng(0).normal(size=(2, 1, 28, 28)).astype(np.float32)
+    rows = codec.tensor_rows(_tensor("FP32", [2, 1, 28, 28], raw=x.tobytes()), 64)
+    assert rows.normalized
+    np.testing.assert_array_equal(rows.values, x.reshape(2, 28, 28))  # bit for bit
 
 
 def test_rows_over_the_limit_are_413_before_reading_data() -> None:
     item = _tensor("UINT8", [10**9, 784], data=[])  # no data: refused on the shape alone
     with pytest.raises(PayloadTooLarge, match="10\\*\\*9|1000000000 rows"):
-        codec.tensor_pixels(item, 64, NORM)
+        codec.tensor_rows(item, 64)
 
 
 def test_data_list_longer_than_its_shape_is_refused_without_converting_it() -> None:
     item = _tensor("FP32", [1, 784], data=[0.0] * 3_000_000)
     with pytest.raises(InvalidInput, match="3000000 elements"):
-        codec.tensor_pixels(item, 64, NORM)
+        codec.tensor_rows(item, 64)
 
 
 def test_bytes_split_stops_at_the_element_cap() -> None:
