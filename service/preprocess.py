@@ -128,9 +128,27 @@ def _looks_like_mnist(ink: np.ndarray) -> bool:
     total = float(rows.sum())
     if total <= 0:
         return False
+    cols = ink.sum(axis=0)
     cy = float(rows @ _COORDS) / total
-    cx = float(ink.sum(axis=0) @ _COORDS) / total
-    return abs(cy - 13.5) <= 2.0 and abs(cx - 13.5) <= 2.0
+    cx = float(cols @ _COORDS) / total
+    if abs(cy - 13.5) > 2.0 or abs(cx - 13.5) > 2.0:
+        return False
+    filled = np.flatnonzero(cols > 0.5)
+    return filled[-1] - filled[0] + 1 == filled.size or not _side_by_side(ink, filled)
+
+
+def _side_by_side(ink: np.ndarray, inked: np.ndarray) -> bool:
+    """Two glyphs across an empty column ("12" drawn small on a canvas), each about as tall
+    as the pair and holding a fair share of the ink; a digit's pieces rarely are."""
+    j = int(np.argmax(np.diff(inked)))
+    left, right = ink[:, : inked[j] + 1], ink[:, inked[j] + 1 :]
+
+    def height(part: np.ndarray) -> int:
+        rows = np.flatnonzero(part.max(axis=1) > 0.3)
+        return int(rows[-1] - rows[0] + 1) if rows.size else 0
+
+    share = min(float(left.sum()), float(right.sum())) / max(float(ink.sum()), 1e-6)
+    return min(height(left), height(right)) >= 0.6 * height(ink) and share >= 0.15
 
 
 _COORDS = np.arange(MNIST_SIZE, dtype=np.float32)
