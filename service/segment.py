@@ -117,11 +117,103 @@ def _frame_lines(
     return hb, vb, lines
 
 
+def _cell_walls(mask: np.ndarray) -> tuple[Bands, Bands, np.ndarray]:
+    """Bands and pixels of a row of boxes on a form: two long horizontal lines and the
+    straight walls joining them, two or more (one box has two sides).
+
+    The walls are as tall as the row, not the image, so the frame test misses them; a digit
+    inside a box rarely reaches from its top line to its bottom line in one straight run.
+    """
+    h, w = mask.shape
+    gap = max(1, round(0.03 * max(h, w)))
+    hl = _runs(mask, max(8, int(0.5 * w)), gap)
+    hb = _bands(hl, max(2, 0.1 * h))
+    lines = np.zeros_like(mask)
+    walls: Bands = []
+    rows: Bands = []
+    for (a0, a1), (b0, b1) in zip(hb, hb[1:], strict=False):
+        if b0 - a1 < 8:
+            continue  # a doubled or thick line, not a row of boxes
+        span = b1 - a0 + 2
+        slab = mask[max(a0 - 1, 0) : b1 + 1]
+        # A wall reaches from one line to the other.
+        vl = _runs(slab.T, b0 - a1, max(1, round(0.05 * span))).T
+        # It ends at the lines: a stroke (or a grid line) going on past them is no wall.
+        above, below = mask[max(a0 - 3, 0)], mask[min(b1 + 2, h - 1)]
+        found = [
+            (c0, c1)
+            for c0, c1 in _bands(vl.T, max(2, 0.1 * span))
+            if not (above[c0:c1].any() or below[c0:c1].any())
+        ]
+        if len(found) < 2:
+            continue
+        rows += [(max(a0 - 1, 0), a1 + 1), (b0 - 1, min(b1 + 1, h))]
+        # Scanned lines are ragged: a pixel more on each side goes with them.
+        for c0, c1 in found:
+            c0, c1 = max(c0 - 1, 0), min(c1 + 1, w)
+            lines[max(a0 - 1, 0) : b1 + 1, c0:c1] = slab[:, c0:c1]
+            walls.append((c0, c1))
+    rows = list(dict.fromkeys(rows))
+    along = ndimage.binary_dilation(hl, structure=np.ones((3, 1), dtype=bool))
+    for a, b in rows:
+        lines[a:b] |= along[a:b] & mask[a:b]
+    return rows, walls, lines
+
+
+def _lone_lines(mask: np.ndarray) -> np.ndarray:
+    """Pixels of long, thin lines (ruled or grid lines, a little tilted) that run past the
+    writing at both ends: an underline or the grid under a number. A digit's own bar (a 7's
+    top, a 2's base) ends where its strokes do, at one end at least."""
+    h, w = mask.shape
+    out = np.zeros_like(mask)
+    if mask.sum(axis=1).max() < 0.4 * w:
+        return out  # no row holds enough ink for a line: skip the run pass
+    gap = max(1, round(0.03 * max(h, w)))
+    # A tilted line is a staircase of long runs, each shorter than the line.
+    pieces = _runs(mask, max(8, int(0.25 * w)), gap)
+    labels, count = ndimage.label(pieces, structure=_EIGHT)
+    found = []
+    every = np.zeros_like(mask)
+    for i, (by, bx) in enumerate(ndimage.find_objects(labels)):
+        if bx.stop - bx.start < 0.65 * w or by.stop - by.start > 0.15 * h:
+            continue
+        line = labels == i + 1
+        # Its ragged fringe (runs too short to be found) goes with it.
+        y0, y1 = max(by.start - 2, 0), min(by.stop + 2, h)
+        line[y0:y1] = ndimage.binary_dilation(line[y0:y1], _EIGHT, iterations=2) & mask[y0:y1]
+        found.append((bx, line))
+        every |= line
+    rest = np.flatnonzero((mask & ~every).any(axis=0))
+    margin = 0.05 * w
+    for bx, line in found:
+        if rest.size and bx.start < rest[0] - margin and bx.stop > rest[-1] + margin:
+            out |= line
+    return out
+
+
+def _mend_across(mask: np.ndarray, line: np.ndarray) -> np.ndarray:
+    """The line's pixels where a stroke crosses it: ink just above and just below it."""
+    on = line.any(axis=0)
+    top = np.argmax(line, axis=0)
+    bottom = line.shape[0] - 1 - np.argmax(line[::-1], axis=0)
+    cols = np.arange(line.shape[1])
+    above = mask[np.maximum(top - 2, 0), cols]
+    below = mask[np.minimum(bottom + 2, line.shape[0] - 1), cols]
+    return line & (on & above & below)[None, :]
+
+
 def remove_structure(mask: np.ndarray) -> np.ndarray:
     """The mask without rulings, frames, cells and grid lines; strokes crossing them mended."""
-    out = mask & ~_rulings(mask)
-    hb, vb, lines = _frame_lines(out)
+    cell_rows, cell_walls, cells = _cell_walls(mask)
+    out = mask & ~_rulings(mask & ~cells)
+    hb, vb, lines = _frame_lines(out & ~cells)
+    hb, vb, lines = hb + cell_rows, vb + cell_walls, lines | cells
     if not hb and not vb:
+        lone = _lone_lines(out)
+        lone_t = _lone_lines(out.T).T
+        if lone.any() or lone_t.any():
+            out = out & ~(lone & ~_mend_across(out, lone))
+            out = out & ~(lone_t & ~_mend_across(out.T, lone_t.T).T)
         return out
     kept = out & ~lines
     h, w = mask.shape
@@ -144,14 +236,24 @@ def drop_frame_remnants(mask: np.ndarray, image: tuple[int, int, int, int]) -> n
     x0, y0, x1, y1 = image
     zone_x, zone_y = 0.15 * (x1 - x0), 0.15 * (y1 - y0)
     areas = np.bincount(labels.ravel())[1:]
-    remnant = np.zeros(count + 1, dtype=bool)
-    for i, (by, bx) in enumerate(ndimage.find_objects(labels)):
-        bh, bw = by.stop - by.start, bx.stop - bx.start
-        upright = bw <= 0.25 * bh and bh >= 0.5 * (y1 - y0)
-        lying = bh <= 0.25 * bw and bw >= 0.5 * (x1 - x0)
+    boxes = ndimage.find_objects(labels)
+    heights = np.array([by.stop - by.start for by, _ in boxes])
+    widths = np.array([bx.stop - bx.start for _, bx in boxes])
+    upright = np.zeros(count, dtype=bool)
+    lying = np.zeros(count, dtype=bool)
+    for i, (by, bx) in enumerate(boxes):
         near_side = bx.start < x0 + zone_x or bx.stop > x1 - zone_x
         near_top = by.start < y0 + zone_y or by.stop > y1 - zone_y
-        remnant[i + 1] = (upright and near_side) or (lying and near_top)
+        upright[i] = near_side and widths[i] <= 0.25 * heights[i] and heights[i] >= 0.5 * (y1 - y0)
+        lying[i] = near_top and heights[i] <= 0.25 * widths[i] and widths[i] >= 0.5 * (x1 - x0)
+    # A frame's line is longer than the digits it holds; a 1 at the start of a row is not.
+    others = ~(upright | lying) & (heights > 0.25 * widths) & (areas >= 0.04 * areas.max())
+    if not others.any():
+        return mask
+    tallest = heights[others].max()
+    widest = widths[others].max()
+    remnant = np.zeros(count + 1, dtype=bool)
+    remnant[1:] = (upright & (heights > 1.1 * tallest)) | (lying & (widths > 1.1 * widest))
     if not remnant.any() or areas[~remnant[1:]].sum() < 0.2 * areas.sum():
         return mask
     return mask & ~remnant[labels]
@@ -282,6 +384,8 @@ def _drop_cut_fragments(groups: list[_Group], image: tuple[int, int, int, int]) 
     neighbour's piece at the left or right edge, shorter than the digits inside."""
     x0, y0, x1, y1 = image
     edge = 0.03 * max(x1 - x0, y1 - y0) + 1
+    # The crop cuts a neighbour: its ink runs into the edge. A digit near it stays clear.
+    cut = 0.01 * max(x1 - x0, y1 - y0) + 1
     inside = [g for g in groups if g.x0 > x0 + edge and g.x1 < x1 - edge]
     tallest_inside = max((g.h for g in inside), default=0)
     kept = []
@@ -291,10 +395,22 @@ def _drop_cut_fragments(groups: list[_Group], image: tuple[int, int, int, int]) 
         thin_line = (at_side and g.w <= 0.25 * g.h and g.h >= 0.7 * (y1 - y0)) or (
             at_top and g.h <= 0.25 * g.w and g.w >= 0.7 * (x1 - x0)
         )
-        piece = at_side and g.h < 0.8 * tallest_inside
-        if not (thin_line or piece):
+        piece = (g.x0 <= x0 + cut or g.x1 >= x1 - cut) and g.h < 0.8 * tallest_inside
+        at_end = g.y0 <= y0 + cut or g.y1 >= y1 - cut
+        if not (thin_line or piece or _ruled_fragment(g, groups, at_end)):
             kept.append(g)
     return kept or groups
+
+
+def _ruled_fragment(g: _Group, groups: list[_Group], cut: bool) -> bool:
+    """A piece of a printed line: straight, upright, shorter than the digits, and cut by
+    the crop's top or bottom or much thinner than their pen strokes (a digit's ink per row
+    of height is at least one stroke wide; a 1 written with the same pen is as wide)."""
+    others = [o for o in groups if o is not g]
+    if g.w > 0.25 * g.h or not others or g.h >= 0.8 * max(o.h for o in others):
+        return False
+    ink_per_row = float(np.median([o.area / o.h for o in others]))
+    return cut or g.w < 0.35 * ink_per_row
 
 
 def _merge_stacked(groups: list[_Group]) -> list[_Group]:
@@ -309,10 +425,14 @@ def _merge_stacked(groups: list[_Group]) -> list[_Group]:
                 gap_y = max(a.y0, b.y0) - min(a.y1, b.y1)
                 tall = max(a.h, b.h)
                 stacked = overlap_x >= 0.5 * min(a.w, b.w) and gap_y <= 0.25 * tall
+                # Two narrow digits side by side ("11", "17") are each nearly as tall as
+                # the pair and overlap little; a digit's pieces rarely both are.
+                pair = min(a.h, b.h) >= 0.75 * tall and overlap_x <= 0.2 * min(a.w, b.w)
                 touching = (
                     overlap_x >= -0.03 * tall
                     and gap_y < 0
                     and max(a.x1, b.x1) - min(a.x0, b.x0) <= tall
+                    and not pair
                 )
                 if stacked or touching:
                     a.absorb(b)
@@ -342,11 +462,17 @@ def _keep_connected(rows: list[list[_Group]]) -> list[list[_Group]]:
     chains = []
     for row in rows:
         row_h = max(float(np.median([g.h for g in row])), 1.0)
+        gaps = [b.x0 - a.x1 for a, b in zip(row, row[1:], strict=False)]
+        reach = 2.0 * row_h
+        if len(gaps) >= 3:
+            # Digits written far apart are still one number when evenly spaced: a gap
+            # counts as a break only when much wider than the row's usual one.
+            reach = max(reach, 1.6 * float(np.sort(gaps)[(len(gaps) - 1) // 2]))
         seed = max(range(len(row)), key=lambda i: row[i].area)
         lo = hi = seed
-        while lo > 0 and row[lo].x0 - row[lo - 1].x1 <= 2.0 * row_h:
+        while lo > 0 and gaps[lo - 1] <= reach:
             lo -= 1
-        while hi < len(row) - 1 and row[hi + 1].x0 - row[hi].x1 <= 2.0 * row_h:
+        while hi < len(row) - 1 and gaps[hi] <= reach:
             hi += 1
         chains.append(row[lo : hi + 1])
     main = max(range(len(chains)), key=lambda i: sum(g.area for g in chains[i]))

@@ -28,7 +28,7 @@ NOT_A_DIGIT = 10
 #: Bitmap sets (many items, one item per origin row) vs real uploads (few, grouped crops).
 BITMAP_SOURCES = ("usps", "optdigits")
 _CROP = re.compile(r"\s*crop (\d+),(\d+),(\d+),(\d+)\s*$")
-_PREPROCESS_MODULES = ("service/preprocess.py", "service/decode.py")
+_PREPROCESS_MODULES = ("service/preprocess.py", "service/segment.py", "service/decode.py")
 
 
 @dataclass(frozen=True)

@@ -125,6 +125,28 @@ def test_preprocess_noisy_uneven_photo_keeps_the_digit(mnist_sample) -> None:
     assert similarity(out, digit / 255.0) > 0.75
 
 
+@pytest.mark.parametrize(
+    ("paper", "ink", "frame"),
+    [
+        (100, 30, None),  # pencil on grey paper in dim light: paper darker than mid-grey
+        (70, 200, None),  # chalk on a grey slate
+        (190, 60, 100),  # a dark cell frame along the whole border of light paper
+    ],
+)
+def test_preprocess_polarity_follows_the_ink_not_a_grey_border(
+    mnist_sample, paper: int, ink: int, frame: int | None
+) -> None:
+    digit = mnist_sample[0][7]
+    size = 200
+    img = np.full((size, size), paper, dtype=np.float32)
+    up = np.asarray(Image.fromarray(digit).resize((140, 140), Image.BICUBIC)) / 255.0
+    img[30:170, 30:170] = paper + (ink - paper) * up
+    if frame is not None:
+        img[:12], img[-12:], img[:, :12], img[:, -12:] = frame, frame, frame, frame
+    out = preprocess(encode(Image.fromarray(img.astype(np.uint8)), "PNG"), LIMITS)
+    assert similarity(out, digit / 255.0) > 0.75
+
+
 def test_preprocess_ignores_notebook_rulings(mnist_sample) -> None:
     digit = mnist_sample[0][6]
     paper = np.full((320, 300), 245, dtype=np.uint8)

@@ -245,3 +245,64 @@ def test_scan_splits_touching_digits(mnist_sample) -> None:
 def test_scan_one_digit_reads_a_row_as_one(mnist_sample) -> None:
     page = number_page(list(mnist_sample[0][:3]))
     assert len(scan(png_bytes(page), LIMITS, one_digit=True).glyphs) == 1
+
+
+def test_scan_row_of_digits_in_box_cells_drops_the_walls(mnist_sample) -> None:
+    images, _ = mnist_sample
+    # A form's number field: a row of boxes, a digit written in each, thin printed walls.
+    page = np.full((80, 30 + 4 * 50), 255, np.uint8)
+    for i, d in enumerate(images[:4]):
+        x = 15 + i * 50 + 5
+        page[20:60, x : x + 40] = np.minimum(page[20:60, x : x + 40], paper_digit(d, 40))
+    img = Image.fromarray(page)
+    draw = ImageDraw.Draw(img)
+    draw.line([(15, 16), (215, 16)], fill=90, width=2)
+    draw.line([(15, 63), (215, 63)], fill=90, width=2)
+    for i in range(5):
+        draw.line([(15 + i * 50, 16), (15 + i * 50, 63)], fill=90, width=2)
+    found = scan(png_bytes(np.asarray(img)), LIMITS)
+    assert len(found.glyphs) == 4, [g.box for g in found.glyphs]
+
+
+def test_scan_keeps_a_thin_one_opening_a_number(mnist_sample) -> None:
+    images, _ = mnist_sample
+    page = number_page(list(images[:3]))
+    page = np.pad(page[:, 30:], ((0, 0), (0, 0)), constant_values=255)
+    img = Image.fromarray(np.pad(page, ((0, 0), (50, 0)), constant_values=255))
+    # A 1 written as a thin straight stroke, close to the photo's left edge.
+    ImageDraw.Draw(img).line([(8, 35), (10, 110)], fill=0, width=3)
+    found = scan(png_bytes(np.asarray(img)), LIMITS)
+    assert len(found.glyphs) == 4, [g.box for g in found.glyphs]
+    assert found.glyphs[0].box[0] < 15
+
+
+def test_scan_two_small_digits_in_a_canvas_corner_are_a_number() -> None:
+    # "12" drawn small in the top left of a 28x28 canvas, a gap between the digits.
+    img = Image.new("L", (28, 28), 255)
+    draw = ImageDraw.Draw(img)
+    draw.line([(4, 6), (6, 4), (6, 20)], fill=0, width=2)
+    draw.arc([(10, 3), (20, 12)], 180, 30, fill=0, width=2)
+    draw.line([(19, 10), (10, 20), (21, 20)], fill=0, width=2)
+    found = scan(png_bytes(np.asarray(img)), LIMITS)
+    assert len(found.glyphs) == 2, [g.box for g in found.glyphs]
+    assert found.glyphs[0].box[2] <= found.glyphs[1].box[0] + 2
+
+
+def test_scan_one_digit_with_a_speck_stays_one_digit(mnist_sample) -> None:
+    images, _ = mnist_sample
+    page = np.full((140, 160), 255, np.uint8)
+    page[20:120, 30:130] = paper_digit(images[0], 100)
+    page[60:63, 145:148] = 0  # a speck of dust beside it
+    found = scan(png_bytes(page), LIMITS)
+    assert len(found.glyphs) == 1, [g.box for g in found.glyphs]
+
+
+def test_scan_a_line_under_a_number_running_past_it_is_removed(mnist_sample) -> None:
+    images, _ = mnist_sample
+    page = number_page(list(images[:2]))
+    img = Image.fromarray(page)
+    # A grid line under the number, a little tilted, from one edge of the photo to the other.
+    ImageDraw.Draw(img).line([(0, 118), (page.shape[1], 112)], fill=60, width=4)
+    found = scan(png_bytes(np.asarray(img)), LIMITS)
+    assert len(found.glyphs) == 2, [g.box for g in found.glyphs]
+    assert all(g.box[3] <= 116 for g in found.glyphs), [g.box for g in found.glyphs]
