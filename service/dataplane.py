@@ -18,7 +18,6 @@ from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +38,8 @@ from service.metrics import Metrics
 from service.model import Classifier, ModelLoadError, resolve_version
 from service.preprocess import Scan, scan
 from service.reading import Reading, read
+from service.schemas.rest import ErrorDetail, ModelsResponse
+from service.schemas.v2 import MetadataModelResponse
 from service.uploads import UploadLimits
 
 logger = logging.getLogger(__name__)
@@ -118,11 +119,11 @@ class DataPlane:
             )
         return clf
 
-    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+    def model_metadata(self, name: str, version: str | None = None) -> MetadataModelResponse:
         """The V2 $metadata_model_response of a served model (404 for any other)."""
         return codec.model_metadata(self.get_model(name, version).card)
 
-    def models_summary(self) -> dict[str, Any]:
+    def models_summary(self) -> ModelsResponse:
         """The /v1/models body: the served model's card, the versions on disk, the limits."""
         clf = self.classifier
         card = clf.card
@@ -382,7 +383,7 @@ def _detached(exc: ServiceError) -> ServiceError:
 
 def _combine(files: list[NamedFile], outcomes: list[Scan | ServiceError]) -> ServiceError:
     failures = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, ServiceError)]
-    details = []
+    details: list[ErrorDetail] = []
     for index, exc in failures:
         details.append({"index": index, "filename": files[index].filename, "error": exc.message})
     first = failures[0][1]

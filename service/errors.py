@@ -12,6 +12,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from service.schemas.rest import ErrorDetail, ErrorResponse
+
 logger = logging.getLogger(__name__)
 
 
@@ -25,7 +27,7 @@ class ServiceError(Exception):
         self,
         message: str,
         *,
-        details: list[dict[str, Any]] | None = None,
+        details: list[ErrorDetail] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
@@ -36,8 +38,8 @@ class ServiceError(Exception):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(status_code={self.status_code}, message={self.message!r})"
 
-    def body(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"error": self.message, "code": self.code}
+    def body(self) -> ErrorResponse:
+        out: ErrorResponse = {"error": self.message, "code": self.code}
         if self.details:
             out["details"] = self.details
         return out

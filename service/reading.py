@@ -4,8 +4,11 @@ place from its scan and the model's probabilities for each of its glyphs."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from service.preprocess import Glyph, Scan
+
+Kind = Literal["digit", "number", "not_a_digit"]
 
 #: The model's class for "not a digit", when it has one (an 11-class model).
 NOT_A_DIGIT = 10
@@ -28,7 +31,7 @@ class Reading:
     """One file's answer. `digit` is set only for kind "digit", `number` for "number" (and
     "digit"), `reason` only for "not_a_digit"."""
 
-    kind: str  # "digit", "number" or "not_a_digit"
+    kind: Kind
     digits: tuple[DigitRead, ...] = ()
     reason: str | None = None
 

@@ -32,7 +32,8 @@ def state_readiness(state: Any) -> tuple[bool, str | None]:
 @router.get("/v2/health/live", response_model=HealthResponse)
 async def get_liveness() -> JSONResponse:
     """200 while the process is up."""
-    return JSONResponse({"live": True})
+    body: HealthResponse = {"live": True}
+    return JSONResponse(body)
 
 
 @router.get(
@@ -43,11 +44,11 @@ async def get_liveness() -> JSONResponse:
 async def get_readiness(request: Request) -> JSONResponse:
     """200 when the model is loaded, warmed and serving; 503 otherwise."""
     ready, reason = readiness(request)
+    body: HealthResponse = {"ready": ready}
     if ready:
-        return JSONResponse({"ready": True})
-    return JSONResponse(
-        {"ready": False, "reason": reason}, status_code=503, headers={"Retry-After": "1"}
-    )
+        return JSONResponse(body)
+    body["reason"] = reason or "not ready"
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
 
 @router.get("/metrics", response_class=Response, include_in_schema=True)

@@ -24,11 +24,13 @@ from service.dataplane import NamedFile
 from service.errors import InvalidInput
 from service.model import Classifier
 from service.preprocess import to_png
-from service.reading import Reading
+from service.reading import DigitRead, Reading
 from service.schemas.rest import (
+    DigitInNumber,
     ErrorResponse,
     ModelsResponse,
     PredictBase64Request,
+    Prediction,
     PredictOptions,
     PredictResponse,
 )
@@ -91,12 +93,12 @@ def render_predictions(
     readings: list[Reading],
     model: Classifier,
     options: PredictOptions,
-) -> dict[str, Any]:
+) -> PredictResponse:
     """The PredictResponse body: one prediction per file, in upload order."""
     top_k, return_image = options.top_k, options.return_image
     predictions = []
     for i, (name, reading) in enumerate(zip(filenames, readings, strict=True)):
-        item: dict[str, Any] = {
+        item: Prediction = {
             "index": i,
             "filename": name,
             "kind": reading.kind,
@@ -117,13 +119,16 @@ def render_predictions(
         else:
             item["number"] = reading.number
         if reading.digits:
-            item["digits"] = [
-                {"digit": d.digit, "confidence": d.confidence, "box": list(d.box)}
-                | ({"processed_image": _png64(d.glyph.pixels)} if return_image else {})
-                for d in reading.digits
-            ]
+            item["digits"] = [_digit(d, return_image) for d in reading.digits]
         predictions.append(item)
     return {"model": {"name": model.name, "version": model.version}, "predictions": predictions}
+
+
+def _digit(d: DigitRead, return_image: bool) -> DigitInNumber:
+    out: DigitInNumber = {"digit": d.digit, "confidence": d.confidence, "box": list(d.box)}
+    if return_image:
+        out["processed_image"] = _png64(d.glyph.pixels)
+    return out
 
 
 def _png64(pixels: np.ndarray) -> str:

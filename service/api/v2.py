@@ -132,8 +132,9 @@ async def get_model_version_metadata(
 def _model_ready(request: Request, plane: DataPlane, name: str, version: str | None) -> Response:
     clf = plane.get_model(name, version)
     ready, _ = readiness(request)
+    body: ModelReadyResponse = {"name": clf.name, "ready": ready}
     return JSONResponse(
-        {"name": clf.name, "ready": ready},
+        body,
         status_code=200 if ready else 503,
         headers=None if ready else {"Retry-After": "1"},
     )

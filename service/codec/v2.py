@@ -21,7 +21,13 @@ import orjson
 
 from service.errors import InvalidInput, PayloadTooLarge
 from service.jsonbody import loads_bounded, validated
-from service.schemas.v2 import InferenceRequest
+from service.schemas.v2 import (
+    InferenceRequest,
+    InferenceResponse,
+    MetadataModelResponse,
+    MetadataTensor,
+    ResponseOutput,
+)
 
 if TYPE_CHECKING:
     from service.card import ModelCard
@@ -417,10 +423,10 @@ def render_json(
     tensors: list[OutputTensor], model_name: str, model_version: str, request_id: str | None
 ) -> tuple[bytes, bytes]:
     """(JSON header, binary section) of a REST inference response."""
-    outputs: list[dict[str, Any]] = []
+    outputs: list[ResponseOutput] = []
     blobs: list[bytes] = []
     for t in tensors:
-        meta: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": t.shape}
+        meta: ResponseOutput = {"name": t.name, "datatype": t.datatype, "shape": t.shape}
         if t.binary:
             blob = tensor_bytes(t)
             meta["parameters"] = {"binary_data_size": len(blob)}
@@ -430,7 +436,7 @@ def render_json(
         else:
             meta["data"] = t.values.reshape(-1).tolist()
         outputs.append(meta)
-    response: dict[str, Any] = {
+    response: InferenceResponse = {
         "model_name": model_name,
         "model_version": model_version,
         "outputs": outputs,
@@ -450,7 +456,7 @@ def tensor_bytes(t: OutputTensor) -> bytes:
 # ---------------------------------------------------------------------------- models
 
 
-def model_metadata(card: ModelCard) -> dict[str, Any]:
+def model_metadata(card: ModelCard) -> MetadataModelResponse:
     """$metadata_model_response built from the model card."""
     digit_labels = card.output.labels[:10]  # the tensor outputs never hold not_a_digit
     return {
@@ -464,9 +470,13 @@ def model_metadata(card: ModelCard) -> dict[str, Any]:
             {"name": "image", "datatype": "BYTES", "shape": [-1],
              "parameters": {"content": "encoded image files (PNG, JPEG, BMP, GIF, WebP, TIFF)"}},
         ],
-        "outputs": [
-            {"name": name, "datatype": datatype, "shape": [-1, *row],
-             **({"parameters": {"labels": digit_labels}} if name == "probabilities" else {})}
-            for name, (datatype, row, _) in OUTPUTS.items()
-        ],
+        "outputs": [_output_metadata(name, digit_labels) for name in OUTPUTS],
     }  # fmt: skip
+
+
+def _output_metadata(name: str, digit_labels: list[str]) -> MetadataTensor:
+    datatype, row, _ = OUTPUTS[name]
+    tensor: MetadataTensor = {"name": name, "datatype": datatype, "shape": [-1, *row]}
+    if name == "probabilities":
+        tensor["parameters"] = {"labels": digit_labels}
+    return tensor

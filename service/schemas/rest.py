@@ -2,79 +2,107 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, with_config
+from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
+
+# NOTE: the response bodies below are TypedDicts: the routes build them as plain dicts (no
+# model objects on the hot path) and mypy checks every key and value against these
+# definitions, which FastAPI also turns into the OpenAPI schemas. One definition each.
 
 
-class ErrorDetail(BaseModel):
-    index: int = Field(description="Position of the file in the request, from 0.")
+class ErrorDetail(TypedDict):
+    index: Annotated[int, Field(description="Position of the file in the request, from 0.")]
     filename: str
     error: str
 
 
-class ErrorResponse(BaseModel):
+@with_config(
+    ConfigDict(json_schema_extra={"example": {"error": "empty file", "code": "invalid_image"}})
+)
+class ErrorResponse(TypedDict):
     """Every error: a message, a stable code, and per-file details where files failed."""
 
     error: str
     code: str
-    details: list[ErrorDetail] | None = None
-
-    model_config = ConfigDict(
-        json_schema_extra={"example": {"error": "empty file", "code": "invalid_image"}}
-    )
+    details: NotRequired[list[ErrorDetail]]
 
 
-class ModelRef(BaseModel):
+class ModelRef(TypedDict):
     name: str
     version: str
 
 
-class TopK(BaseModel):
+class TopK(TypedDict):
     digit: int
     probability: float
 
 
-class DigitInNumber(BaseModel):
-    digit: int = Field(ge=0, le=9)
-    confidence: float = Field(ge=0, le=1)
-    box: list[int] = Field(
-        min_length=4, max_length=4, description="[x0, y0, x1, y1] in the uploaded image's pixels."
-    )
-    processed_image: str | None = None
+class DigitInNumber(TypedDict):
+    digit: Annotated[int, Field(ge=0, le=9)]
+    confidence: Annotated[float, Field(ge=0, le=1)]
+    box: Annotated[
+        list[int],
+        Field(
+            min_length=4,
+            max_length=4,
+            description="[x0, y0, x1, y1] in the uploaded image's pixels.",
+        ),
+    ]
+    processed_image: NotRequired[str]
 
 
-class Prediction(BaseModel):
+class Prediction(TypedDict):
     index: int
     filename: str
-    kind: Literal["digit", "number", "not_a_digit"] = Field(
-        description="A single digit, a whole number (several digits), or nothing to read."
-    )
-    digit: int | None = Field(ge=0, le=9, description="The digit; null unless kind is digit.")
-    confidence: float | None = Field(
-        ge=0, le=1, description="Chance the answer is right (a number's: its digits' product)."
-    )
-    reason: str | None = Field(None, description="Why it is not a digit (kind not_a_digit).")
-    number: str | None = Field(
-        None, description="The digits left to right; rows top to bottom separated by newlines."
-    )
-    digits: list[DigitInNumber] | None = Field(
-        None, description="Each digit read, with its box (kinds digit and number)."
-    )
-    probabilities: list[float] | None = Field(
-        None, min_length=10, max_length=11, description="Per class (kind digit only)."
-    )
-    top_k: list[TopK] | None = None
-    processed_image: str | None = Field(
-        None, description="Base64 PNG of the 28x28 image the model saw (return_image=true)."
-    )
+    kind: Annotated[
+        Literal["digit", "number", "not_a_digit"],
+        Field(description="A single digit, a whole number (several digits), or nothing to read."),
+    ]
+    digit: Annotated[
+        int | None, Field(ge=0, le=9, description="The digit; null unless kind is digit.")
+    ]
+    confidence: Annotated[
+        float | None,
+        Field(
+            ge=0, le=1, description="Chance the answer is right (a number's: its digits' product)."
+        ),
+    ]
+    reason: NotRequired[
+        Annotated[str | None, Field(description="Why it is not a digit (kind not_a_digit).")]
+    ]
+    number: NotRequired[
+        Annotated[
+            str | None,
+            Field(
+                description="The digits left to right; rows top to bottom separated by newlines."
+            ),
+        ]
+    ]
+    digits: NotRequired[
+        Annotated[
+            list[DigitInNumber],
+            Field(description="Each digit read, with its box (kinds digit and number)."),
+        ]
+    ]
+    probabilities: NotRequired[
+        Annotated[
+            list[float],
+            Field(min_length=10, max_length=11, description="Per class (kind digit only)."),
+        ]
+    ]
+    top_k: NotRequired[list[TopK]]
+    processed_image: NotRequired[
+        Annotated[
+            str,
+            Field(description="Base64 PNG of the 28x28 image the model saw (return_image=true)."),
+        ]
+    ]
 
 
-class PredictResponse(BaseModel):
-    model: ModelRef
-    predictions: list[Prediction]
-
-    model_config = ConfigDict(
+@with_config(
+    ConfigDict(
         json_schema_extra={
             "example": {
                 "model": {"name": "mnist-cnn", "version": "1"},
@@ -93,7 +121,11 @@ class PredictResponse(BaseModel):
                 ],
             }
         }
-    )  # fmt: skip
+    )
+)  # fmt: skip
+class PredictResponse(TypedDict):
+    model: ModelRef
+    predictions: list[Prediction]
 
 
 class Base64Image(BaseModel):
@@ -128,7 +160,7 @@ class PredictBase64Request(PredictOptions):
     images: list[Base64Image] = Field(min_length=1)
 
 
-class ModelSummary(BaseModel):
+class ModelSummary(TypedDict):
     name: str
     version: str
     device: str
@@ -142,14 +174,30 @@ class ModelSummary(BaseModel):
     sha256: str
 
 
-class ModelsResponse(BaseModel):
+class Limits(TypedDict):
+    max_files: int
+    max_file_bytes: int
+    max_request_bytes: int
+    max_image_pixels: int
+    max_image_frames: int
+    request_timeout_s: float
+
+
+class Batching(TypedDict):
+    enabled: bool
+    max_batch_size: int
+    max_batch_wait_ms: float
+    max_queue_size: int
+
+
+class ModelsResponse(TypedDict):
     served: ModelSummary
     available_versions: list[str]
-    limits: dict[str, Any]
-    batching: dict[str, Any]
+    limits: Limits
+    batching: Batching
 
 
-class HealthResponse(BaseModel):
-    live: bool | None = None
-    ready: bool | None = None
-    reason: str | None = None
+class HealthResponse(TypedDict, total=False):
+    live: bool
+    ready: bool
+    reason: str

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NotRequired
 
 from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 
 class ServerMetadataResponse(BaseModel):
@@ -15,16 +16,20 @@ class ServerMetadataResponse(BaseModel):
     extensions: list[str]
 
 
-class MetadataTensor(BaseModel):
+# NOTE: the response bodies the routes build as plain dicts are TypedDicts: mypy checks the
+# dicts against them and FastAPI documents them, so each shape has one definition.
+
+
+class MetadataTensor(TypedDict):
     """$metadata_tensor"""
 
     name: str
     datatype: str
     shape: list[int]
-    parameters: dict[str, Any] | None = None
+    parameters: NotRequired[dict[str, Any]]
 
 
-class MetadataModelResponse(BaseModel):
+class MetadataModelResponse(TypedDict):
     """$metadata_model_response"""
 
     name: str
@@ -32,10 +37,10 @@ class MetadataModelResponse(BaseModel):
     platform: str
     inputs: list[MetadataTensor]
     outputs: list[MetadataTensor]
-    parameters: dict[str, Any] | None = None
+    parameters: NotRequired[dict[str, Any]]
 
 
-class ModelReadyResponse(BaseModel):
+class ModelReadyResponse(TypedDict):
     name: str
     ready: bool
 
@@ -84,30 +89,28 @@ class InferenceRequest(BaseModel):
     outputs: list[RequestOutput] | None = None
 
 
-class ResponseOutput(BaseModel):
+class ResponseOutput(TypedDict):
     """$response_output"""
 
     name: str
     shape: list[int]
     datatype: str
-    parameters: dict[str, Any] | None = None
-    data: list[Any] | None = None
+    parameters: NotRequired[dict[str, Any]]
+    data: NotRequired[list[Any]]
 
 
-class InferenceResponse(BaseModel):
+class InferenceResponse(TypedDict):
     """$inference_response"""
 
     model_name: str
-    model_version: str | None = None
-    id: str | None = None
-    parameters: dict[str, Any] | None = None
+    model_version: NotRequired[str]
+    id: NotRequired[str]
+    parameters: NotRequired[dict[str, Any]]
     outputs: list[ResponseOutput]
 
-    model_config = ConfigDict(protected_namespaces=())
 
-
-class InferenceErrorResponse(BaseModel):
+class InferenceErrorResponse(TypedDict):
     """$inference_error_response (with our extra `code`)"""
 
     error: str
-    code: str | None = None
+    code: NotRequired[str]
