@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from service.card import CardError, ModelCard, is_version, list_versions
+from service.card import CardError, ModelCard, is_version, list_versions, quiet_torchscript
 
 logger = logging.getLogger(__name__)
 
@@ -40,16 +38,6 @@ def not_a_digit_scores(probs: torch.Tensor) -> torch.Tensor:
 
 class ModelLoadError(Exception):
     """The model cannot be served: missing, corrupt, checksum mismatch, bad device."""
-
-
-@contextlib.contextmanager
-def quiet_torchscript() -> Iterator[None]:
-    # NOTE: torch 2.14 deprecates TorchScript; our artifacts are TorchScript by design, so
-    # silence exactly that warning around the calls that raise it.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\..*deprecat", category=Warning)
-        warnings.filterwarnings("ignore", message=r".*TorchScript.*deprecat", category=Warning)
-        yield
 
 
 def resolve_device(name: str) -> torch.device:
