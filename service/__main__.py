@@ -145,14 +145,15 @@ def main(argv: list[str] | None = None) -> int:
         overrides["workers"] = available_cpus()
         settings = settings.model_copy(update={"workers": overrides["workers"]})
     if settings.workers == 1:
-        from service.app import create_app, load_classifier
-        from service.model import ModelLoadError
+        from service.app import create_app
+        from service.repository import ModelLoadError, ModelRepository
 
+        repository = ModelRepository(settings)
         try:
-            classifier = load_classifier(settings)
+            repository.serve(repository.load())
         except ModelLoadError as exc:
             return _fail(str(exc), 1)
-        uvicorn.run(create_app(settings, classifier), **common)
+        uvicorn.run(create_app(settings, repository), **common)
         return 0
     # Several processes, each with its own model and batcher built from the environment. The
     # supervisor never imports torch (saves ~0.8 GB): a child process checks the model first.

@@ -24,12 +24,12 @@ from service.api.hot import HotRoutes
 from service.batching import Batcher
 from service.config import Settings
 from service.cpus import available_cpus
-from service.dataplane import DataPlane, _warmup_sizes
+from service.dataplane import DataPlane
 from service.errors import register_error_handlers
 from service.logging_config import flush_logs
 from service.metrics import Metrics
 from service.middleware import InFlight, RequestContextMiddleware
-from service.model import Classifier, resolve_device, resolve_version
+from service.repository import ModelRepository, Reloaded
 
 logger = logging.getLogger(__name__)
 
@@ -37,22 +37,14 @@ logger = logging.getLogger(__name__)
 _WORKER_STOP_DELAY_S = 0.25
 
 
-def load_classifier(settings: Settings) -> Classifier:
-    """Resolve the version and device from settings and load the model (raises ModelLoadError)."""
-    folder = resolve_version(settings.model_repository, settings.model_name, settings.model_version)
-    return Classifier.load(
-        folder,
-        resolve_device(settings.device),
-        half=settings.half_precision,
-        optimize=settings.optimize,
-        warmup_batch_sizes=_warmup_sizes(settings),
-    )
-
-
-def create_app(settings: Settings | None = None, classifier: Classifier | None = None) -> FastAPI:
-    """Build the app. The lifespan loads the model (unless one is handed in) and runs the
-    batcher; nothing is loaded at import time. Works with `uvicorn --factory`."""
+def create_app(
+    settings: Settings | None = None, repository: ModelRepository | None = None
+) -> FastAPI:
+    """Build the app. The lifespan loads the model (unless the repository handed in already
+    serves one) and runs the batcher; nothing is loaded at import time. Works with
+    `uvicorn --factory`."""
     settings = settings or Settings()
+    models = repository or ModelRepository(settings)
     metrics = Metrics()
     in_flight = InFlight()
 
@@ -69,12 +61,12 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
         # Python's default 5 ms switch interval each hand-over can stall a batch that long.
         previous_interval = sys.getswitchinterval()
         sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
-        if classifier is None:
-            clf = await asyncio.to_thread(load_classifier, settings)
-        else:
-            clf = classifier
+        if not models.loaded:
+            models.serve(await asyncio.to_thread(models.load))
+        clf = models.current
+        models.subscribe(lambda m: metrics.set_model(m.name, m.version, str(m.device)))
         batcher = Batcher(
-            clf,
+            lambda: models.current,
             max_batch_size=settings.max_batch_size,
             max_batch_wait_ms=settings.max_batch_wait_ms,
             max_queue_size=settings.max_queue_size,
@@ -90,7 +82,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
         await batcher.start()
         metrics.track(in_flight=lambda: in_flight.count, queue_depth=lambda: batcher.queued_images)
         sampler = asyncio.create_task(_sample_gauges(metrics), name="gauges")
-        plane = DataPlane(settings, clf, batcher, metrics)
+        plane = DataPlane(settings, models, batcher, metrics)
         app.state.dataplane = plane
         app.state.shutting_down = False
         grpc_server = await _start_grpc(app, settings, metrics)
@@ -225,7 +217,7 @@ def _install_sighup(loop: asyncio.AbstractEventLoop, app: FastAPI) -> bool:
         if plane is None:
             return
         logger.info("SIGHUP: reloading model")
-        task = loop.create_task(plane.reload(plane.settings.model_version))
+        task = loop.create_task(plane.repository.reload())
         task.add_done_callback(_log_reload)
         app.state.reload_task = task
 
@@ -264,13 +256,12 @@ def _flag_shutdown_on_signals(
         signal.signal(sig, handler)
 
 
-def _log_reload(task: asyncio.Task[Classifier]) -> None:
+def _log_reload(task: asyncio.Task[Reloaded]) -> None:
     if task.cancelled():
         return
     exc = task.exception()
     if exc is None:
-        metrics_model = task.result()
-        logger.info("reload finished: serving v%s", metrics_model.version)
+        logger.info("reload finished: serving v%s", task.result().current.version)
 
 
 def _telemetry(settings: Settings) -> dict[str, Any]:

@@ -7,6 +7,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.deps import DataPlaneDep, require_admin_key
 from service.api.guard import guarded_route
+from service.errors import ServiceError
+from service.repository import ModelLoadError
 from service.schemas.rest import ErrorResponse
 
 router = APIRouter(
@@ -15,6 +17,13 @@ router = APIRouter(
     dependencies=[Depends(require_admin_key)],
     route_class=guarded_route(require_admin_key, lambda _: 4096),  # a version number, at most
 )
+
+
+class ReloadRefused(ServiceError):
+    """The requested version cannot be served; the current one goes on serving."""
+
+    status_code = 409
+    code = "reload_refused"
 
 
 class ReloadRequest(BaseModel):
@@ -45,14 +54,15 @@ class ReloadResponse(BaseModel):
 )
 async def reload_model(plane: DataPlaneDep, body: ReloadRequest | None = None) -> ReloadResponse:
     """Load a version beside the current one and switch to it atomically."""
-    previous = plane.classifier
-    version = body.version if body and body.version else plane.settings.model_version
-    new = await plane.reload(version)
-    reloaded = new is not previous
+    try:
+        done = await plane.repository.reload(body.version if body else None)
+    except ModelLoadError as exc:
+        raise ReloadRefused(f"reload refused: {exc}") from exc
+    new, reloaded = done.current, done.switched
     return ReloadResponse(
         name=new.name,
         version=new.version,
-        previous_version=previous.version,
+        previous_version=done.previous.version,
         reloaded=reloaded,
         message=f"now serving v{new.version}" if reloaded else f"already serving v{new.version}",
     )

@@ -39,7 +39,7 @@ def rows(n: int, seed: int) -> torch.Tensor:
 
 
 async def started(model: RecordingModel, **kw: object) -> Batcher:
-    b = Batcher(model, **kw)  # type: ignore[arg-type]
+    b = Batcher(lambda: model, **kw)  # type: ignore[arg-type]
     await b.start()
     return b
 
