@@ -180,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     from service.supervisor import Supervisor
 
     # What uvicorn.run does for workers > 1, with our supervisor in place of uvicorn's.
-    # SIGHUP's rolling restart waits this long for each new worker to load and warm its
-    # model before giving up on it (uvicorn's 5 s is too short on a busy machine).
+    # A worker that does not answer the parent's health check this long is replaced
+    # (uvicorn's 5 s is too short on a busy machine).
     config = uvicorn.Config(
         "service.app:create_app",
         factory=True,
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout_worker_healthcheck=60,
         **common,
     )
-    Supervisor(config, sockets=[config.bind_socket()]).run()
+    Supervisor(config, sockets=[config.bind_socket()], settings=settings).run()
     return 0
 
 

@@ -22,6 +22,7 @@ from service.batching import Batcher
 from service.config import Settings
 from service.dataplane import DataPlane
 from service.errors import register_error_handlers
+from service.fleet import Fleet, FleetMember
 from service.logging_config import flush_logs
 from service.metrics import Metrics
 from service.middleware import InFlight, RequestContextMiddleware
@@ -38,6 +39,7 @@ def create_app(
     `uvicorn --factory`."""
     settings = settings or Settings()
     models = repository or ModelRepository(settings)
+    shared = Fleet.from_env()  # set by the supervisor of several workers
     metrics = Metrics()
     in_flight = InFlight()
 
@@ -45,9 +47,12 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         restore_process = process.tune(settings)
         loop = asyncio.get_running_loop()
-        # Load.
+        # Load: the fleet's version when this is one of several workers.
+        fleet = FleetMember(shared, models, settings.reload_timeout_s) if shared else None
         if not models.loaded:
-            await asyncio.to_thread(lambda: models.serve(models.load()))
+            await asyncio.to_thread(
+                fleet.load_desired if fleet else lambda: models.serve(models.load())
+            )
         models.subscribe(lambda m: metrics.set_model(m.name, m.version, str(m.device)))
         # Start: the batcher, the data plane, gRPC, the signal handlers.
         batcher = _batcher(settings, models, metrics, in_flight)
@@ -56,7 +61,7 @@ def create_app(
         sampler = asyncio.create_task(_sample_gauges(metrics), name="gauges")
         plane = DataPlane(settings, models, batcher, metrics)
         grpc_server = await _start_grpc(app, settings, metrics)
-        remove_hup = process.on_hangup(loop, lambda: _reload_on_hangup(loop, models))
+        remove_hup = process.on_hangup(loop, lambda: _reload_on_hangup(loop, models, fleet))
         # NOTE: with several workers a SIGTERM to the whole group reaches the workers as the
         # parent closes the shared listener (service/supervisor.py). A worker that closed at
         # once would reset connections still in the backlog and close fresh ones whose
@@ -66,9 +71,11 @@ def create_app(
             lambda: setattr(app.state, "shutting_down", True),
             process.WORKER_STOP_DELAY_S if settings.workers > 1 else 0,
         )
+        if fleet is not None and fleet.join():
+            _reload_on_hangup(loop, models, fleet)  # a reload was published while loading
         process.freeze_startup_objects()
         # Ready.
-        app.state.dataplane, app.state.shutting_down = plane, False
+        app.state.dataplane, app.state.fleet, app.state.shutting_down = plane, fleet, False
         clf = models.current
         logger.info(
             "ready: %s v%s on %s (batching=%s, max_batch_size=%d)",
@@ -114,6 +121,7 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.dataplane = None
+    app.state.fleet = None
     app.state.shutting_down = False
     app.state.api_keys = settings.api_key_list()
     app.state.body_budget = BodyBudget(settings.max_inflight_body_mib << 20)
@@ -200,10 +208,16 @@ def _batcher(
     )
 
 
-def _reload_on_hangup(loop: asyncio.AbstractEventLoop, models: ModelRepository) -> None:
-    """SIGHUP reloads the pinned version or the newest without dropping requests."""
+def _reload_on_hangup(
+    loop: asyncio.AbstractEventLoop, models: ModelRepository, fleet: FleetMember | None
+) -> None:
+    """SIGHUP: one worker reloads the pinned version or the newest; one of several reloads
+    to the version the fleet publishes (the parent relays SIGHUP after publishing it)."""
     logger.info("SIGHUP: reloading model")
-    task = loop.create_task(models.reload())
+    if fleet is not None:
+        task: asyncio.Task[object] = loop.create_task(fleet.follow())
+    else:
+        task = loop.create_task(models.reload())
     task.add_done_callback(lambda t: _log_reload(t, models))
 
 
