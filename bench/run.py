@@ -145,7 +145,7 @@ def inprocess_ceiling(images: Path, model: dict[str, str], seconds: float = 5.0)
     folder = ModelRepository(settings).resolve()
     clf = Classifier.load(folder, torch.device("cpu"))
     files = [p.read_bytes() for p in sorted(images.glob("*.png"))][:64]
-    limits = ImageLimits()
+    limits = ImageLimits.from_settings(Settings())
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         pixels = np.stack([preprocess(f, limits) for f in files])
