@@ -28,8 +28,8 @@ COPY requirements/image.txt ./requirements/
 # --no-deps: everything else comes from the hash-checked lock, nothing resolved at build time.
 RUN pip install --no-cache-dir --no-deps --require-hashes -r requirements/image.txt
 COPY pyproject.toml README.md ./
+# Serving code only: training/ and evaluation/ stay out of the image.
 COPY service ./service
-COPY training ./training
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
     && python -c "import service.app, torch; print('torch', torch.__version__)"
 # C++ headers and torch's own test binaries serve building extensions and testing torch, not

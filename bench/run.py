@@ -137,14 +137,15 @@ def inprocess_ceiling(images: Path, model: dict[str, str], seconds: float = 5.0)
     import torch
 
     from service.config import Settings
-    from service.model import Classifier, resolve_version
+    from service.model import Classifier
     from service.preprocess import ImageLimits, preprocess
+    from service.repository import ModelRepository
 
     settings = Settings(**model)  # type: ignore[arg-type]
-    folder = resolve_version(settings.model_repository, settings.model_name, None)
+    folder = ModelRepository(settings).resolve()
     clf = Classifier.load(folder, torch.device("cpu"))
     files = [p.read_bytes() for p in sorted(images.glob("*.png"))][:64]
-    limits = ImageLimits()
+    limits = ImageLimits.from_settings(Settings())
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         pixels = np.stack([preprocess(f, limits) for f in files])

@@ -104,14 +104,15 @@ def main(argv: list[str] | None = None) -> int:
         overrides["workers"] = available_cpus()
         settings = settings.model_copy(update={"workers": overrides["workers"]})
     if settings.workers == 1:
-        from service.app import create_app, load_classifier
-        from service.model import ModelLoadError
+        from service.app import create_app
+        from service.repository import ModelLoadError, ModelRepository
 
+        repository = ModelRepository(settings)
         try:
-            classifier = load_classifier(settings)
+            repository.serve(repository.load())
         except ModelLoadError as exc:
             return _fail(str(exc), 1)
-        uvicorn.run(create_app(settings, classifier), **common)
+        uvicorn.run(create_app(settings, repository), **common)
         return 0
     # Several processes, each with its own model and batcher built from the environment. The
     # supervisor never imports torch (saves ~0.8 GB): a child process checks the model first.
@@ -138,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     from service.supervisor import Supervisor
 
     # What uvicorn.run does for workers > 1, with our supervisor in place of uvicorn's.
-    # SIGHUP's rolling restart waits this long for each new worker to load and warm its
-    # model before giving up on it (uvicorn's 5 s is too short on a busy machine).
+    # A worker that does not answer the parent's health check this long is replaced
+    # (uvicorn's 5 s is too short on a busy machine).
     config = uvicorn.Config(
         "service.app:create_app",
         factory=True,
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout_worker_healthcheck=60,
         **common,
     )
-    Supervisor(config, sockets=[config.bind_socket()]).run()
+    Supervisor(config, sockets=[config.bind_socket()], settings=settings).run()
     return 0
 
 

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import inspect
 import logging
-import signal
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,95 +14,68 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from service import __version__
+from service import __version__, process
 from service.api import docs, ops, rest
 from service.api.guard import BodyBudget
 from service.batching import Batcher
 from service.config import Settings
-from service.cpus import available_cpus
-from service.dataplane import DataPlane, _warmup_sizes
+from service.dataplane import DataPlane
 from service.errors import register_error_handlers
+from service.fleet import Fleet, FleetMember
 from service.logging_config import flush_logs
 from service.metrics import Metrics
 from service.middleware import InFlight, RequestContextMiddleware
-from service.model import Classifier, resolve_device, resolve_version
+from service.repository import ModelRepository
 
 logger = logging.getLogger(__name__)
 
-#: How long a worker of several goes on accepting after SIGTERM/SIGINT (see the lifespan).
-_WORKER_STOP_DELAY_S = 0.25
 
-
-def load_classifier(settings: Settings) -> Classifier:
-    """Resolve the version and device from settings and load the model (raises ModelLoadError)."""
-    folder = resolve_version(settings.model_repository, settings.model_name, settings.model_version)
-    return Classifier.load(
-        folder,
-        resolve_device(settings.device),
-        half=settings.half_precision,
-        optimize=settings.optimize,
-        warmup_batch_sizes=_warmup_sizes(settings),
-    )
-
-
-def create_app(settings: Settings | None = None, classifier: Classifier | None = None) -> FastAPI:
-    """Build the app. The lifespan loads the model (unless one is handed in) and runs the
-    batcher; nothing is loaded at import time. Works with `uvicorn --factory`."""
+def create_app(
+    settings: Settings | None = None, repository: ModelRepository | None = None
+) -> FastAPI:
+    """Build the app. The lifespan loads the model (unless the repository handed in already
+    serves one) and runs the batcher; nothing is loaded at import time. Works with
+    `uvicorn --factory`."""
     settings = settings or Settings()
+    models = repository or ModelRepository(settings)
+    shared = Fleet.from_env()  # set by the supervisor of several workers
     metrics = Metrics()
     in_flight = InFlight()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        import torch
-
-        # Intra-op threads: explicit, or the CPUs shared out between the worker processes
-        # (more torch threads than cores measured slower: docs/decisions.md). The CPUs
-        # are the container's quota, not the node's cores a pod limited to 2 would oversubscribe.
-        threads = settings.torch_threads or max(1, available_cpus() // max(1, settings.workers))
-        torch.set_num_threads(threads)
-        # NOTE: the inference thread hands the GIL back and forth with the event loop; at
-        # Python's default 5 ms switch interval each hand-over can stall a batch that long.
-        previous_interval = sys.getswitchinterval()
-        sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
-        if classifier is None:
-            clf = await asyncio.to_thread(load_classifier, settings)
-        else:
-            clf = classifier
-        batcher = Batcher(
-            clf,
-            max_batch_size=settings.max_batch_size,
-            max_batch_wait_ms=settings.max_batch_wait_ms,
-            max_queue_size=settings.max_queue_size,
-            request_timeout_s=settings.request_timeout_s,
-            enabled=settings.batching,
-            observer=metrics,
-            # NOTE: CPU only: measured there (docs/decisions.md); on CUDA the
-            # forward is asynchronous and its synchronisation belongs off the event loop.
-            alone=in_flight.alone
-            if settings.inline_when_idle and clf.device.type == "cpu"
-            else None,
-        )
+        restore_process = process.tune(settings)
+        loop = asyncio.get_running_loop()
+        # Load: the fleet's version when this is one of several workers.
+        fleet = FleetMember(shared, models, settings.reload_timeout_s) if shared else None
+        if not models.loaded:
+            await asyncio.to_thread(
+                fleet.load_desired if fleet else lambda: models.serve(models.load())
+            )
+        models.subscribe(lambda m: metrics.set_model(m.name, m.version, str(m.device)))
+        # Start: the batcher, the data plane, gRPC, the signal handlers.
+        batcher = _batcher(settings, models, metrics, in_flight)
         await batcher.start()
         metrics.track(in_flight=lambda: in_flight.count, queue_depth=lambda: batcher.queued_images)
         sampler = asyncio.create_task(_sample_gauges(metrics), name="gauges")
-        plane = DataPlane(settings, clf, batcher, metrics)
-        app.state.dataplane = plane
-        app.state.shutting_down = False
+        plane = DataPlane(settings, models, batcher, metrics)
         grpc_server = await _start_grpc(app, settings, metrics)
-        loop = asyncio.get_running_loop()
-        hup_installed = _install_sighup(loop, app)
+        remove_hup = process.on_hangup(loop, lambda: _reload_on_hangup(loop, models, fleet))
         # NOTE: with several workers a SIGTERM to the whole group reaches the workers as the
         # parent closes the shared listener (service/supervisor.py). A worker that closed at
         # once would reset connections still in the backlog and close fresh ones whose
         # request it had not read yet: it waits a moment for the parent's filter to act.
-        _flag_shutdown_on_signals(app, loop, _WORKER_STOP_DELAY_S if settings.workers > 1 else 0)
-        # Everything allocated so far (torch, the model, FastAPI) lives as long as the process:
-        # keep it out of the cyclic GC's scans, which otherwise cause multi-ms pauses.
-        gc.collect()
-        gc.freeze()
-        # Fewer young-generation collections: a request allocates a few hundred objects.
-        gc.set_threshold(50_000, 20, 20)
+        process.on_stop_signals(
+            loop,
+            lambda: setattr(app.state, "shutting_down", True),
+            process.WORKER_STOP_DELAY_S if settings.workers > 1 else 0,
+        )
+        if fleet is not None and fleet.join():
+            _reload_on_hangup(loop, models, fleet)  # a reload was published while loading
+        process.freeze_startup_objects()
+        # Ready.
+        app.state.dataplane, app.state.fleet, app.state.shutting_down = plane, fleet, False
+        clf = models.current
         logger.info(
             "ready: %s v%s on %s (batching=%s, max_batch_size=%d)",
             clf.name, clf.version, clf.device, settings.batching, settings.max_batch_size,
@@ -113,9 +83,9 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
         try:
             yield
         finally:
+            # Drain: readiness 503, refuse new RPCs, finish what is queued.
             app.state.shutting_down = True
-            if hup_installed:
-                loop.remove_signal_handler(signal.SIGHUP)
+            remove_hup()
             if grpc_server is not None:
                 # Refuse new RPCs at once; running ones finish while the batcher drains.
                 grpc_stopped = asyncio.create_task(grpc_server.stop(settings.drain_timeout_s))
@@ -124,6 +94,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
                 logger.warning("drain timeout: failing %d queued images", batcher.queued_images)
             if grpc_server is not None:
                 await grpc_stopped
+            # Stop.
             await batcher.stop(timeout_s=0)
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -131,7 +102,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
             metrics.refresh()
             plane.close()
             app.state.dataplane = None
-            sys.setswitchinterval(previous_interval)
+            restore_process()
             logger.info("stopped")
             # A worker process ends by re-raising SIGTERM: write the queued lines first.
             flush_logs()
@@ -149,6 +120,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.dataplane = None
+    app.state.fleet = None
     app.state.shutting_down = False
     app.state.api_keys = settings.api_key_list()
     app.state.body_budget = BodyBudget(settings.max_inflight_body_mib << 20)
@@ -214,60 +186,42 @@ def _document_body_models(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def _install_sighup(loop: asyncio.AbstractEventLoop, app: FastAPI) -> bool:
-    """SIGHUP reloads the newest version (or the pinned one) without dropping requests."""
+def _batcher(
+    settings: Settings, models: ModelRepository, metrics: Metrics, in_flight: InFlight
+) -> Batcher:
+    return Batcher(
+        lambda: models.current,
+        max_batch_size=settings.max_batch_size,
+        max_batch_wait_ms=settings.max_batch_wait_ms,
+        max_queue_size=settings.max_queue_size,
+        request_timeout_s=settings.request_timeout_s,
+        enabled=settings.batching,
+        observer=metrics,
+        # NOTE: CPU only: measured there (docs/decisions.md); on CUDA the
+        # forward is asynchronous and its synchronisation belongs off the event loop.
+        alone=in_flight.alone
+        if settings.inline_when_idle and models.current.device.type == "cpu"
+        else None,
+    )
 
-    def on_hup() -> None:
-        plane: DataPlane | None = app.state.dataplane
-        if plane is None:
-            return
-        logger.info("SIGHUP: reloading model")
-        task = loop.create_task(plane.reload(plane.settings.model_version))
-        task.add_done_callback(_log_reload)
-        app.state.reload_task = task
 
-    try:
-        loop.add_signal_handler(signal.SIGHUP, on_hup)
-    except (NotImplementedError, RuntimeError, ValueError):
-        return False  # not the main thread (e.g. TestClient) or not a Unix loop
-    return True
-
-
-def _flag_shutdown_on_signals(
-    app: FastAPI, loop: asyncio.AbstractEventLoop, stop_delay_s: float = 0.0
+def _reload_on_hangup(
+    loop: asyncio.AbstractEventLoop, models: ModelRepository, fleet: FleetMember | None
 ) -> None:
-    """Turn readiness to 503 the moment SIGTERM/SIGINT arrives, before uvicorn drains.
-
-    With `stop_delay_s`, uvicorn hears of the signal that much later: the worker goes on
-    accepting and reading for a moment before it closes its listener and idle connections.
-    """
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        previous = signal.getsignal(sig)
-
-        def handler(signum: int, frame: object, previous: object = previous) -> None:
-            app.state.shutting_down = True
-            if not callable(previous):
-                return
-            if stop_delay_s:
-                # From a signal handler only the thread-safe entry point is safe to use.
-                loop.call_soon_threadsafe(loop.call_later, stop_delay_s, previous, signum, frame)
-            else:
-                previous(signum, frame)
-
-        signal.signal(sig, handler)
+    """SIGHUP: one worker reloads the pinned version or the newest; one of several reloads
+    to the version the fleet publishes (the parent relays SIGHUP after publishing it)."""
+    logger.info("SIGHUP: reloading model")
+    if fleet is not None:
+        task: asyncio.Task[object] = loop.create_task(fleet.follow())
+    else:
+        task = loop.create_task(models.reload())
+    task.add_done_callback(lambda t: _log_reload(t, models))
 
 
-def _log_reload(task: asyncio.Task[Classifier]) -> None:
-    if task.cancelled():
-        return
-    exc = task.exception()
-    if exc is None:
-        metrics_model = task.result()
-        logger.info("reload finished: serving v%s", metrics_model.version)
+def _log_reload(task: asyncio.Task[object], models: ModelRepository) -> None:
+    if task.cancelled() or task.exception() is not None:
+        return  # a refusal is logged by the repository
+    logger.info("reload finished: serving v%s", models.current.version)
 
 
 def _telemetry(settings: Settings) -> dict[str, Any]:

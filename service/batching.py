@@ -107,17 +107,18 @@ class Batcher:
 
     def __init__(
         self,
-        model: Predictor,
+        current_model: Callable[[], Predictor],
         *,
-        max_batch_size: int = 64,
-        max_batch_wait_ms: float = 2.0,
-        max_queue_size: int = 1024,
-        request_timeout_s: float = 10.0,
-        enabled: bool = True,
+        max_batch_size: int,
+        max_batch_wait_ms: float,
+        max_queue_size: int,
+        request_timeout_s: float,
+        enabled: bool,
         observer: BatchObserver | None = None,
         alone: Callable[[], bool] | None = None,
     ) -> None:
-        self.model = model
+        #: The served model, asked per batch (the model repository owns it).
+        self.current_model = current_model
         self.max_batch_size = max_batch_size
         self.max_batch_wait_s = max_batch_wait_ms / 1000
         self.max_queue_size = max_queue_size
@@ -310,7 +311,7 @@ class Batcher:
         return self.idle and self.alone()
 
     def _forward_inline(self, pixels: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        model = self.model
+        model = self.current_model()
         self._busy = True
         t0 = time.monotonic()
         try:
@@ -373,7 +374,7 @@ class Batcher:
                 live.append(item)
             if not live:
                 continue
-            model = self.model  # a reload swaps self.model; this batch keeps its model
+            model = self.current_model()  # a reload switches it; this batch keeps its model
             x = torch.cat([item.rows for item in live]) if len(live) > 1 else live[0].rows
             queue_wait = now - min(item.enqueued_at for item in live)
             self._busy = True

@@ -6,10 +6,13 @@ validates and the model's sha256 matches. Normalisation constants live only here
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import re
+import warnings
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -208,3 +211,14 @@ def list_versions(repository: Path, name: str) -> list[int]:
         except OSError as exc:  # e.g. a version folder without search permission
             logger.warning("skipping version folder %s: %s", folder, exc.strerror or exc)
     return sorted(found)
+
+
+@contextlib.contextmanager
+def quiet_torchscript() -> Iterator[None]:
+    """Silence torch's TorchScript deprecation warning (training's export, serving's load)."""
+    # NOTE: torch 2.14 deprecates TorchScript; our artifacts are TorchScript by design, so
+    # silence exactly that warning around the calls that raise it.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\..*deprecat", category=Warning)
+        warnings.filterwarnings("ignore", message=r".*TorchScript.*deprecat", category=Warning)
+        yield

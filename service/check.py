@@ -20,11 +20,10 @@ def main() -> int:
     except ValidationError as exc:
         sys.stderr.write(f"error: invalid setting {describe_validation(exc, 'settings')}\n")
         return 2
-    from service.app import load_classifier
-    from service.model import ModelLoadError
+    from service.repository import ModelLoadError, ModelRepository
 
     try:
-        clf = load_classifier(settings)
+        clf = ModelRepository(settings).load()
     except ModelLoadError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 1

@@ -89,8 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "predict":
         return predict(rest)
     if command == "train":
-        from training.train import main as train
-
+        try:
+            from training.train import main as train
+        except ImportError as exc:  # the serving image carries no training code
+            sys.stderr.write(
+                f"mnist-serving train: training is not installed here ({exc.name or exc}); "
+                "install the project with its 'train' extra from a source checkout\n"
+            )
+            return 2
         return train(rest)
     from service.__main__ import main as serve
 

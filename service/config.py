@@ -158,6 +158,12 @@ class Settings(BaseSettings):
         "configured). Off: /metrics covers serving, and the check costs ~4 us per request.",
     )
     drain_timeout_s: float = Field(20.0, ge=0, description="Graceful-shutdown drain bound.")
+    reload_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="With several workers, how long POST /admin/reload waits for every "
+        "worker to load the new version before it answers 503.",
+    )
 
     @field_validator("device")
     @classmethod

@@ -2,28 +2,26 @@
 
 Routes only translate their wire format. They hand the data plane image files or pixel
 arrays; it decodes them on a thread pool (off the event loop, in parallel with inference),
-submits them to the batcher and returns probabilities with the model version that produced
-them. It also answers readiness, looks models up by name and version, describes them, holds
-the request limits, and owns hot reload.
+submits them to the batcher and returns probabilities with the model that produced them.
+It also answers readiness, looks models up by name and version, describes them, and holds
+the request limits. The model itself belongs to the ModelRepository.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import threading
 import time
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from service.batching import Batcher
-from service.card import CardError, ModelCard, list_versions
 from service.codec import v2 as codec
 from service.config import Settings
 from service.decode import DecodeBudget, ImageLimits, RequestBudget, cheap_to_decode
@@ -35,9 +33,10 @@ from service.errors import (
     ServiceError,
 )
 from service.metrics import Metrics
-from service.model import Classifier, ModelLoadError, resolve_version
+from service.model import Classifier
 from service.preprocess import Scan, scan
 from service.reading import Reading, read
+from service.repository import ModelLoadError, ModelRepository
 from service.schemas.rest import ErrorDetail, ModelsResponse
 from service.schemas.v2 import MetadataModelResponse
 from service.uploads import UploadLimits
@@ -51,20 +50,16 @@ class NamedFile:
     data: bytes
 
 
-class ReloadRefused(ServiceError):
-    status_code = 409
-    code = "reload_refused"
-
-
 class DataPlane:
     def __init__(
         self,
         settings: Settings,
-        classifier: Classifier,
+        repository: ModelRepository,
         batcher: Batcher,
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.repository = repository
         self.batcher = batcher
         self.metrics = metrics
         self.limits = ImageLimits(
@@ -83,19 +78,11 @@ class DataPlane:
         self._pool = ThreadPoolExecutor(
             max_workers=settings.preprocess_threads, thread_name_prefix="preprocess"
         )
-        self._reload_lock = asyncio.Lock()
-        self.classifier = classifier
 
     @property
     def classifier(self) -> Classifier:
-        return self._classifier
-
-    @classifier.setter
-    def classifier(self, value: Classifier) -> None:
-        self._classifier = value
-        self.batcher.model = value  # the batch loop picks it up at its next batch
-        if self.metrics is not None:
-            self.metrics.set_model(value.name, value.version, str(value.device))
+        """The served model (the repository's; a reload switches it between batches)."""
+        return self.repository.current
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -304,72 +291,14 @@ class DataPlane:
 
     def available_versions(self) -> list[str]:
         try:
-            versions = list_versions(self.settings.model_repository, self.settings.model_name)
-        except CardError as exc:
+            return self.repository.versions()
+        except ModelLoadError as exc:
             logger.warning("cannot list model versions: %s", exc)
             return []
-        return [str(v) for v in versions]
-
-    async def reload(self, version: str | None = None) -> Classifier:
-        """Load and warm a version beside the current one, then switch atomically.
-
-        In-flight batches finish on the old model; a version that fails to load, verify or
-        warm up is refused and the current one keeps serving. The version already served
-        (same card sha256) is not loaded again: the current classifier is returned.
-        """
-        async with self._reload_lock:
-            current = self.classifier
-            try:
-                folder: Path = resolve_version(
-                    self.settings.model_repository, self.settings.model_name, version
-                )
-                loop = asyncio.get_running_loop()
-                new = await loop.run_in_executor(None, self._load_unless_served, folder, current)
-            except ModelLoadError as exc:
-                logger.warning("reload refused, still serving v%s: %s", current.version, exc)
-                raise ReloadRefused(f"reload refused: {exc}") from exc
-            if new is current:
-                logger.info("reload: already serving %s v%s", new.name, new.version)
-                return current
-            self.classifier = new
-            logger.info("now serving %s v%s (was v%s)", new.name, new.version, current.version)
-            return new
-
-    def _load_unless_served(self, folder: Path, current: Classifier) -> Classifier:
-        try:
-            card = ModelCard.read(folder)
-        except CardError as exc:
-            raise ModelLoadError(str(exc)) from exc
-        # The same card (version and checksum) is the same model: loading it again would
-        # cost a load, a freeze and a warm-up for nothing.
-        if (card.name, card.version, card.sha256) == (
-            current.name, current.version, current.card.sha256,
-        ):  # fmt: skip
-            return current
-        new = Classifier.load(
-            folder,
-            current.device,
-            half=self.settings.half_precision,
-            optimize=self.settings.optimize,
-            warmup_batch_sizes=_warmup_sizes(self.settings),
-        )
-        # NOTE: the intermediate script modules of a load (as loaded, frozen, optimised) sit
-        # in reference cycles inside torch.jit, holding weights and graphs. The tuned GC
-        # (gc.freeze, high thresholds) seldom runs the full collection that frees them, so
-        # free them now: the reload leak measured in docs/operations.md.
-        gc.collect()
-        return new
 
 
 def _same_inputs(a: Classifier, b: Classifier) -> bool:
     return a.card.input.normalization == b.card.input.normalization
-
-
-def _warmup_sizes(settings: Settings) -> tuple[int, ...]:
-    sizes = {1, settings.max_batch_size}
-    if settings.max_batch_size >= 8:
-        sizes.add(8)
-    return tuple(sorted(sizes))
 
 
 def _detached(exc: ServiceError) -> ServiceError:
@@ -383,7 +312,7 @@ def _detached(exc: ServiceError) -> ServiceError:
 
 def _combine(files: list[NamedFile], outcomes: list[Scan | ServiceError]) -> ServiceError:
     failures = [(i, o) for i, o in enumerate(outcomes) if isinstance(o, ServiceError)]
-    details: list[ErrorDetail] = []
+    details: list[ErrorDetail | dict[str, Any]] = []
     for index, exc in failures:
         details.append({"index": index, "filename": files[index].filename, "error": exc.message})
     first = failures[0][1]

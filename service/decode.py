@@ -8,12 +8,16 @@ import io
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyspng
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from service.errors import InvalidImage, Overloaded, PayloadTooLarge, UnsupportedMediaType
+
+if TYPE_CHECKING:
+    from service.config import Settings
 
 #: Formats accepted from clients (Pillow's JPEG reader also opens phones' MPO files).
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
@@ -29,14 +33,25 @@ Image.MAX_IMAGE_PIXELS = None
 
 @dataclass(frozen=True)
 class ImageLimits:
-    max_bytes: int = 10 * 1024 * 1024
+    """Per-image limits; the values come from Settings (`from_settings`)."""
+
+    max_bytes: int
     #: Pixels decoded per image: the header's for most formats, the reduced size for JPEG
     #: (libjpeg decodes at 1/2, 1/4 or 1/8 scale, so big phone photos stay cheap).
-    max_pixels: int = 16_000_000
+    max_pixels: int
     #: Longest side over shortest side, for images longer than WORK_SIDE; a row of
     #: digits is far below it.
-    max_aspect: float = 32.0
-    max_frames: int = 100
+    max_aspect: float
+    max_frames: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ImageLimits:
+        return cls(
+            max_bytes=settings.max_file_bytes,
+            max_pixels=settings.max_image_pixels,
+            max_aspect=settings.max_image_aspect,
+            max_frames=settings.max_image_frames,
+        )
 
 
 #: Bytes per pixel while a file is decoded and reduced: Pillow's pixels (4 bytes for

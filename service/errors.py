@@ -27,7 +27,7 @@ class ServiceError(Exception):
         self,
         message: str,
         *,
-        details: list[ErrorDetail] | None = None,
+        details: list[ErrorDetail | dict[str, Any]] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)

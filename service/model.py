@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from service.card import CardError, ModelCard, is_version, list_versions
+from service.card import CardError, ModelCard, quiet_torchscript
+from service.repository import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -38,20 +37,6 @@ def not_a_digit_scores(probs: torch.Tensor) -> torch.Tensor:
     return probs[:, 10]
 
 
-class ModelLoadError(Exception):
-    """The model cannot be served: missing, corrupt, checksum mismatch, bad device."""
-
-
-@contextlib.contextmanager
-def quiet_torchscript() -> Iterator[None]:
-    # NOTE: torch 2.14 deprecates TorchScript; our artifacts are TorchScript by design, so
-    # silence exactly that warning around the calls that raise it.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\..*deprecat", category=Warning)
-        warnings.filterwarnings("ignore", message=r".*TorchScript.*deprecat", category=Warning)
-        yield
-
-
 def resolve_device(name: str) -> torch.device:
     """auto -> cuda when available else cpu; an explicit CUDA request without CUDA fails."""
     if name == "auto":
@@ -66,26 +51,6 @@ def resolve_device(name: str) -> torch.device:
             )
         return torch.device("cuda", index)
     return torch.device("cpu")
-
-
-def resolve_version(repository: Path, name: str, version: str | None) -> Path:
-    """The folder of a pinned version, or of the newest one (raises ModelLoadError)."""
-    try:
-        available = list_versions(repository, name)
-    except CardError as exc:
-        raise ModelLoadError(str(exc)) from exc
-    if version is None:
-        if not available:
-            raise ModelLoadError(f"no versions of model {name!r} found under {repository}")
-        return Path(repository) / name / str(available[-1])
-    if not is_version(version):
-        raise ModelLoadError(f"model version must be 1 to 18 ASCII digits, got {version[:40]!r}")
-    if int(version) not in available:
-        raise ModelLoadError(
-            f"model {name!r} version {version} not found under {repository} "
-            f"(available: {', '.join(map(str, available)) or 'none'})"
-        )
-    return Path(repository) / name / str(int(version))
 
 
 def model_inputs(pixels: np.ndarray, mean: float, std: float) -> np.ndarray:

@@ -177,6 +177,7 @@ def make_negatives(count: int, seed: int) -> tuple[np.ndarray, list[str]]:
     preprocessing finds nothing to read in some (blank-looking noise), which is the right
     answer for them and needs no training.
     """
+    from service.config import Settings
     from service.decode import ImageLimits
     from service.errors import ServiceError
     from service.preprocess import preprocess
@@ -185,7 +186,7 @@ def make_negatives(count: int, seed: int) -> tuple[np.ndarray, list[str]]:
     names = list(MAKERS)
     weights = np.array([MAKERS[n][1] for n in names])
     picks = rng.choice(len(names), size=count, p=weights / weights.sum())
-    limits = ImageLimits()
+    limits = ImageLimits.from_settings(Settings())
     out: list[np.ndarray] = []
     kinds: list[str] = []
     for k in picks:

@@ -137,11 +137,12 @@ class RealDev:
 
 
 def preprocess_all(root: Path, items: list[Item]) -> tuple[np.ndarray, np.ndarray]:
+    from service.config import Settings
     from service.decode import ImageLimits
     from service.errors import ServiceError
     from service.preprocess import preprocess
 
-    limits = ImageLimits()
+    limits = ImageLimits.from_settings(Settings())
     pixels = np.zeros((len(items), 28, 28), dtype=np.uint8)
     ok = np.zeros(len(items), dtype=bool)
     for i, item in enumerate(items):

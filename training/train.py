@@ -34,9 +34,9 @@ from service.card import (
     Normalization,
     OutputSpec,
     list_versions,
+    quiet_torchscript,
     sha256_file,
 )
-from service.model import quiet_torchscript
 from training.augment import add_styles, augment
 from training.data import DataError, _default_cache, file_checksums, load_mnist
 from training.negatives import make_negatives

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+import os
+
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.deps import DataPlaneDep, require_admin_key
 from service.api.guard import guarded_route
+from service.errors import ServiceError
+from service.fleet import FleetMember
+from service.repository import ModelLoadError
 from service.schemas.rest import ErrorResponse
 
 router = APIRouter(
@@ -15,6 +20,13 @@ router = APIRouter(
     dependencies=[Depends(require_admin_key)],
     route_class=guarded_route(require_admin_key, lambda _: 4096),  # a version number, at most
 )
+
+
+class ReloadRefused(ServiceError):
+    """The requested version cannot be served; the current one goes on serving."""
+
+    status_code = 409
+    code = "reload_refused"
 
 
 class ReloadRequest(BaseModel):
@@ -27,12 +39,26 @@ class ReloadRequest(BaseModel):
     )
 
 
+class ReloadIncomplete(ServiceError):
+    """Some worker did not switch: it refused the version or did not answer in time."""
+
+    status_code = 503
+    code = "reload_incomplete"
+
+
+class WorkerReload(BaseModel):
+    pid: int
+    version: str = Field(description="The version this worker serves now.")
+    error: str | None = Field(None, description="Why it refused the new version.")
+
+
 class ReloadResponse(BaseModel):
     name: str
     version: str
     previous_version: str
     reloaded: bool = Field(description="False when that version was already being served.")
     message: str
+    workers: list[WorkerReload] = Field(description="Every worker process, once it serves it.")
 
 
 @router.post(
@@ -41,18 +67,49 @@ class ReloadResponse(BaseModel):
     responses={
         401: {"model": ErrorResponse, "description": "Missing or wrong admin key"},
         409: {"model": ErrorResponse, "description": "New version refused; old one serves"},
+        503: {"model": ErrorResponse, "description": "Some worker did not switch (details)"},
     },
 )
-async def reload_model(plane: DataPlaneDep, body: ReloadRequest | None = None) -> ReloadResponse:
-    """Load a version beside the current one and switch to it atomically."""
-    previous = plane.classifier
-    version = body.version if body and body.version else plane.settings.model_version
-    new = await plane.reload(version)
-    reloaded = new is not previous
+async def reload_model(
+    request: Request, plane: DataPlaneDep, body: ReloadRequest | None = None
+) -> ReloadResponse:
+    """Load a version beside the current one and switch every worker to it atomically."""
+    try:
+        done = await plane.repository.reload(body.version if body else None)
+    except ModelLoadError as exc:
+        raise ReloadRefused(f"reload refused: {exc}") from exc
+    new, reloaded = done.current, done.switched
+    workers = [WorkerReload(pid=os.getpid(), version=new.version)]
+    fleet: FleetMember | None = request.app.state.fleet
+    if fleet is not None:
+        workers = await _reload_fleet(fleet, new.version)
     return ReloadResponse(
         name=new.name,
         version=new.version,
-        previous_version=previous.version,
+        previous_version=done.previous.version,
         reloaded=reloaded,
         message=f"now serving v{new.version}" if reloaded else f"already serving v{new.version}",
+        workers=workers,
     )
+
+
+async def _reload_fleet(fleet: FleetMember, version: str) -> list[WorkerReload]:
+    """This worker serves `version`: have every other worker switch to it, or say which not."""
+    try:
+        reports, behind = await fleet.publish(version)
+    except OSError as exc:  # the parent is gone: nobody can relay
+        raise ReloadIncomplete(f"cannot reach the other workers: {exc}") from exc
+    workers = [WorkerReload(pid=r.pid, version=r.version, error=r.error) for r in reports]
+    failed = [w for w in workers if w.version != version or w.pid in behind]
+    if failed:
+        reasons = [
+            f"worker {w.pid} " + ("did not answer in time" if w.pid in behind else
+                                  f"serves v{w.version}: {w.error or 'a later reload won'}")
+            for w in failed
+        ]  # fmt: skip
+        raise ReloadIncomplete(
+            f"v{version} reached {len(workers) - len(failed)} of {len(workers)} workers; "
+            + "; ".join(reasons),
+            details=[w.model_dump() for w in workers],
+        )
+    return workers

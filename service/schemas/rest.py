@@ -26,7 +26,12 @@ class ErrorResponse(TypedDict):
 
     error: str
     code: str
-    details: NotRequired[list[ErrorDetail]]
+    details: NotRequired[
+        Annotated[
+            list[ErrorDetail | dict[str, Any]],
+            Field(description="The files that failed; for a reload, each worker's outcome."),
+        ]
+    ]
 
 
 class ModelRef(TypedDict):

@@ -320,8 +320,8 @@ def test_lone_request_forward_runs_inline_only_when_enabled(
     settings = make_settings(shipped_models, inline_when_idle=inline)
     with TestClient(create_app(settings)) as client:
         batcher = client.app.state.dataplane.batcher  # type: ignore[attr-defined]
-        spy = ThreadSpy(batcher.model)
-        batcher.model = spy
+        spy = ThreadSpy(batcher.current_model())
+        batcher.current_model = lambda: spy
         for i in range(3):
             r = client.post("/v1/predict", files=files_of(("a.png", png_bytes(images[i]))))
             assert r.json()["predictions"][0]["digit"] == int(labels[i])

@@ -327,6 +327,13 @@ def test_dockerignore_keeps_the_model_and_drops_the_venv() -> None:
     assert ".git" in ignored
 
 
+def test_serving_image_carries_no_training_or_evaluation_code() -> None:
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {"training", "evaluation"} <= set(ignored)
+    copied = re.findall(r"^COPY\s+(?:--\S+\s+)*(\S+)", (ROOT / "Dockerfile").read_text(), re.M)
+    assert not {"training", "evaluation"} & set(copied), copied
+
+
 def test_compose_services_are_limited_and_hardened_like_the_pods() -> None:
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     deployment = _kinds(DEPLOY / "rendered/base.yaml")["Deployment"]

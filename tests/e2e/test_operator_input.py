@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.card import ModelCard
 from tests.e2e.server import ServerProcess, run_to_exit
 from tests.e2e.test_ops import add_version
 
@@ -76,10 +77,48 @@ def test_operator_reload_refuses_broken_cards_and_keeps_serving(served) -> None:
     assert httpx.get(served.url + "/v1/models").json()["served"]["version"] == "1"
 
 
+def _misnamed(repo: Path, folder: str, card_version: str) -> Path:
+    """A version folder whose card names another version."""
+    dst = add_version(repo, folder)
+    card = ModelCard.read(dst)
+    card.version = card_version
+    card.write(dst)
+    return dst
+
+
+def test_operator_reload_refuses_a_folder_whose_card_names_another_version(served) -> None:
+    misnamed = _misnamed(served.repo, "2", "1")
+    try:
+        r = _reload(served)
+        assert (r.status_code, r.json()["code"]) == (409, "reload_refused"), r.text
+        assert f"version folder {misnamed} holds a card for version 1" in r.json()["error"]
+        assert "the folder name is the version" in r.json()["error"]
+    finally:
+        shutil.rmtree(misnamed)
+    assert httpx.get(served.url + "/v1/models").json()["served"]["version"] == "1"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_operator_startup_refuses_a_folder_whose_card_names_another_version(
+    tmp_path: Path, workers: str
+) -> None:
+    repo = tmp_path / "repo"
+    add_version(repo, "1")
+    misnamed = _misnamed(repo, "2", "1")
+    done = run_to_exit({"MNIST_MODEL_REPOSITORY": str(repo)}, ["--workers", workers])
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: version folder {misnamed} holds a card for version 1: the folder name is "
+        "the version; rename the folder or fix the card"
+    )
+
+
 def test_operator_reload_of_the_served_version_loads_nothing(served) -> None:
     r = _reload(served, {"version": "1"})
     assert r.status_code == 200, r.text
-    assert r.json() == {
+    assert r.json().pop("workers") == [{"pid": served.pid, "version": "1", "error": None}]
+    assert {k: v for k, v in r.json().items() if k != "workers"} == {
         "name": "mnist-cnn",
         "version": "1",
         "previous_version": "1",

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from service.batching import Batcher
+from service.config import Settings
 from service.errors import InferenceFailed, InferenceTimeout, Overloaded, ShuttingDown
 
 
@@ -39,7 +40,15 @@ def rows(n: int, seed: int) -> torch.Tensor:
 
 
 async def started(model: RecordingModel, **kw: object) -> Batcher:
-    b = Batcher(model, **kw)  # type: ignore[arg-type]
+    defaults = Settings()
+    options: dict[str, object] = {
+        "max_batch_size": defaults.max_batch_size,
+        "max_batch_wait_ms": defaults.max_batch_wait_ms,
+        "max_queue_size": defaults.max_queue_size,
+        "request_timeout_s": defaults.request_timeout_s,
+        "enabled": defaults.batching,
+    }
+    b = Batcher(lambda: model, **(options | kw))  # type: ignore[arg-type]
     await b.start()
     return b
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from service.card import CardError, ModelCard, OutputSpec, list_versions
+from tests.conftest import ROOT
 
 
 @pytest.fixture
@@ -126,3 +129,26 @@ def test_card_that_is_not_a_readable_file_is_a_card_error(version_dir: Path) -> 
     (version_dir / "card.json").write_text("[" * 100_000)
     with pytest.raises(CardError, match="not valid JSON"):
         ModelCard.read(version_dir)
+
+
+def _modules_after_import(module: str) -> set[str]:
+    code = f"import sys, {module}; print('\\n'.join(sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    return set(out.stdout.split())
+
+
+def test_card_module_imports_no_server_and_no_torch() -> None:
+    # The card is the contract training and serving share: it must not pull either in.
+    loaded = _modules_after_import("service.card")
+    assert not {"torch", "fastapi", "starlette", "uvicorn"} & loaded, sorted(loaded)
+    others = {m for m in loaded if m.startswith("service.")} - {"service.card"}
+    assert not others, others
+
+
+def test_training_imports_no_serving_module_but_the_card() -> None:
+    loaded = _modules_after_import("training.train")
+    served = {m for m in loaded if m.startswith("service.")}
+    assert served <= {"service.card"}, served
+    assert "fastapi" not in loaded

@@ -23,6 +23,8 @@ from service.decode import DecodeBudget, ImageLimits, cheap_to_decode, decode, d
 from service.errors import InvalidImage, Overloaded, PayloadTooLarge
 from service.preprocess import Scan
 
+LIMITS = ImageLimits.from_settings(Settings())
+
 
 def encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
     buf = io.BytesIO()
@@ -37,8 +39,11 @@ _PEAK_SCRIPT = textwrap.dedent(
     import io, json, sys
     import numpy as np
     from PIL import Image
+    from service.config import Settings
     from service.decode import ImageLimits, decode, decode_cost
     from service.preprocess import preprocess
+
+    LIMITS = ImageLimits.from_settings(Settings())
 
     def enc(img, fmt, **kw):
         buf = io.BytesIO(); img.save(buf, format=fmt, **kw); return buf.getvalue()
@@ -54,20 +59,20 @@ _PEAK_SCRIPT = textwrap.dedent(
             compression="tiff_deflate"),
     }
     data = cases[sys.argv[1]]()
-    cost = decode_cost(*decode(data, ImageLimits()).size)
+    cost = decode_cost(*decode(data, LIMITS).size)
     def status(key):
         for line in open("/proc/self/status"):
             if line.startswith(key):
                 return int(line.split()[1]) * 1024
     # Warm up (first-use allocations of numpy, scipy and Pillow are not the decode's).
     try:
-        preprocess(enc(Image.new("L", (1500, 1500), 200), "PNG"), ImageLimits())
+        preprocess(enc(Image.new("L", (1500, 1500), 200), "PNG"), LIMITS)
     except Exception:
         pass
     open("/proc/self/clear_refs", "w").write("5")
     before = status("VmRSS")
     try:
-        preprocess(data, ImageLimits())
+        preprocess(data, LIMITS)
     except Exception:
         pass
     print(json.dumps({"peak": status("VmHWM") - before, "cost": cost, "bytes": len(data)}))
@@ -90,7 +95,7 @@ def test_a_decode_stays_within_the_memory_it_reserved(kind: str) -> None:
 
 
 def test_small_files_with_huge_headers_are_refused_before_decoding() -> None:
-    limits = ImageLimits()
+    limits = LIMITS
     for data in (
         encode(Image.new("1", (40_000_000, 1)), "PNG"),  # 5 KB
         encode(Image.new("L", (6000, 6000), 255), "WEBP", lossless=True),  # 1.4 KB
@@ -102,8 +107,8 @@ def test_small_files_with_huge_headers_are_refused_before_decoding() -> None:
 
 def test_long_thin_images_are_refused_but_small_ones_pass() -> None:
     with pytest.raises(PayloadTooLarge, match="times apart"):
-        decode(encode(Image.new("L", (40_000, 100)), "PNG"), ImageLimits())
-    assert decode(encode(Image.new("L", (40, 1)), "PNG"), ImageLimits()).size == (40, 1)
+        decode(encode(Image.new("L", (40_000, 100)), "PNG"), LIMITS)
+    assert decode(encode(Image.new("L", (40, 1)), "PNG"), LIMITS).size == (40, 1)
 
 
 def test_only_small_plain_pngs_count_as_cheap() -> None:
@@ -149,10 +154,10 @@ def test_budget_refuses_what_can_never_fit_and_times_out_when_full() -> None:
 def test_a_request_decodes_a_bounded_number_of_pixels_in_all() -> None:
     request = DecodeBudget(1 << 30).for_request(max_pixels=25_000)
     image = encode(Image.new("L", (100, 100), 9), "PNG")
-    decode_gray(image, ImageLimits(), request)
-    decode_gray(image, ImageLimits(), request)
+    decode_gray(image, LIMITS, request)
+    decode_gray(image, LIMITS, request)
     with pytest.raises(PayloadTooLarge, match="25000 pixels in all"):
-        decode_gray(image, ImageLimits(), request)
+        decode_gray(image, LIMITS, request)
 
 
 def test_budget_too_small_for_the_pixel_limit_is_a_settings_error() -> None:
@@ -165,7 +170,7 @@ def test_rejected_uploads_leave_no_garbage_holding_their_pixels() -> None:
     the server's tuned GC would only free them much later (a leak in practice)."""
     plane = DataPlane.__new__(DataPlane)  # only the decode path: no model, no batcher
     plane.settings = Settings()
-    plane.limits = ImageLimits()
+    plane.limits = LIMITS
     plane.decode_budget = DecodeBudget(1 << 30)
     from concurrent.futures import ThreadPoolExecutor
 
@@ -207,7 +212,7 @@ def test_rejected_uploads_leave_no_garbage_holding_their_pixels() -> None:
 
 
 def test_decode_gray_keeps_the_working_copy_small() -> None:
-    gray = decode_gray(encode(Image.new("1", (5000, 3000), 1), "PNG"), ImageLimits())
+    gray = decode_gray(encode(Image.new("1", (5000, 3000), 1), "PNG"), LIMITS)
     assert max(gray.shape) == 1024
     assert gray.dtype == np.float32
 
@@ -222,7 +227,7 @@ def test_an_abandoned_request_stops_decoding_its_remaining_files() -> None:
 
     plane = DataPlane.__new__(DataPlane)
     plane.settings = Settings(preprocess_threads=1)
-    plane.limits = ImageLimits()
+    plane.limits = LIMITS
     plane.decode_budget = DecodeBudget(1 << 30)
     plane._pool = ThreadPoolExecutor(1)
 

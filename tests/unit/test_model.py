@@ -15,7 +15,6 @@ from service.model import (
     digit_probabilities,
     not_a_digit_scores,
     resolve_device,
-    resolve_version,
 )
 
 
@@ -60,17 +59,6 @@ def test_resolve_device_refuses_cuda_without_cuda() -> None:
     assert resolve_device("auto") == torch.device("cpu")
 
 
-def test_resolve_version_newest_pinned_and_missing(tmp_path: Path, shipped_models: Path) -> None:
-    for v in ("1", "3"):
-        shutil.copytree(shipped_models / "mnist-cnn" / "1", tmp_path / "mnist-cnn" / v)
-    assert resolve_version(tmp_path, "mnist-cnn", None).name == "3"
-    assert resolve_version(tmp_path, "mnist-cnn", "1").name == "1"
-    with pytest.raises(ModelLoadError, match="available: 1, 3"):
-        resolve_version(tmp_path, "mnist-cnn", "2")
-    with pytest.raises(ModelLoadError, match="no versions"):
-        resolve_version(tmp_path, "other", None)
-
-
 def test_digit_probabilities_renormalise_the_ten_digit_columns() -> None:
     ten = torch.softmax(torch.randn(4, 10), 1)
     assert digit_probabilities(ten) is ten
@@ -82,12 +70,3 @@ def test_digit_probabilities_renormalise_the_ten_digit_columns() -> None:
     torch.testing.assert_close(digits[0, :5], torch.full((5,), 0.2))
     assert float(digits[1, 9]) == pytest.approx(1.0)
     torch.testing.assert_close(not_a_digit_scores(eleven), torch.tensor([0.5, 0.8]))
-
-
-@pytest.mark.parametrize("version", ["²", "1" * 256, "", "1/../3", "-1"])
-def test_resolve_version_refuses_malformed_versions(
-    tmp_path: Path, shipped_models: Path, version: str
-) -> None:
-    shutil.copytree(shipped_models / "mnist-cnn" / "1", tmp_path / "mnist-cnn" / "1")
-    with pytest.raises(ModelLoadError, match="1 to 18 ASCII digits"):
-        resolve_version(tmp_path, "mnist-cnn", version)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import struct
 import zlib
@@ -14,12 +15,13 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 from evaluation.uploads import make_upload
+from service.config import Settings
 from service.decode import ImageLimits, _decode_plain_png, _plain_png, decode, decode_gray, to_gray
 from service.errors import InvalidImage, PayloadTooLarge, ServiceError, UnsupportedMediaType
 from service.preprocess import normalize, preprocess
 from tests.conftest import png_bytes
 
-LIMITS = ImageLimits()
+LIMITS = ImageLimits.from_settings(Settings())
 
 
 def encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
@@ -197,7 +199,7 @@ def test_decode_rejects_truncated_png(mnist_sample) -> None:
 
 def test_decode_rejects_files_over_the_byte_limit() -> None:
     with pytest.raises(PayloadTooLarge, match="bytes"):
-        decode(b"\x89PNG" + b"0" * 2000, ImageLimits(max_bytes=1000))
+        decode(b"\x89PNG" + b"0" * 2000, dataclasses.replace(LIMITS, max_bytes=1000))
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -233,8 +235,8 @@ def test_decode_rejects_animations_with_too_many_frames() -> None:
     buf = io.BytesIO()
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
     with pytest.raises(PayloadTooLarge, match="frames"):
-        decode(buf.getvalue(), ImageLimits(max_frames=10))
-    assert decode(buf.getvalue(), ImageLimits(max_frames=50)).size == (8, 8)
+        decode(buf.getvalue(), dataclasses.replace(LIMITS, max_frames=10))
+    assert decode(buf.getvalue(), dataclasses.replace(LIMITS, max_frames=50)).size == (8, 8)
 
 
 def test_preprocess_blank_image_is_a_client_error() -> None:
@@ -326,13 +328,13 @@ def test_other_pngs_are_left_to_pillow(mnist_sample, make) -> None:
 def test_plain_png_limits_hold_before_decoding() -> None:
     data = encode(Image.new("L", (100, 100), 30), "PNG")
     with pytest.raises(PayloadTooLarge, match="10000 pixels"):
-        preprocess(data, ImageLimits(max_pixels=5000))
+        preprocess(data, dataclasses.replace(LIMITS, max_pixels=5000))
     with pytest.raises(PayloadTooLarge, match="bytes"):
-        preprocess(data, ImageLimits(max_bytes=len(data) - 1))
+        preprocess(data, dataclasses.replace(LIMITS, max_bytes=len(data) - 1))
     bomb = _png_header_only(1000, 1000)  # claims 1 MP in 100 bytes
     assert _plain_png(bomb) == "L"
     with pytest.raises(PayloadTooLarge, match="pixels"):
-        preprocess(bomb, ImageLimits(max_pixels=500_000))
+        preprocess(bomb, dataclasses.replace(LIMITS, max_pixels=500_000))
 
 
 @st.composite

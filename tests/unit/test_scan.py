@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from service.config import Settings
 from service.decode import ImageLimits
 from service.preprocess import read_gray, scan
 from tests.conftest import png_bytes
 
-LIMITS = ImageLimits()
+LIMITS = ImageLimits.from_settings(Settings())
 
 
 def paper_digit(digit: np.ndarray, size: int) -> np.ndarray:
