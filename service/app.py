@@ -17,7 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from service import __version__, process
 from service.api import docs, ops, rest
 from service.api.guard import BodyBudget
-from service.batching import Batcher
+from service.batching import Batcher, InlineWhenIdle
 from service.config import Settings
 from service.dataplane import DataPlane
 from service.errors import register_error_handlers
@@ -199,7 +199,7 @@ def _batcher(
         observer=metrics,
         # NOTE: CPU only: measured there (docs/decisions.md); on CUDA the
         # forward is asynchronous and its synchronisation belongs off the event loop.
-        alone=in_flight.alone
+        inline=InlineWhenIdle(in_flight.alone)
         if settings.inline_when_idle and models.current.device.type == "cpu"
         else None,
     )

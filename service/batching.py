@@ -99,10 +99,8 @@ class Batcher:
     up and leave together in the next one (up to `max_batch_size` images). The batch waits up
     to `max_batch_wait_ms` for more only while other requests are still being decoded.
 
-    With `alone` (a callable that says whether the caller is the only request its process is
-    serving), a single image that finds everything idle runs its forward pass right on the
-    event loop: nobody can be delayed by it, and it saves the two thread hand-offs, which cost
-    0.25-0.3 ms on an idle machine (see `_claim_inline`).
+    With an `InlineWhenIdle` policy, a single image that finds everything idle runs its
+    forward pass right on the event loop instead (see that class).
     """
 
     def __init__(
@@ -115,7 +113,7 @@ class Batcher:
         request_timeout_s: float,
         enabled: bool,
         observer: BatchObserver | None = None,
-        alone: Callable[[], bool] | None = None,
+        inline: InlineWhenIdle | None = None,
     ) -> None:
         #: The served model, asked per batch (the model repository owns it).
         self.current_model = current_model
@@ -125,7 +123,8 @@ class Batcher:
         self.request_timeout_s = request_timeout_s
         self.enabled = enabled
         self.observer = observer
-        self.alone = alone
+        #: The idle fast path (a policy of its own; None: every image goes through the queue).
+        self.inline = inline
         self._queue: _Lanes | None = None
         self._task: asyncio.Task[None] | None = None
         # NOTE: one thread serialises access to the device and keeps torch's own intra-op
@@ -138,7 +137,6 @@ class Batcher:
         self._arrived = asyncio.Event()
         self._accepting = False
         self._busy = False
-        self._claims = 0
 
     # -------------------------------------------------------------- lifecycle
 
@@ -159,7 +157,7 @@ class Batcher:
             self._queued_images == 0
             and not self._busy
             and self._incoming == 0
-            and self._claims == 0
+            and (self.inline is None or self.inline.claims == 0)
         )
 
     @property
@@ -254,7 +252,7 @@ class Batcher:
             raise InferenceFailed("empty batch submitted")
         if not admitted:
             self._admit(n, client)
-        if n == 1 and await self._claim_inline():
+        if n == 1 and self.inline is not None and await self.inline.claim(self):
             return self._forward_inline(pixels)
         loop = asyncio.get_running_loop()
         now = time.monotonic()
@@ -292,23 +290,6 @@ class Batcher:
                 )
 
     # -------------------------------------------------------------- inline forward
-
-    async def _claim_inline(self) -> bool:
-        """True when this request may run its forward pass on the event loop.
-
-        Only when the batcher is idle and the caller is alone, checked twice around one turn
-        of the loop: the turn lets requests the loop has already read off their sockets start
-        (and count themselves), and the claim makes any of them that reach `submit` meanwhile
-        queue up instead, so both go through the batch path together.
-        """
-        if self.alone is None or not self.idle or not self.alone():
-            return False
-        self._claims += 1
-        try:
-            await asyncio.sleep(0)
-        finally:
-            self._claims -= 1
-        return self.idle and self.alone()
 
     def _forward_inline(self, pixels: torch.Tensor) -> tuple[torch.Tensor, Any]:
         model = self.current_model()
@@ -402,6 +383,38 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_result((out[offset : offset + rows], model))
                 offset += rows
+
+
+class InlineWhenIdle:
+    """The idle fast path, a policy apart from the batching core.
+
+    A single image whose request is the only one its process is serving (`alone`), and that
+    finds the batcher idle, runs its forward pass right on the event loop: nobody can be
+    delayed by it, and it saves the two thread hand-offs of the queue (their cost:
+    docs/decisions.md).
+    """
+
+    def __init__(self, alone: Callable[[], bool]) -> None:
+        self.alone = alone
+        #: Requests between their two checks; the batcher is not idle while any are.
+        self.claims = 0
+
+    async def claim(self, batcher: Batcher) -> bool:
+        """True when this request may run its forward pass on the event loop.
+
+        Checked twice around one turn of the loop: the turn lets requests the loop has
+        already read off their sockets start (and count themselves), and the claim makes any
+        of them that reach `submit` meanwhile queue up instead, so both go through the batch
+        path together.
+        """
+        if not batcher.idle or not self.alone():
+            return False
+        self.claims += 1
+        try:
+            await asyncio.sleep(0)
+        finally:
+            self.claims -= 1
+        return batcher.idle and self.alone()
 
 
 def _checked_forward(model: Predictor, x: torch.Tensor) -> torch.Tensor:

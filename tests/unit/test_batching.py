@@ -8,7 +8,7 @@ import threading
 import pytest
 import torch
 
-from service.batching import Batcher
+from service.batching import Batcher, InlineWhenIdle
 from service.config import Settings
 from service.errors import InferenceFailed, InferenceTimeout, Overloaded, ShuttingDown
 
@@ -235,7 +235,7 @@ class Batches:
 
 async def test_batcher_lone_image_runs_on_the_event_loop_when_alone() -> None:
     model, seen = RecordingModel(), Batches()
-    b = await started(model, alone=lambda: True, observer=seen)
+    b = await started(model, inline=InlineWhenIdle(lambda: True), observer=seen)
     x = rows(1, 3)
     out, used = await b.submit(x)
     torch.testing.assert_close(out, x.reshape(1, -1)[:, :10] * 2)
@@ -248,10 +248,10 @@ async def test_batcher_lone_image_runs_on_the_event_loop_when_alone() -> None:
 
 async def test_batcher_goes_through_the_thread_when_not_alone_or_several_images() -> None:
     model = RecordingModel()
-    company = await started(model, alone=lambda: False)
+    company = await started(model, inline=InlineWhenIdle(lambda: False))
     await company.submit(rows(1, 0))
     await company.stop()
-    alone = await started(model, alone=lambda: True)
+    alone = await started(model, inline=InlineWhenIdle(lambda: True))
     await alone.submit(rows(3, 0))
     await alone.stop()
     assert model.sizes == [1, 3]
@@ -262,7 +262,7 @@ async def test_batcher_requests_arriving_together_are_still_coalesced_when_alone
     # `alone` says yes to everyone: the claim alone must send simultaneous arrivals (and the
     # claimant) through one batch on the inference thread.
     model = RecordingModel()
-    b = await started(model, max_batch_size=64, alone=lambda: True)
+    b = await started(model, max_batch_size=64, inline=InlineWhenIdle(lambda: True))
     inputs = [rows(1, i) for i in range(5)]
     results = await asyncio.gather(*(b.submit(x) for x in inputs))
     for x, (out, _) in zip(inputs, results, strict=True):
@@ -276,7 +276,7 @@ async def test_batcher_requests_arriving_together_are_still_coalesced_when_alone
 async def test_batcher_request_arriving_during_the_claim_sends_it_to_the_batch_path() -> None:
     answers = iter([True, False])  # alone when it looks, not any more after one loop turn
     model = RecordingModel()
-    b = await started(model, alone=lambda: next(answers))
+    b = await started(model, inline=InlineWhenIdle(lambda: next(answers)))
     await b.submit(rows(1, 0))
     assert len(model.threads) == 1
     assert threading.get_ident() not in model.threads
@@ -285,7 +285,7 @@ async def test_batcher_request_arriving_during_the_claim_sends_it_to_the_batch_p
 
 async def test_batcher_inline_failure_fails_that_request_and_the_next_is_served() -> None:
     model = RecordingModel(fail=True)
-    b = await started(model, alone=lambda: True)
+    b = await started(model, inline=InlineWhenIdle(lambda: True))
     with pytest.raises(InferenceFailed):
         await b.submit(rows(1, 0))
     assert b.idle, "a failed inline forward must not leave the batcher busy"

@@ -67,3 +67,13 @@ def test_read_rejected_glyphs_drop_out_of_a_number() -> None:
     r = read(Scan((glyph(0), glyph(20), glyph(40))), [one_hot(3, classes=11), dash,
                                                       one_hot(1, classes=11)])  # fmt: skip
     assert (r.kind, r.number) == ("number", "31")
+
+
+def test_read_mostly_rejected_glyphs_make_the_file_not_a_digit() -> None:
+    letter = [0.0] * 10 + [1.0]
+    word = Scan(tuple(glyph(20 * i) for i in range(4)))
+    r = read(word, [letter, one_hot(1, classes=11), letter, one_hot(7, classes=11)])
+    assert (r.kind, r.digit, r.number) == ("not_a_digit", None, None)
+    assert r.reason == "most of its marks are not digits"
+    r = read(word, [letter, one_hot(1, classes=11), one_hot(2, classes=11), one_hot(7, classes=11)])
+    assert (r.kind, r.number) == ("number", "127")
