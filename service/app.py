@@ -75,6 +75,8 @@ def create_app(
         process.freeze_startup_objects()
         # Ready.
         app.state.dataplane, app.state.fleet, app.state.shutting_down = plane, fleet, False
+        if grpc_server is not None:
+            await grpc_server.refresh()  # SERVING now, not at the watcher's next look
         clf = models.current
         logger.info(
             "ready: %s v%s on %s (batching=%s, max_batch_size=%d)",

@@ -289,6 +289,9 @@ class GrpcServer:
         self.state = state
         self.port = 0
         self._watcher: asyncio.Task[None] | None = None
+        #: What grpc.health.v1 says now; the watcher compares readiness with it, not with
+        #: its own first look (the app turns ready after gRPC starts).
+        self._serving = False
 
     async def start(self) -> int:
         address = f"{self.settings.host}:{self.settings.grpc_port}"
@@ -302,13 +305,15 @@ class GrpcServer:
     async def _follow_readiness(self, every_s: float = 0.1) -> None:
         """Keep grpc.health.v1 equal to HTTP readiness: NOT_SERVING from the moment SIGTERM
         arrives (while HTTP drains) or the batch loop dies, as /v2/health/ready turns 503."""
-        serving = state_readiness(self.state)[0]
         while True:
             await asyncio.sleep(every_s)
             ready = state_readiness(self.state)[0]
-            if ready != serving:
-                serving = ready
+            if ready != self._serving:
                 await self.set_serving(ready)
+
+    async def refresh(self) -> None:
+        """Make grpc.health.v1 say what readiness says now (the app calls it once ready)."""
+        await self.set_serving(state_readiness(self.state)[0])
 
     async def set_serving(self, serving: bool) -> None:
         status = (
@@ -316,6 +321,7 @@ class GrpcServer:
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
+        self._serving = serving
         for name in ("", SERVICE):
             await self.health.set(name, status)
 
