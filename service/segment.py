@@ -215,8 +215,14 @@ def remove_structure(mask: np.ndarray) -> np.ndarray:
             out = out & ~(lone & ~_mend_across(out, lone))
             out = out & ~(lone_t & ~_mend_across(out.T, lone_t.T).T)
         return out
-    kept = out & ~lines
     h, w = mask.shape
+    hb = [_with_fringe(out, lines, a, b) for a, b in hb]
+    vb = [_with_fringe(out.T, lines.T, a, b) for a, b in vb]
+    for a, b in hb:
+        lines[a:b] |= out[a:b] & lines[a:b].any(axis=0, keepdims=True)
+    for a, b in vb:
+        lines[:, a:b] |= out[:, a:b] & lines[:, a:b].any(axis=1, keepdims=True)
+    kept = out & ~lines
     # A stroke crossing a removed line continues on both sides of it: put its pixels back.
     for a, b in hb:
         cross = out[max(a - 2, 0)] & out[min(b + 1, h - 1)]
@@ -225,6 +231,38 @@ def remove_structure(mask: np.ndarray) -> np.ndarray:
         cross = out[:, max(a - 2, 0)] & out[:, min(b + 1, w - 1)]
         kept[cross, a:b] = out[cross, a:b]
     return kept
+
+
+def _with_fringe(out: np.ndarray, lines: np.ndarray, a: int, b: int) -> tuple[int, int]:
+    """A line's band of rows [a, b) grown over its blurred edges.
+
+    A photographed line's edges are soft: the rows just outside its band hold a broken
+    trace of it, too short to count as the line, which would survive as a thin frame
+    around the digit (a boxed 5 read as 3). A row next to the band that is inked along
+    much of the line's length is such a trace; a pen stroke touching the line covers only
+    a little of it. Growth stops at half the band's thickness on each side, and only
+    frame lines along the image's edges grow.
+    """
+    size = out.shape[0]
+    if _EDGE * size < a and b < (1 - _EDGE) * size:
+        return a, b  # only a frame's lines, along the edges: not a digit's stem in the middle
+    extent = lines[a:b].any(axis=0)
+    n = int(extent.sum())
+    if n == 0:
+        return a, b
+    limit = max(1, (b - a) // 2)
+    lo, hi = a, b
+    while lo > max(a - limit, 0) and out[lo - 1, extent].sum() > _FRINGE * n:
+        lo -= 1
+    while hi < min(b + limit, size) and out[hi, extent].sum() > _FRINGE * n:
+        hi += 1
+    return lo, hi
+
+
+#: Share of the image along each edge where a cell's frame runs.
+_EDGE = 0.15
+#: Share of a line's length along which a neighbouring row must be inked to be its edge.
+_FRINGE = 0.3
 
 
 def drop_frame_remnants(mask: np.ndarray, image: tuple[int, int, int, int]) -> np.ndarray:
