@@ -11,6 +11,11 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODELS = ROOT / "models"
+#: The shipped versions, oldest first; the newest is what a server serves by default.
+SHIPPED_VERSIONS = sorted(
+    (p.name for p in (SHIPPED_MODELS / "mnist-cnn").iterdir() if p.name.isdigit()), key=int
+)
+NEWEST_SHIPPED = SHIPPED_VERSIONS[-1]
 SAMPLE = Path(__file__).parent / "data" / "mnist_test_sample.npz"
 
 

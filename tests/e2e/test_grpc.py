@@ -16,7 +16,7 @@ import tritonclient.http as httpclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import png_bytes
+from tests.conftest import NEWEST_SHIPPED, png_bytes
 from tests.e2e.server import ServerProcess
 
 MODEL = "mnist-cnn"
@@ -64,14 +64,14 @@ def test_grpc_model_calls_without_a_key_are_unauthenticated(client) -> None:
 def test_grpc_model_metadata_config_and_readiness(client) -> None:
     meta = client.get_model_metadata(MODEL, headers=AUTH, as_json=True)
     assert meta["name"] == MODEL
-    assert meta["versions"] == ["2"]  # the newest shipped version is served
+    assert meta["versions"] == [NEWEST_SHIPPED]  # the newest shipped version is served
     assert [o["name"] for o in meta["outputs"]] == ["probabilities", "label", "kind", "number"]
     config = client.get_model_config(MODEL, headers=AUTH, as_json=True)["config"]
     assert config["name"] == MODEL
     assert config["max_batch_size"] == 64
     assert config["input"][0] == {"name": "input", "data_type": "TYPE_FP32",
                                   "dims": ["1", "28", "28"]}  # fmt: skip
-    assert client.is_model_ready(MODEL, "2", headers=AUTH)
+    assert client.is_model_ready(MODEL, NEWEST_SHIPPED, headers=AUTH)
 
 
 def test_grpc_infer_uint8_raw_and_fp32_contents(client, mnist_sample) -> None:
@@ -85,7 +85,7 @@ def test_grpc_infer_uint8_raw_and_fp32_contents(client, mnist_sample) -> None:
     assert probs.shape == (16, 10)
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
     assert result.get_response().id == "g1"
-    assert result.get_response().model_version == "2"
+    assert result.get_response().model_version == NEWEST_SHIPPED
 
 
 def test_grpc_infer_fp32_typed_contents(keyed, client, mnist_sample) -> None:

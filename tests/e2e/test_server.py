@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from evaluation.uploads import KINDS, make_upload
-from tests.conftest import SHIPPED_MODELS, png_bytes
+from tests.conftest import NEWEST_SHIPPED, SHIPPED_MODELS, png_bytes
 from tests.e2e.server import ServerProcess, run_to_exit
 
 
@@ -176,7 +176,7 @@ def test_e2e_clients_that_hang_up_free_the_queue_and_are_counted_499(
 
 def test_e2e_models_and_v2_metadata(server) -> None:
     models = httpx.get(server.url + "/v1/models").json()
-    assert models["served"]["version"] == "2"
+    assert models["served"]["version"] == NEWEST_SHIPPED
     meta = httpx.get(server.url + "/v2/models/mnist-cnn").json()
     assert meta["name"] == "mnist-cnn"
     assert {i["name"] for i in meta["inputs"]} == {"input", "image"}
