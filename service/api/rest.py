@@ -208,8 +208,14 @@ async def predict_digits_base64(request: Request, plane: DataPlaneDep) -> Respon
 def _decode_base64(body: PredictBase64Request) -> list[NamedFile]:
     files = []
     for i, image in enumerate(body.images):
+        text = image.data
+        if text.startswith("data:"):
+            # A data URL, as a browser canvas's toDataURL() gives: the base64 after the comma.
+            header, _, text = text.partition(",")
+            if not header.endswith(";base64"):
+                raise InvalidInput(f"images[{i}].data is a data URL without ';base64'")
         try:
-            data = base64.b64decode(image.data, validate=True)
+            data = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
             raise InvalidInput(f"images[{i}].data is not valid base64") from None
         files.append(NamedFile(image.filename or f"image{i}", data))

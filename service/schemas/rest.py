@@ -135,7 +135,10 @@ class PredictResponse(TypedDict):
 
 class Base64Image(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    data: str = Field(description="The image file, base64-encoded (standard alphabet).")
+    data: str = Field(
+        description="The image file, base64-encoded (standard alphabet), or a base64 data URL "
+        "(data:image/png;base64,...) as a canvas gives."
+    )
     filename: str | None = Field(None, max_length=255)
 
 

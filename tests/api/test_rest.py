@@ -407,6 +407,17 @@ def test_predict_one_digit_query_reads_a_row_as_one_digit(client: TestClient, mn
     assert len(p["digits"]) == 1
 
 
+def test_predict_base64_takes_a_canvas_data_url(client: TestClient, mnist_sample) -> None:
+    images, labels = mnist_sample
+    url = "data:image/png;base64," + base64.b64encode(png_bytes(images[0])).decode()
+    r = client.post("/v1/predict/base64", json={"images": [{"data": url}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"][0]["digit"] == int(labels[0])
+    r = client.post("/v1/predict/base64", json={"images": [{"data": "data:image/png,abc"}]})
+    assert (r.status_code, r.json()["code"]) == (400, "invalid_input")
+    assert "without ';base64'" in r.json()["error"]
+
+
 def test_predict_base64_says_the_same_as_multipart(client: TestClient, mnist_sample) -> None:
     images, _ = mnist_sample
     items = [png_bytes(_row_of(images[[4, 5, 6]])), png_bytes(np.zeros((28, 28), np.uint8)),
