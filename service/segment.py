@@ -394,6 +394,8 @@ def find_digits(mask: np.ndarray, image: tuple[int, int, int, int]) -> list[list
         for i, (by, bx) in enumerate(boxes)
         if areas[i] >= max(0.04 * biggest, 2) and (by.stop - by.start) >= 0.2 * tallest
     ]
+    if not groups:
+        return []  # only single-pixel specks: nothing a digit is made of
     groups = _merge_stacked(groups)
     big = max(g.h for g in groups)
     groups = [g for g in groups if g.h >= 0.35 * big or g.area >= 0.25 * biggest]

@@ -307,3 +307,12 @@ def test_scan_a_line_under_a_number_running_past_it_is_removed(mnist_sample) -> 
     found = scan(png_bytes(np.asarray(img)), LIMITS)
     assert len(found.glyphs) == 2, [g.box for g in found.glyphs]
     assert all(g.box[3] <= 116 for g in found.glyphs), [g.box for g in found.glyphs]
+
+
+def test_find_digits_on_single_pixel_specks_finds_none() -> None:
+    # Areas of one pixel each pass no size test: no group is left (this raised before).
+    from service.segment import find_digits
+
+    mask = np.zeros((40, 40), dtype=bool)
+    mask[5:35:6, 5:35:6] = True
+    assert find_digits(mask, (0, 0, 40, 40)) == []
