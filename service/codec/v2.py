@@ -334,6 +334,9 @@ OUTPUTS: dict[str, tuple[str, list[int], Callable[[np.ndarray], np.ndarray]]] = 
     "number": ("BYTES", [], _image_only("number")),
 }
 DEFAULT_OUTPUTS = ("probabilities", "label")
+#: Without `outputs`, the protocol answers every output the request can have: for the
+#: `image` input that includes its reading (a number or "not a digit" is label -1).
+IMAGE_DEFAULT_OUTPUTS = (*DEFAULT_OUTPUTS, "kind", "number")
 
 
 @dataclass(frozen=True)
@@ -362,7 +365,10 @@ def _flag(params: dict[str, Any], key: str, default: bool) -> bool:
 def plan_outputs(req: V2Request, binary_default: bool = False) -> list[OutputSpec]:
     """Validate the requested outputs once, before any model time is spent."""
     default_binary = _flag(req.parameters, "binary_data_output", binary_default)
-    requested = req.outputs or [Requested(name) for name in DEFAULT_OUTPUTS]
+    defaults = (
+        IMAGE_DEFAULT_OUTPUTS if any(i.name == "image" for i in req.inputs) else DEFAULT_OUTPUTS
+    )
+    requested = req.outputs or [Requested(name) for name in defaults]
     plan: list[OutputSpec] = []
     seen: set[str] = set()
     for out in requested:

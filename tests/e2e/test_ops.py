@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from service.card import ModelCard
-from tests.conftest import SHIPPED_MODELS, png_bytes
+from tests.conftest import NEWEST_SHIPPED, SHIPPED_MODELS, png_bytes
 from tests.e2e.server import ServerProcess
 
 KEY, ADMIN = "k-test-123", "admin-secret-9"
@@ -119,7 +119,7 @@ def test_ops_metrics_move_as_requests_flow(server, mnist_sample) -> None:
         metric(after, "mnist_requests_total", bad) - metric(before, "mnist_requests_total", bad)
         == 1
     )
-    img = '{model="mnist-cnn",version="2"}'
+    img = f'{{model="mnist-cnn",version="{NEWEST_SHIPPED}"}}'
     assert (
         metric(after, "mnist_images_predicted_total", img)
         - metric(before, "mnist_images_predicted_total", img)
@@ -128,7 +128,8 @@ def test_ops_metrics_move_as_requests_flow(server, mnist_sample) -> None:
     for name in ("mnist_inference_seconds_count", "mnist_queue_wait_seconds_count",
                  "mnist_preprocess_seconds_count", "mnist_batch_size_count"):  # fmt: skip
         assert metric(after, name) > metric(before, name), name
-    assert metric(after, "mnist_model_info", '{device="cpu",name="mnist-cnn",version="2"}') == 1
+    info = f'{{device="cpu",name="mnist-cnn",version="{NEWEST_SHIPPED}"}}'
+    assert metric(after, "mnist_model_info", info) == 1
     assert "mnist_queue_depth" in after
     assert "mnist_request_latency_seconds_bucket" in after
 
@@ -237,6 +238,7 @@ def test_ops_workers_share_metrics(tmp_path, mnist_sample) -> None:
         text = httpx.get(proc.url + "/metrics").text
         ok = '{method="POST",route="/v1/predict",status="200"}'
         assert metric(text, "mnist_requests_total", ok) == 20, text[:2000]
-        assert metric(text, "mnist_images_predicted_total", '{model="mnist-cnn",version="2"}') == 20
+        served = f'{{model="mnist-cnn",version="{NEWEST_SHIPPED}"}}'
+        assert metric(text, "mnist_images_predicted_total", served) == 20
     finally:
         assert proc.stop() == 0, proc.log()

@@ -10,7 +10,7 @@ import tritonclient.http as httpclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import png_bytes
+from tests.conftest import NEWEST_SHIPPED, png_bytes
 
 MODEL = "mnist-cnn"
 
@@ -46,11 +46,11 @@ def test_v2_server_live_ready_and_metadata(triton) -> None:
 def test_v2_model_metadata_and_readiness(triton) -> None:
     meta = triton.get_model_metadata(MODEL)
     assert meta["name"] == MODEL
-    assert meta["versions"] == ["2"]  # the newest shipped version is served
+    assert meta["versions"] == [NEWEST_SHIPPED]  # the newest shipped version is served
     assert {o["name"] for o in meta["outputs"]} == {"probabilities", "label", "kind", "number"}
     assert triton.is_model_ready(MODEL)
-    assert triton.is_model_ready(MODEL, "2")
-    assert triton.get_model_metadata(MODEL, "2")["name"] == MODEL
+    assert triton.is_model_ready(MODEL, NEWEST_SHIPPED)
+    assert triton.get_model_metadata(MODEL, NEWEST_SHIPPED)["name"] == MODEL
 
 
 @pytest.mark.parametrize("binary", [False, True])
@@ -70,7 +70,7 @@ def test_v2_infer_fp32_tensor_json_and_binary(triton, normalised, binary: bool) 
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
     np.testing.assert_array_equal(result.as_numpy("label"), labels)
     assert result.get_response()["id"] == "r1"
-    assert result.get_response()["model_version"] == "2"
+    assert result.get_response()["model_version"] == NEWEST_SHIPPED
 
 
 @pytest.mark.parametrize(("shape", "dtype"), [((16, 28, 28), "UINT8"), ((16, 784), "UINT8")])

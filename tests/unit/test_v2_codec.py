@@ -136,3 +136,11 @@ def test_parse_refuses_a_data_list_over_any_input_limit_before_validation() -> N
                         "data": [0] * (2 * 784 + 1)}]}  # fmt: skip
     with pytest.raises(PayloadTooLarge, match="1569 data elements; the limit is 1568"):
         codec.parse_json_request(orjson.dumps(body), b"", limits)
+
+
+def test_outputs_default_to_everything_the_input_can_have() -> None:
+    image = codec.V2Request([codec.Tensor("image", "BYTES", [1], data=["AA=="])])
+    tensor = codec.V2Request([_tensor("UINT8", [1, 784], data=[0] * 784)])
+    assert [o.name for o in codec.plan_outputs(image)] == ["probabilities", "label", "kind",
+                                                           "number"]  # fmt: skip
+    assert [o.name for o in codec.plan_outputs(tensor)] == ["probabilities", "label"]
