@@ -1,13 +1,21 @@
 """A small Python client for mnist-serving: no torch, just httpx (numpy and Pillow optional)."""
 
 from mnist_client._client import AsyncClient, Client
-from mnist_client._types import ClientError, ModelRef, Prediction, PredictResult, TopK
+from mnist_client._types import (
+    ClientError,
+    DigitRead,
+    ModelRef,
+    Prediction,
+    PredictResult,
+    TopK,
+)
 
 __version__ = "0.1.0"
 __all__ = [
     "AsyncClient",
     "Client",
     "ClientError",
+    "DigitRead",
     "ModelRef",
     "Prediction",
     "PredictResult",

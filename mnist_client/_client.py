@@ -52,8 +52,11 @@ class _Base:
         return min(delay, self.max_wait_s)
 
     @staticmethod
-    def _params(top_k: int | None) -> dict[str, Any]:
-        return {"top_k": top_k} if top_k else {}
+    def _params(top_k: int | None, one_digit: bool) -> dict[str, Any]:
+        params: dict[str, Any] = {"top_k": top_k} if top_k else {}
+        if one_digit:
+            params["one_digit"] = "true"
+        return params
 
     @staticmethod
     def _multipart(files: list[tuple[str, bytes]]) -> list[tuple[str, tuple[str, bytes]]]:
@@ -113,19 +116,23 @@ class Client(_Base):
     def close(self) -> None:
         self._http.close()
 
-    def predict(self, *images: ImageLike, top_k: int | None = None) -> PredictResult:
-        """One prediction per image (paths, bytes, open files, PIL images or arrays)."""
+    def predict(
+        self, *images: ImageLike, top_k: int | None = None, one_digit: bool = False
+    ) -> PredictResult:
+        """One prediction per image (paths, bytes, open files, PIL images or arrays): a digit,
+        a number or not a digit (see `Prediction.kind`). `one_digit=True` reads each image as
+        exactly one digit (a form cell), never as a number."""
         files = to_files(images)
-        return _result(self._send(files, top_k))
+        return _result(self._send(files, self._params(top_k, one_digit)))
 
-    def _send(self, files: list[tuple[str, bytes]], top_k: int | None) -> httpx.Response:
+    def _send(self, files: list[tuple[str, bytes]], params: dict[str, Any]) -> httpx.Response:
         attempt = 0
         while True:
             try:
                 response = self._http.post(
                     "/v1/predict",
                     files=self._multipart(files),
-                    params=self._params(top_k),
+                    params=params,
                     headers=self._headers(),
                 )
             except httpx.TransportError as exc:
@@ -156,19 +163,23 @@ class AsyncClient(_Base):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def predict(self, *images: ImageLike, top_k: int | None = None) -> PredictResult:
-        """One prediction per image (paths, bytes, open files, PIL images or arrays)."""
+    async def predict(
+        self, *images: ImageLike, top_k: int | None = None, one_digit: bool = False
+    ) -> PredictResult:
+        """One prediction per image (paths, bytes, open files, PIL images or arrays): a digit,
+        a number or not a digit (see `Prediction.kind`). `one_digit=True` reads each image as
+        exactly one digit (a form cell), never as a number."""
         files = to_files(images)
-        return _result(await self._send(files, top_k))
+        return _result(await self._send(files, self._params(top_k, one_digit)))
 
-    async def _send(self, files: list[tuple[str, bytes]], top_k: int | None) -> httpx.Response:
+    async def _send(self, files: list[tuple[str, bytes]], params: dict[str, Any]) -> httpx.Response:
         attempt = 0
         while True:
             try:
                 response = await self._http.post(
                     "/v1/predict",
                     files=self._multipart(files),
-                    params=self._params(top_k),
+                    params=params,
                     headers=self._headers(),
                 )
             except httpx.TransportError as exc:

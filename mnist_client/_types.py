@@ -37,26 +37,62 @@ class TopK:
 
 
 @dataclass(frozen=True)
-class Prediction:
-    index: int
-    filename: str
+class DigitRead:
+    """One digit of an answer: the digit, its confidence, and its box [x0, y0, x1, y1] in
+    the uploaded image's pixels."""
+
     digit: int
     confidence: float
-    probabilities: tuple[float, ...]
+    box: tuple[int, int, int, int]
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> DigitRead:
+        x0, y0, x1, y1 = (int(v) for v in raw["box"])
+        return cls(int(raw["digit"]), float(raw["confidence"]), (x0, y0, x1, y1))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The answer for one file; `kind` says which fields are set.
+
+    - "digit": `digit`, `confidence`, `probabilities` (and `top_k` when asked), `number`.
+    - "number": `number` (the digits left to right, rows joined by "\\n"), `confidence`
+      (the digits' product); `digit` is None.
+    - "not_a_digit": `reason`; `digit` and `confidence` are None.
+
+    `digits` lists each digit read with its box (empty for "not_a_digit"). `kind` is kept as
+    the server sent it, so a kind added by a newer server does not break this client.
+    """
+
+    index: int
+    filename: str
+    digit: int | None
+    confidence: float | None
+    probabilities: tuple[float, ...] = ()
     top_k: tuple[TopK, ...] | None = None
+    kind: str = "digit"
+    number: str | None = None
+    digits: tuple[DigitRead, ...] = ()
+    reason: str | None = None
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Prediction:
         top = raw.get("top_k")
+        digit, confidence = raw.get("digit"), raw.get("confidence")
+        number, reason = raw.get("number"), raw.get("reason")
         return cls(
             index=int(raw["index"]),
             filename=str(raw["filename"]),
-            digit=int(raw["digit"]),
-            confidence=float(raw["confidence"]),
-            probabilities=tuple(float(p) for p in raw["probabilities"]),
+            digit=int(digit) if digit is not None else None,
+            confidence=float(confidence) if confidence is not None else None,
+            probabilities=tuple(float(p) for p in raw.get("probabilities") or ()),
             top_k=tuple(TopK(int(t["digit"]), float(t["probability"])) for t in top)
             if top is not None
             else None,
+            kind=str(raw.get("kind") or "digit"),
+            number=str(number) if number is not None else None,
+            digits=tuple(DigitRead.from_json(d) for d in raw.get("digits") or ()),
+            reason=str(reason) if reason is not None else None,
         )
 
 
@@ -83,7 +119,8 @@ class PredictResult:
         return self.predictions[index]
 
     @property
-    def digits(self) -> list[int]:
+    def digits(self) -> list[int | None]:
+        """Each file's digit: None where it held a number or no digit (see `kind`)."""
         return [p.digit for p in self.predictions]
 
     @classmethod

@@ -4,6 +4,7 @@ the server; the real server is exercised in tests/e2e/test_client_cli.py)."""
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_client import Client, ClientError
+import mnist_client
+from mnist_client import AsyncClient, Client, ClientError, DigitRead
 from mnist_client._inputs import to_files
 
 OK = {
@@ -21,6 +23,24 @@ OK = {
     "predictions": [
         {"index": 0, "filename": "a.png", "digit": 7, "confidence": 0.9,
          "probabilities": [0.01] * 7 + [0.9] + [0.01] * 2}
+    ],
+}  # fmt: skip
+
+#: A number, a not_a_digit and a digit, as /v1/predict answers them (service/api/rest.py).
+MIXED = {
+    "model": {"name": "mnist-cnn", "version": "3"},
+    "predictions": [
+        {"index": 0, "filename": "row.png", "kind": "number", "digit": None, "confidence": 0.97,
+         "number": "12\n3",
+         "digits": [{"digit": 1, "confidence": 0.99, "box": [20, 28, 90, 112]},
+                    {"digit": 2, "confidence": 0.99, "box": [124, 28, 200, 112]},
+                    {"digit": 3, "confidence": 0.99, "box": [20, 140, 90, 230]}]},
+        {"index": 1, "filename": "blank.png", "kind": "not_a_digit", "digit": None,
+         "confidence": None, "reason": "blank: no ink in the image"},
+        {"index": 2, "filename": "seven.png", "kind": "digit", "digit": 7, "confidence": 0.9,
+         "number": "7", "digits": [{"digit": 7, "confidence": 0.9, "box": [3, 4, 25, 26]}],
+         "probabilities": [0.01] * 7 + [0.9] + [0.01] * 2,
+         "top_k": [{"digit": 7, "probability": 0.9}]},
     ],
 }  # fmt: skip
 
@@ -122,3 +142,104 @@ def test_retry_after_seconds_or_http_date(value: str | None, expected: float) ->
     from mnist_client._client import _retry_after
 
     assert _retry_after(value, 0.5) == expected
+
+
+def test_client_reads_a_number_answer() -> None:
+    with _client(lambda request: httpx.Response(200, json=MIXED)) as client:
+        number = client.predict(b"png")[0]
+    assert (number.kind, number.digit, number.number) == ("number", None, "12\n3")
+    assert number.confidence == 0.97
+    assert number.digits == (
+        DigitRead(1, 0.99, (20, 28, 90, 112)),
+        DigitRead(2, 0.99, (124, 28, 200, 112)),
+        DigitRead(3, 0.99, (20, 140, 90, 230)),
+    )
+    assert number.probabilities == ()
+    assert number.top_k is None
+    assert number.reason is None
+
+
+def test_client_reads_a_not_a_digit_answer_and_keeps_digit_answers_as_before() -> None:
+    with _client(lambda request: httpx.Response(200, json=MIXED)) as client:
+        result = client.predict(b"png", b"png", b"png")
+    blank, seven = result[1], result[2]
+    assert (blank.kind, blank.digit, blank.confidence) == ("not_a_digit", None, None)
+    assert blank.reason == "blank: no ink in the image"
+    assert (blank.number, blank.digits, blank.probabilities) == (None, (), ())
+    assert (seven.kind, seven.digit, seven.confidence, seven.number) == ("digit", 7, 0.9, "7")
+    assert seven.digits == (DigitRead(7, 0.9, (3, 4, 25, 26)),)
+    assert len(seven.probabilities) == 10
+    assert seven.top_k is not None
+    assert seven.top_k[0].digit == 7
+    assert result.digits == [None, None, 7]
+
+
+async def test_one_digit_is_sent_as_a_query_parameter_only_when_set() -> None:
+    seen: list[httpx.URL] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url)
+        return httpx.Response(200, json=OK)
+
+    with _client(handler) as client:
+        client.predict(b"png", one_digit=True)
+        client.predict(b"png", top_k=2)
+    async with AsyncClient("http://test") as aclient:
+        await aclient._http.aclose()
+        aclient._http = httpx.AsyncClient(
+            base_url="http://test", transport=httpx.MockTransport(handler)
+        )
+        await aclient.predict(b"png", one_digit=True)
+    assert [dict(u.params) for u in seen] == [{"one_digit": "true"}, {"top_k": "2"},
+                                              {"one_digit": "true"}]  # fmt: skip
+
+
+def test_cli_prints_kind_and_answer_and_passes_one_digit(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from service.cli import predict
+
+    seen: list[httpx.URL] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url)
+        return httpx.Response(200, json=MIXED)
+
+    class Mocked(Client):
+        def __init__(self, url: str | None = None, **kw) -> None:
+            super().__init__(url, **kw)
+            self._http = httpx.Client(base_url=self.url, transport=httpx.MockTransport(handler))
+
+    monkeypatch.setattr(mnist_client, "Client", Mocked)
+    files = []
+    for name in ("row.png", "blank.png", "seven.png"):
+        (tmp_path / name).write_bytes(b"png")
+        files.append(str(tmp_path / name))
+    out, err = io.StringIO(), io.StringIO()
+    assert predict([*files, "--one-digit"], out, err) == 0, err.getvalue()
+    assert seen[0].params["one_digit"] == "true"
+    header, row, blank, seven = out.getvalue().splitlines()
+    assert header.split() == ["FILE", "KIND", "ANSWER", "CONFIDENCE"]
+    assert row.split() == [files[0], "number", "12/3", "0.9700"]
+    assert blank.split() == [files[1], "not_a_digit", "not", "a", "digit:", "blank:", "no",
+                             "ink", "in", "the", "image", "-"]  # fmt: skip
+    assert seven.split() == [files[2], "digit", "7", "0.9000"]
+    out = io.StringIO()
+    assert predict([*files, "--json"], out, err) == 0, err.getvalue()
+    row_json, blank_json, seven_json = json.loads(out.getvalue())["predictions"]
+    assert row_json == {
+        "file": files[0], "kind": "number", "digit": None, "number": "12\n3",
+        "confidence": 0.97, "reason": None,
+        "digits": [{"digit": 1, "confidence": 0.99, "box": [20, 28, 90, 112]},
+                   {"digit": 2, "confidence": 0.99, "box": [124, 28, 200, 112]},
+                   {"digit": 3, "confidence": 0.99, "box": [20, 140, 90, 230]}],
+    }  # fmt: skip
+    assert blank_json["kind"] == "not_a_digit"
+    assert (blank_json["digit"], blank_json["confidence"]) == (None, None)
+    assert blank_json["reason"] == "blank: no ink in the image"
+    assert blank_json["digits"] == []
+    assert (seven_json["kind"], seven_json["digit"], seven_json["top_k"]) == (
+        "digit",
+        7,
+        [[7, 0.9]],
+    )
