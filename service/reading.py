@@ -74,7 +74,8 @@ def read(scan: Scan, rows: list[list[float]], reject_threshold: float | None = N
     """The reading of one file from its scan and one probability row per glyph.
 
     Glyphs the model calls "not a digit" (a dash, a letter) drop out of a number; a file
-    left with no digit, or where such glyphs are half or more, is "not_a_digit"; with one
+    left with no digit, or where such glyphs are half or more of three or more, is
+    "not_a_digit"; with one
     digit it is a "digit", with more a "number".
     """
     if not scan.glyphs:
@@ -93,9 +94,10 @@ def read(scan: Scan, rows: list[list[float]], reject_threshold: float | None = N
         reason = "the model reads it as not a digit"
         return Reading("not_a_digit", reason=reason)
     rejected = len(scan.glyphs) - len(digits)
-    if rejected and rejected >= len(digits):
-        # A dash or a slash drops out of a number; when half the marks or more are not
-        # digits, the few that pass are letters of a word or parts of a drawing that
-        # happen to look like digits.
+    if len(scan.glyphs) >= 3 and rejected >= len(digits):
+        # A dash or a slash drops out of a number; when half the marks or more of three or
+        # more are not digits, the few that pass are letters of a word or parts of a
+        # drawing that happen to look like digits. (Two marks are often one digit broken
+        # in two, a small bitmap's thin stroke: the piece that reads as a digit stands.)
         return Reading("not_a_digit", reason="most of its marks are not digits")
     return Reading("digit" if len(digits) == 1 else "number", tuple(digits))
