@@ -9,8 +9,9 @@ from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
 
 from service.api.deps import (
     DataPlaneDep,
@@ -21,7 +22,7 @@ from service.api.deps import (
 from service.api.guard import body_schema, guarded_route, parse_json, read_body
 from service.config import Settings
 from service.dataplane import NamedFile
-from service.errors import InvalidInput
+from service.errors import InvalidInput, describe_validation
 from service.model import Classifier
 from service.preprocess import to_png
 from service.reading import DigitRead, Reading
@@ -135,8 +136,39 @@ def _png64(pixels: np.ndarray) -> str:
     return base64.b64encode(to_png(pixels)).decode("ascii")
 
 
+_DEFAULT_OPTIONS = PredictOptions()
+
+
+async def predict_options(request: Request) -> PredictOptions:
+    """The query as `PredictOptions` (unknown parameters are ignored, as FastAPI does).
+
+    NOTE: FastAPI's own query-model parameter costs about a fifth of a single-image
+    request's CPU (docs/decisions.md); most requests send no query at all.
+    """
+    if not request.scope["query_string"]:
+        return _DEFAULT_OPTIONS
+    query = request.query_params
+    known = {k: query[k] for k in PredictOptions.model_fields if k in query}
+    try:
+        return PredictOptions.model_validate(known)
+    except ValidationError as exc:
+        raise InvalidInput(f"invalid request: query.{describe_validation(exc)}") from None
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """OpenAPI query parameters generated from the model that validates them."""
+    schema = model.model_json_schema()
+    return [
+        {"name": name, "in": "query", "required": False, "schema": prop,
+         "description": prop.get("description", "")}
+        for name, prop in schema["properties"].items()
+    ]  # fmt: skip
+
+
 async def predict_digits(
-    request: Request, plane: DataPlaneDep, options: Annotated[PredictOptions, Query()]
+    request: Request,
+    plane: DataPlaneDep,
+    options: Annotated[PredictOptions, Depends(predict_options)],
 ) -> Response:
     """Read each uploaded file (multipart `files` parts): a digit, a number, or not a digit."""
     # NOTE: the route class has checked the key and the declared length, and holds the body
@@ -163,7 +195,7 @@ router.add_api_route(
     methods=["POST"],
     response_model=PredictResponse,
     responses=_errors(400, 401, 413, 415, 503, 504),
-    openapi_extra=_MULTIPART_BODY,
+    openapi_extra={**_MULTIPART_BODY, "parameters": _query_parameters(PredictOptions)},
     summary="Predict digits from uploaded image files",
     # The multipart body is capped at max_request_bytes, not at the base64 routes' 4/3 of it.
     route_class_override=guarded_route(require_api_key, lambda s: s.max_request_bytes),
