@@ -37,7 +37,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from tests.e2e.server import ServerProcess
+from tests.support.server import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).resolve().parent / "wrk_post.lua"

@@ -45,7 +45,7 @@ def test_cuda_server_end_to_end(tmp_path, mnist_sample) -> None:
     import httpx
 
     from tests.conftest import png_bytes
-    from tests.e2e.server import ServerProcess
+    from tests.support.server import ServerProcess
 
     images, labels = mnist_sample
     proc = ServerProcess(env={"MNIST_DEVICE": "cuda"}).start(tmp_path)

@@ -26,7 +26,7 @@ from referencing import Registry, Resource
 
 from service.config import Settings
 from tests.conftest import ROOT
-from tests.e2e.server import free_port
+from tests.support.server import free_port
 
 BIN = Path(sys.executable).parent
 DEPLOY = ROOT / "deploy"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.server import ServerProcess
+from tests.support.server import ServerProcess
 
 
 @pytest.fixture(scope="module")

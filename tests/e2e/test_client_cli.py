@@ -15,7 +15,7 @@ from PIL import Image
 
 from mnist_client import AsyncClient, Client, ClientError
 from tests.conftest import png_bytes
-from tests.e2e.server import ROOT, ServerProcess
+from tests.support.server import ROOT, ServerProcess
 
 KEY = "client-key"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.server import ServerProcess
+from tests.support.server import ServerProcess
 
 HEADER_TIMEOUT_S = 1.5
 BODY_TIMEOUT_S = 1.5

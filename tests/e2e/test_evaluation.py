@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.e2e.server import ROOT, ServerProcess
+from tests.support.server import ROOT, ServerProcess
 from tests.training.conftest import SAMPLE, write_realdev
 
 

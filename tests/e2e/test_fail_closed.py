@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.server import run_to_exit
+from tests.support.server import run_to_exit
 
 
 @pytest.mark.parametrize(

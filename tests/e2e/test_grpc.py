@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import NEWEST_SHIPPED, png_bytes
-from tests.e2e.server import ServerProcess
+from tests.support.server import ServerProcess
 
 MODEL = "mnist-cnn"
 KEY = "grpc-test-key"

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.server import ServerProcess
 from tests.support.hostile import CASES, corpus
+from tests.support.server import ServerProcess
 
 #: A worker's memory may rise by the decode budget (the default, 320 MiB) plus what the
 #: request itself and Python's allocator keep: well below a 1 GiB container limit.

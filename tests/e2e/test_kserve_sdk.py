@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import png_bytes
-from tests.e2e.server import ROOT, ServerProcess
+from tests.support.server import ROOT, ServerProcess
 
 KEY = "kserve-key"
 #: The SDK lives in a virtualenv of its own (`make install` builds it): it depends on

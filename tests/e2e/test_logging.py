@@ -12,7 +12,7 @@ import time
 
 import httpx
 
-from tests.e2e.server import ROOT, free_port
+from tests.support.server import ROOT, free_port
 
 
 def test_logging_stalled_reader_never_blocks_serving() -> None:

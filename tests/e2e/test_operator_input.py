@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from service.card import ModelCard
-from tests.e2e.server import ServerProcess, run_to_exit
 from tests.e2e.test_ops import add_version
+from tests.support.server import ServerProcess, run_to_exit
 
 ADMIN = "admin-operator-7"
 

@@ -15,7 +15,7 @@ import pytest
 
 from service.card import ModelCard
 from tests.conftest import NEWEST_SHIPPED, SHIPPED_MODELS, png_bytes
-from tests.e2e.server import ServerProcess
+from tests.support.server import ServerProcess
 
 KEY, ADMIN = "k-test-123", "admin-secret-9"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.e2e.server import ServerProcess
 from tests.e2e.test_ops import add_version
+from tests.support.server import ServerProcess
 
 ADMIN = "admin-reload-3"
 

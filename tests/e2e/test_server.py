@@ -18,7 +18,7 @@ import pytest
 
 from evaluation.uploads import KINDS, make_upload
 from tests.conftest import NEWEST_SHIPPED, SHIPPED_MODELS, png_bytes
-from tests.e2e.server import ServerProcess, run_to_exit
+from tests.support.server import ServerProcess, run_to_exit
 
 
 def test_e2e_realistic_uploads_of_every_kind_are_recognised(server, mnist_sample) -> None:

@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from tests.conftest import png_bytes
-from tests.e2e.server import ServerProcess
 from tests.e2e.test_ops import add_version
 from tests.e2e.test_server import _slow_multipart
+from tests.support.server import ServerProcess
 
 DRAIN_S = 10
 
