@@ -200,6 +200,12 @@ def test_workers_reload_and_sighup_reach_every_worker(tmp_path: Path, mnist_samp
     try:
         workers = set(_workers(proc))
         assert len(workers) == 2, workers
+        # The server is ready when one worker is; a worker still loading joins the fleet at
+        # the published version later (tested below), but is not in a reload's answer yet.
+        deadline = time.monotonic() + 90
+        while proc.log().count("ready: mnist-cnn") < 2:
+            assert time.monotonic() < deadline, proc.log()[-3000:]
+            time.sleep(0.1)
         for t in threads:
             t.start()
         # POST /admin/reload on whichever worker answers: both switch before it answers.
