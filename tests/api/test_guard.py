@@ -274,3 +274,22 @@ async def test_multipart_with_thousands_of_other_fields_is_refused(app: FastAPI)
     status, _, answer, _ = await call(app, "POST", "/v1/predict", headers, [body])
     assert status == 413, answer
     assert "form fields" in answer["error"]
+
+
+def test_direct_call_only_while_the_route_adds_no_dependency() -> None:
+    # /v1/predict skips FastAPI's handler with its own dependencies resolved directly; a
+    # dependency added to the route (or its router) sends it back through FastAPI.
+    from fastapi import APIRouter, Depends
+
+    from service.api import rest
+    from service.api.guard import _direct_call
+
+    (route,) = [r for r in rest.router.routes if getattr(r, "path", "") == "/v1/predict"]
+    assert _direct_call(route) is rest.predict_digits.direct_call  # type: ignore[attr-defined]
+
+    async def audit() -> None:
+        return None
+
+    extra = APIRouter(dependencies=[Depends(audit)], route_class=type(route))
+    extra.add_api_route("/p", rest.predict_digits, methods=["POST"])
+    assert _direct_call(extra.routes[0]) is None  # type: ignore[arg-type]
