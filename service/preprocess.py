@@ -398,6 +398,13 @@ def scan(
     fx, fy = width / gray.shape[1], height / gray.shape[0]
     x_off, y_off = 0, 0
     opaque = _opaque_box(data, gray.shape) if _png_with_alpha(data) else None
+    if (
+        opaque is not None
+        and float(np.ptp(gray[opaque[1] : opaque[3], opaque[0] : opaque[2]])) < 0.1
+    ):
+        # One flat colour: the opaque rectangle is a hard-edged stroke on a transparent
+        # canvas (a drawn 1), not a card holding a digit.
+        opaque = None
     if opaque is not None:
         x_off, y_off, x1, y1 = opaque
         gray = gray[y_off:y1, x_off:x1]

@@ -73,6 +73,20 @@ def test_preprocess_transparent_canvas_with_black_strokes(mnist_sample) -> None:
     assert similarity(out, digit / 255.0) > 0.8
 
 
+def test_scan_hard_edged_stroke_on_a_transparent_canvas_is_a_one() -> None:
+    # A "1" drawn without anti-aliasing: its opaque box is the stroke itself, one flat
+    # colour; it must not be taken for a card and cropped to nothing.
+    from service.preprocess import scan
+
+    rgba = np.zeros((200, 200, 4), dtype=np.uint8)
+    rgba[30:170, 92:108] = (0, 0, 0, 255)
+    found = scan(encode(Image.fromarray(rgba, "RGBA"), "PNG"), LIMITS)
+    assert len(found.glyphs) == 1, found.reason
+    x0, y0, x1, y1 = found.glyphs[0].box
+    assert x0 <= 92 and y0 <= 30, found.glyphs[0].box  # noqa: PT018
+    assert x1 >= 108 and y1 >= 170, found.glyphs[0].box  # noqa: PT018
+
+
 def test_preprocess_transparent_canvas_with_white_strokes(mnist_sample) -> None:
     digit = mnist_sample[0][1]
     up = np.asarray(Image.fromarray(digit).resize((280, 280), Image.BICUBIC))
