@@ -29,7 +29,8 @@ def tune(settings: Settings) -> Callable[[], None]:
     threads = settings.torch_threads or max(1, available_cpus() // max(1, settings.workers))
     torch.set_num_threads(threads)
     # NOTE: the inference thread hands the GIL back and forth with the event loop; at
-    # Python's default 5 ms switch interval each hand-over can stall a batch that long.
+    # Python's default switch interval each hand-over can stall a batch that long
+    # (docs/decisions.md).
     previous_interval = sys.getswitchinterval()
     sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     return lambda: sys.setswitchinterval(previous_interval)

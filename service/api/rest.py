@@ -143,8 +143,8 @@ _DEFAULT_OPTIONS = PredictOptions()
 async def predict_options(request: Request) -> PredictOptions:
     """The query as `PredictOptions` (unknown parameters are ignored, as FastAPI does).
 
-    NOTE: FastAPI's own query-model parameter costs about a fifth of a single-image
-    request's CPU (docs/decisions.md); most requests send no query at all.
+    NOTE: FastAPI's own query-model parameter cost a large share of a single-image
+    request's CPU, query or not (measured: docs/decisions.md); most requests send none.
     """
     if not request.scope["query_string"]:
         return _DEFAULT_OPTIONS
@@ -192,7 +192,7 @@ async def predict_digits(
 
 async def _predict_digits_direct(request: Request) -> Response:
     # NOTE: FastAPI's handler (dependency solving, its exit stack, the response checks)
-    # costs about a tenth of a single-image request's CPU (docs/decisions.md). The route
+    # shows in a single-image request's CPU (measured: docs/decisions.md). The route
     # class calls this instead, with the same dependencies resolved in the same order,
     # whenever nothing overrides them; errors go through the app's handlers either way.
     return await predict_digits(
