@@ -11,6 +11,9 @@ from scipy import ndimage
 #: 8-connectivity: diagonal pixels of one stroke belong together.
 _EIGHT = np.ones((3, 3), dtype=bool)
 
+#: Bands of rows (or columns) [a, b) holding a line.
+Bands = list[tuple[int, int]]
+
 
 @dataclass(frozen=True)
 class Part:
@@ -56,8 +59,9 @@ def _bands(lines: np.ndarray, thickest: float) -> list[tuple[int, int]]:
     ]
 
 
-def _rulings(mask: np.ndarray) -> np.ndarray:
-    """Pixels of ruled-paper lines: thin bands of ink spanning the whole page.
+def _rulings(mask: np.ndarray) -> tuple[Bands, Bands, np.ndarray]:
+    """Bands (rows, columns) and pixels of ruled-paper lines: thin bands of ink spanning the
+    whole page.
 
     Rulings repeat, so a direction counts only with two or more such bands (one long bar is
     not enough: a 7 drawn edge to edge has one). Once a page is ruled, a single full-height
@@ -73,15 +77,12 @@ def _rulings(mask: np.ndarray) -> np.ndarray:
         ]
     lines = np.zeros_like(mask)
     if len(found[1]) < 2 and len(found[0]) < 2:
-        return lines
+        return [], [], lines
     for a, b in found[1]:
         lines[a:b, :] = mask[a:b, :]
     for a, b in found[0]:
         lines[:, a:b] = mask[:, a:b]
-    return lines
-
-
-Bands = list[tuple[int, int]]
+    return found[1], found[0], lines
 
 
 def _frame_lines(
@@ -99,9 +100,11 @@ def _frame_lines(
     if mask.sum(axis=1).max() < 0.5 * w and mask.sum(axis=0).max() < 0.5 * h:
         return no_lines  # no row or column holds enough ink for a line: skip the run pass
     # Scanned lines are faint and broken: bridge gaps of a few pixels along each direction.
+    # Photographed ones are a little tilted, a staircase of short runs on adjacent rows:
+    # runs are measured on the mask thickened by a pixel across the line.
     gap = max(1, round(0.03 * max(h, w)))
-    hl = _runs(mask, max(8, int(0.65 * w)), gap)
-    vl = _runs(mask.T, max(8, int(0.65 * h)), gap).T
+    hl = _runs(_thickened(mask, 0), max(8, int(0.65 * w)), gap) & mask
+    vl = _runs(_thickened(mask, 1).T, max(8, int(0.65 * h)), gap).T & mask
     hb = _bands(hl, max(2, 0.1 * h))
     vb = _bands(vl.T, max(2, 0.1 * w))
     lines = np.zeros_like(mask)
@@ -115,6 +118,18 @@ def _frame_lines(
     for a, b in vb:
         lines[:, a:b] |= vl[:, a:b]
     return hb, vb, lines
+
+
+def _thickened(mask: np.ndarray, axis: int) -> np.ndarray:
+    """The mask grown by one pixel on both sides along `axis` (0: up and down)."""
+    out = mask.copy()
+    if axis == 0:
+        out[1:] |= mask[:-1]
+        out[:-1] |= mask[1:]
+    else:
+        out[:, 1:] |= mask[:, :-1]
+        out[:, :-1] |= mask[:, 1:]
+    return out
 
 
 def _cell_walls(mask: np.ndarray) -> tuple[Bands, Bands, np.ndarray]:
@@ -205,7 +220,8 @@ def _mend_across(mask: np.ndarray, line: np.ndarray) -> np.ndarray:
 def remove_structure(mask: np.ndarray) -> np.ndarray:
     """The mask without rulings, frames, cells and grid lines; strokes crossing them mended."""
     cell_rows, cell_walls, cells = _cell_walls(mask)
-    out = mask & ~_rulings(mask & ~cells)
+    ruled_rows, ruled_cols, ruled = _rulings(mask & ~cells)
+    out = mask & ~ruled
     hb, vb, lines = _frame_lines(out & ~cells)
     hb, vb, lines = hb + cell_rows, vb + cell_walls, lines | cells
     if not hb and not vb:
@@ -214,7 +230,10 @@ def remove_structure(mask: np.ndarray) -> np.ndarray:
         if lone.any() or lone_t.any():
             out = out & ~(lone & ~_mend_across(out, lone))
             out = out & ~(lone_t & ~_mend_across(out.T, lone_t.T).T)
-        return out
+            h, w = mask.shape
+            ruled_rows += _bands(lone, 0.15 * h)
+            ruled_cols += _bands(lone_t.T, 0.15 * w)
+        return _drop_line_slivers(out, ruled_rows, ruled_cols)
     h, w = mask.shape
     hb = [_with_fringe(out, lines, a, b) for a, b in hb]
     vb = [_with_fringe(out.T, lines.T, a, b) for a, b in vb]
@@ -222,15 +241,53 @@ def remove_structure(mask: np.ndarray) -> np.ndarray:
         lines[a:b] |= out[a:b] & lines[a:b].any(axis=0, keepdims=True)
     for a, b in vb:
         lines[:, a:b] |= out[:, a:b] & lines[:, a:b].any(axis=1, keepdims=True)
-    kept = out & ~lines
-    # A stroke crossing a removed line continues on both sides of it: put its pixels back.
-    for a, b in hb:
-        cross = out[max(a - 2, 0)] & out[min(b + 1, h - 1)]
-        kept[a:b, cross] = out[a:b, cross]
+    kept = _mend_crossings(out, out & ~lines, hb, vb)
+    return _drop_line_slivers(kept, hb + ruled_rows, vb + ruled_cols)
+
+
+def _mend_crossings(before: np.ndarray, after: np.ndarray, hb: Bands, vb: Bands) -> np.ndarray:
+    """`after` (lines in bands `hb`, `vb` removed from `before`) with the pixels put back
+    where a stroke crosses a line: it continues on both sides of it. Where two removed
+    lines cross, nothing is put back."""
+    h, w = before.shape
+    kept = after.copy()
+    in_cols = np.zeros(w, dtype=bool)
     for a, b in vb:
-        cross = out[:, max(a - 2, 0)] & out[:, min(b + 1, w - 1)]
-        kept[cross, a:b] = out[cross, a:b]
+        in_cols[a:b] = True
+    in_rows = np.zeros(h, dtype=bool)
+    for a, b in hb:
+        in_rows[a:b] = True
+    for a, b in hb:
+        cross = before[max(a - 2, 0)] & before[min(b + 1, h - 1)] & ~in_cols
+        kept[a:b, cross] = before[a:b, cross]
+    for a, b in vb:
+        cross = before[:, max(a - 2, 0)] & before[:, min(b + 1, w - 1)] & ~in_rows
+        kept[cross, a:b] = before[cross, a:b]
     return kept
+
+
+def _drop_line_slivers(kept: np.ndarray, hb: Bands, vb: Bands) -> np.ndarray:
+    """The mask without slivers left beside removed lines.
+
+    A photographed grid line is a little tilted, so its band of long runs misses thin
+    strips along its sides; alone, such strips read as a 1. Ink that lies wholly within a
+    line's width of the removed lines is such a strip (or a speck on them); a stroke
+    crossing or touching a line reaches beyond, so it stays.
+    """
+    if not hb and not vb:
+        return kept
+    zone = np.zeros_like(kept)
+    for a, b in hb:
+        zone[max(a - max(2, b - a), 0) : b + max(2, b - a)] = True
+    for a, b in vb:
+        zone[:, max(a - max(2, b - a), 0) : b + max(2, b - a)] = True
+    labels, count = ndimage.label(kept, structure=_EIGHT)
+    if count == 0:
+        return kept
+    outside = np.bincount(labels[~zone], minlength=count + 1)
+    drop = outside == 0
+    drop[0] = False
+    return kept & ~drop[labels]
 
 
 def _with_fringe(out: np.ndarray, lines: np.ndarray, a: int, b: int) -> tuple[int, int]:

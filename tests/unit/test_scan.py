@@ -79,6 +79,22 @@ def test_scan_removes_frames_and_grid_lines(mnist_sample, grid: bool) -> None:
     assert similarity(out, plain) > 0.7  # a frame kept in the digit scores about 0.2
 
 
+def test_scan_drops_the_slivers_of_tilted_grid_lines(mnist_sample) -> None:
+    """A photographed grid is a little tilted: what the removed lines leave beside them
+    must not come back as extra 1s."""
+    digit = mnist_sample[0][7]  # a 1
+    page = np.full((160, 160), 235, np.uint8)
+    page[63:99, 65:101] = np.minimum(page[63:99, 65:101], paper_digit(digit, 36))  # in a cell
+    img = Image.fromarray(page)
+    draw = ImageDraw.Draw(img)
+    for k in (20, 60, 100, 140):  # squared paper, three pixels off square over the page
+        draw.line([(k, 0), (k + 3, 159)], fill=150, width=3)
+        draw.line([(0, k), (159, k + 3)], fill=150, width=3)
+    found = read_gray(np.asarray(img).astype(np.float32) / 255)
+    assert len(found.glyphs) == 1, [g.box for g in found.glyphs]
+    assert similarity(found.glyphs[0].pixels, only_glyph(paper_digit(digit, 36))) > 0.7
+
+
 def test_scan_cell_cut_tight_keeps_the_digit_not_the_border(mnist_sample) -> None:
     digit = mnist_sample[0][0]
     cell = boxed(digit)[6:154, 6:154]  # the frame's sides run along the image edges
