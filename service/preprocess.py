@@ -142,12 +142,15 @@ _CLEAR_DARK = 0.2
 
 
 def _looks_like_mnist(ink: np.ndarray) -> bool:
-    """A 28x28 image already in MNIST's form: clean dark ground, ink off the outer two pixels
-    (MNIST fits digits in the central 20x20; a few strokes reach further), centred by mass."""
+    """A 28x28 image already in MNIST's form: clean dark ground, full-strength strokes (a
+    faint pencil trace needs levelling and widening), ink off the outer two pixels (MNIST
+    fits digits in the central 20x20; a few strokes reach further), centred by mass."""
     # NOTE: every 28x28 upload comes here: a handful of numpy calls, no temporaries.
     inked = ink > 0.1
     count = np.count_nonzero(inked)  # ~10x faster than a bool .sum()
     if count > MNIST_SIZE * MNIST_SIZE // 2 or count - np.count_nonzero(inked[2:-2, 2:-2]) > 12:
+        return False
+    if np.count_nonzero(ink > 0.6) < _FULL_STROKE_PIXELS:
         return False
     rows = ink.sum(axis=1)
     total = float(rows.sum())
@@ -179,6 +182,8 @@ def _side_by_side(ink: np.ndarray, inked: np.ndarray) -> bool:
 
 
 _COORDS = np.arange(MNIST_SIZE, dtype=np.float32)
+#: Pixels of strong ink every MNIST digit has (docs/preprocessing.md, step 5).
+_FULL_STROKE_PIXELS = 15
 
 
 def _working_copy(gray: np.ndarray, paper: float | None) -> tuple[np.ndarray, float, float, int]:

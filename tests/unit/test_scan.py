@@ -41,6 +41,14 @@ def test_scan_mnist_28x28_passes_through_untouched(mnist_sample) -> None:
         np.testing.assert_array_equal(g.pixels, digit / np.float32(255))
 
 
+def test_scan_faint_28x28_digit_is_levelled_not_passed_through(mnist_sample) -> None:
+    digit = mnist_sample[0][15]
+    faint = (255 - digit * 0.3).astype(np.uint8)  # light pencil on white, already centred
+    (g,) = scan(png_bytes(faint), LIMITS).glyphs
+    assert g.pixels.max() == 1.0, "strokes brought to full ink"
+    assert similarity(g.pixels, digit / 255) > 0.6
+
+
 def test_scan_28x28_digit_filling_the_frame_on_grey_is_normalised(mnist_sample) -> None:
     digit = mnist_sample[0][3]
     ys, xs = np.nonzero(digit > 30)
