@@ -321,17 +321,20 @@ def real_metrics(
             out[f"accuracy_{kind}"] = round(float(correct[rows].float().mean()), 4)
             out[f"count_{kind}"] = int(rows.sum())
     real = split.is_digit & ~split.is_bitmap
-    out["accuracy_real_digits"] = round(float(correct[real].float().mean()), 4)
-    out["false_rejection_real_digits"] = round(float(rejected[real].float().mean()), 4)
-    out["false_rejection_bitmaps"] = round(
-        float(rejected[split.is_digit & split.is_bitmap].float().mean()), 4
-    )
+    bitmaps = split.is_digit & split.is_bitmap
     nondigit = ~split.is_digit
-    out["nondigit_rejection"] = round(float(rejected[nondigit].float().mean()), 4)
+    # A rate over no files is left out: NaN is not a figure (and not valid JSON).
+    if real.any():
+        out["accuracy_real_digits"] = round(float(correct[real].float().mean()), 4)
+        out["false_rejection_real_digits"] = round(float(rejected[real].float().mean()), 4)
+        out["ece_real_digits"] = round(
+            expected_calibration_error(digit_probs[real], split.targets[real]), 5
+        )
+    if bitmaps.any():
+        out["false_rejection_bitmaps"] = round(float(rejected[bitmaps].float().mean()), 4)
+    if nondigit.any():
+        out["nondigit_rejection"] = round(float(rejected[nondigit].float().mean()), 4)
     out["count_nondigit"] = int(nondigit.sum())
-    out["ece_real_digits"] = round(
-        expected_calibration_error(digit_probs[real], split.targets[real]), 5
-    )
     return out
 
 

@@ -104,8 +104,9 @@ def write_realdev(folder: Path, n_digits: int = 40) -> Path:
         rows.append([path, str(labels[i]), source, kind, origin, "MIT", ""])
     (folder / "nondigit").mkdir(exist_ok=True)
     for j in range(8):
+        # A striped patch, not stripes across the page (those are rulings: nothing to read).
         stripes = np.zeros((28, 28), np.uint8)
-        stripes[:, j % 3 :: 3 + j % 2] = 255
+        stripes[6:22, 6 + j % 3 : 22 : 3 + j % 2] = 255
         path = f"nondigit/texture_{j}.png"
         (folder / path).write_bytes(_paper_png(stripes, 80))
         rows.append([path, "nondigit:texture", "gen", "dataset", f"gen#{j}", "CC0", ""])
