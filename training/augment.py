@@ -117,14 +117,19 @@ def add_styles(
                 half = int(rng.integers(3, 6))
                 img[y : y + 2, max(cx - half, 0) : min(cx + half + 1, 28)] = 255
             else:
-                # Flag: from the top of the stem down-left, a third to a half of its height.
+                # Flag: from the top of the stem down-left, about as wide as the stem (real
+                # ones are long and heavy: a thin short flag taught the model little).
                 xs = np.nonzero(img[y0] > 64)[0]
                 tx = int(xs.mean()) if xs.size else (x0 + x1) // 2
-                length = int(h * rng.uniform(0.3, 0.5))
-                for t in range(length):
-                    yy, xx = y0 + int(t * 0.8), tx - t
+                pen = int(np.clip(np.count_nonzero(img[y0 + h // 2] > 64) // 2 + 1, 2, 3))
+                # Steeper than a 7's bar (rows down per column left), and no wider than
+                # about half the height: flatter or wider, it is a 7.
+                slope = rng.uniform(0.7, 1.5)
+                reach = min(h * rng.uniform(0.2, 0.55) / slope, 0.45 * h)
+                for t in range(int(reach) + 1):
+                    yy, xx = y0 + int(t * slope), tx - t
                     if xx >= 0 and yy < 28:
-                        img[yy : yy + 2, max(xx - 1, 0) : xx + 1] = 255
+                        img[yy : yy + pen, max(xx - pen // 2, 0) : xx + (pen + 1) // 2] = 255
                 if rng.random() < 0.5:  # and a foot
                     bx = np.nonzero(img[y1] > 64)[0]
                     fx = int(bx.mean()) if bx.size else tx

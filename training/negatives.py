@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 logger = logging.getLogger(__name__)
 
-LETTERS = "ACEFHJKMNPRUVWXYacdefhkmnprtuvwxy"
+LETTERS = "ACEFHJKLMNPRTUVWXYacdefhkmnprtuvwxy"
 SYMBOLS = "+*#@&%$?!=<>~^{}[]π"
 GREEK = "αβγδεζηκμξπρσφχψωΓΔΠΣΦΨΩ"
 GLYPHS = LETTERS + SYMBOLS + GREEK

@@ -46,6 +46,29 @@ def test_add_styles_crosses_sevens_and_flags_ones() -> None:
         assert (grown > 0).all()
 
 
+def test_flags_of_ones_are_steep_and_short_enough_not_to_make_a_seven() -> None:
+    sample = np.load(SAMPLE)
+    images, labels = sample["images"], sample["labels"]
+    new, new_labels = add_styles(images, labels, np.random.default_rng(1), share=1.0)
+    ones = images[labels == 1]
+    checked = 0
+    for variant in new[new_labels == 1]:
+        source = ones[(variant[None] >= ones).all(axis=(1, 2))][0]
+        ys, _ = np.nonzero(source > 64)
+        top, bottom = int(ys.min()), int(ys.max())
+        added = variant > source
+        added[bottom - 1 :] = False  # the foot
+        fy, fx = np.nonzero(added)
+        if fy.size == 0:
+            continue
+        wide, tall = int(np.ptp(fx)), int(np.ptp(fy))
+        assert wide <= 0.45 * (bottom - top + 1) + 3  # no longer than a 1's flag
+        assert tall + 3 >= 0.7 * wide  # and steeper than a 7's bar
+        assert fy.min() <= top + 3  # from the top of the stem
+        checked += 1
+    assert checked >= 5
+
+
 def test_stretch_and_elastic_change_images_but_keep_the_batch_shape() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.zeros(8, 1, 28, 28)
