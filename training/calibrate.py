@@ -1,6 +1,6 @@
 """Recalibrate a shipped 11-class model's "not a digit" threshold without retraining.
 
-    python -m training.calibrate --model-dir models/mnist-cnn/3 --real-dev DIR \\
+    python -m training.calibrate --model-dir models/mnist-cnn/4 --real-dev DIR \\
         [--reject-budget 0.01 | --threshold 0.5]
 
 Reruns the real-dev validation part through the current `service.preprocess` (the cache is
