@@ -242,7 +242,30 @@ def remove_structure(mask: np.ndarray) -> np.ndarray:
     for a, b in vb:
         lines[:, a:b] |= out[:, a:b] & lines[:, a:b].any(axis=1, keepdims=True)
     kept = _mend_crossings(out, out & ~lines, hb, vb)
-    return _drop_line_slivers(kept, hb + ruled_rows, vb + ruled_cols)
+    kept = _drop_line_slivers(kept, hb + ruled_rows, vb + ruled_cols)
+    if _bold_ring(kept, hb, vb) and not ruled_rows and not ruled_cols:
+        return out
+    return kept
+
+
+def _bold_ring(kept: np.ndarray, hb: Bands, vb: Bands) -> bool:
+    """Whether the "frame" is the drawing itself: a bold 0 filling a tight crop.
+
+    Its lines are as thick as pen strokes (a printed cell's are thin) and nothing is left
+    inside once they are gone (a cell holds its digit apart from the frame).
+    """
+    if not hb or not vb:
+        return False
+    thickness = float(np.mean([b - a for a, b in hb + vb]))
+    if thickness < _BOLD * max(kept.shape):
+        return False
+    y0, y1 = min(b for _, b in hb), max(a for a, _ in hb)
+    x0, x1 = min(b for _, b in vb), max(a for a, _ in vb)
+    if y1 - y0 < 4 or x1 - x0 < 4:
+        return False
+    my, mx = max(1, (y1 - y0) // 6), max(1, (x1 - x0) // 6)
+    inner = kept[y0 + my : y1 - my, x0 + mx : x1 - mx]
+    return inner.size > 0 and float(inner.mean()) < 0.01
 
 
 def _mend_crossings(before: np.ndarray, after: np.ndarray, hb: Bands, vb: Bands) -> np.ndarray:
@@ -318,6 +341,8 @@ def _with_fringe(out: np.ndarray, lines: np.ndarray, a: int, b: int) -> tuple[in
 
 #: Share of the image along each edge where a cell's frame runs.
 _EDGE = 0.15
+#: Lines at least this thick (share of the image's side) are pen strokes, not printed lines.
+_BOLD = 0.07
 #: Share of a line's length along which a neighbouring row must be inked to be its edge.
 _FRINGE = 0.3
 

@@ -103,6 +103,28 @@ def test_scan_drops_the_slivers_of_tilted_grid_lines(mnist_sample) -> None:
     assert similarity(found.glyphs[0].pixels, only_glyph(paper_digit(digit, 36))) > 0.7
 
 
+@pytest.mark.parametrize(("side", "pen"), [(16, 3), (64, 10), (200, 24)])
+def test_scan_bold_zero_filling_a_tight_crop_is_not_a_frame(side: int, pen: int) -> None:
+    """Its flat sides look like a cell's lines, but they are pen strokes with nothing
+    inside: one glyph, the whole ring, not two arcs or 'nearly blank'."""
+    img = Image.new("L", (side, side), 255)
+    ImageDraw.Draw(img).rounded_rectangle(
+        [side * 0.1, 0, side * 0.9 - 1, side - 1], radius=side * 0.3, outline=0, width=pen
+    )
+    out = only_glyph(np.asarray(img), one_digit=False)
+    left, right = out[14, 4:12].max(), out[14, 16:24].max()
+    top, bottom = out[3:8, 10:18].max(), out[20:26, 10:18].max()
+    assert min(left, right, top, bottom) > 0.5, "the whole ring: sides, top and bottom"
+
+
+def test_scan_empty_printed_cell_is_still_nearly_blank() -> None:
+    img = Image.new("L", (100, 100), 255)
+    ImageDraw.Draw(img).rectangle([8, 8, 91, 91], outline=30, width=3)
+    found = read_gray(np.asarray(img).astype(np.float32) / 255)
+    assert found.glyphs == ()
+    assert found.reason == "nearly blank: only lines or specks"
+
+
 def test_scan_cell_cut_tight_keeps_the_digit_not_the_border(mnist_sample) -> None:
     digit = mnist_sample[0][0]
     cell = boxed(digit)[6:154, 6:154]  # the frame's sides run along the image edges
