@@ -21,6 +21,7 @@ from service.segment import (
     Part,
     drop_frame_remnants,
     find_digits,
+    page_skew,
     remove_structure,
     select_digit,
 )
@@ -292,6 +293,17 @@ def read_gray(gray: np.ndarray, one_digit: bool = False) -> Scan:
     noise = _noise_reason(mask)
     if noise:
         return Scan((), noise)
+    straight = ink.shape
+    turn = page_skew(mask)
+    inner = _inner_box(straight, pad, turn) if turn else None
+    if inner is not None:
+        # A ruled or squared page photographed askew: turned straight, its lines run along
+        # rows and columns, where they are found and removed. Only the upright rectangle
+        # inside the turned page is kept: along the page's tilted edges, lines are cut
+        # short and would pass for 1s. Boxes are turned back below.
+        ix0, iy0, ix1, iy1 = inner
+        ink = np.pad(ndimage.rotate(ink, turn, reshape=True, order=1)[iy0:iy1, ix0:ix1], pad)
+        mask = _hysteresis(ink, threshold, 0.5 * threshold)
     image = (pad, pad, ink.shape[1] - pad, ink.shape[0] - pad)
     mask = drop_frame_remnants(remove_structure(mask), image)
     rows = [] if one_digit else find_digits(mask, image)
@@ -309,7 +321,7 @@ def read_gray(gray: np.ndarray, one_digit: bool = False) -> Scan:
     glyphs = []
     for row_index, row in enumerate(rows):
         for part in row:
-            x0, y0, x1, y1 = part.box
+            x0, y0, x1, y1 = _turned_back(part.box, inner, pad, turn, straight)
             box = (
                 min(max(int((x0 - pad) / sx), 0), w - 1),
                 min(max(int((y0 - pad) / sy), 0), h - 1),
@@ -319,6 +331,50 @@ def read_gray(gray: np.ndarray, one_digit: bool = False) -> Scan:
             pixels = _render(ink, part, grow, threshold)
             glyphs.append(Glyph(pixels, box, row_index))
     return Scan(tuple(glyphs))
+
+
+def _turned_size(shape: tuple[int, ...], turn: float) -> tuple[int, int]:
+    """(height, width) of what `ndimage.rotate(..., reshape=True)` makes of `shape`."""
+    c, s = abs(np.cos(np.radians(turn))), abs(np.sin(np.radians(turn)))
+    h, w = shape[0], shape[1]
+    return int(round(h * c + w * s)), int(round(w * c + h * s))
+
+
+def _inner_box(shape: tuple[int, ...], pad: int, turn: float) -> tuple[int, int, int, int] | None:
+    """The upright rectangle [x0, y0, x1, y1) inside the page (`shape` less `pad` on each
+    side) once turned by `turn` degrees, in the turned image; None if it would lose much of
+    the page (a long strip turned)."""
+    c, s = abs(np.cos(np.radians(turn))), abs(np.sin(np.radians(turn)))
+    h, w = shape[0] - 2 * pad, shape[1] - 2 * pad
+    iw, ih = int(w * c - h * s), int(h * c - w * s)
+    if iw < 0.7 * w or ih < 0.7 * h:
+        return None
+    th, tw = _turned_size(shape, turn)
+    x0, y0 = (tw - iw) // 2, (th - ih) // 2
+    return x0, y0, x0 + iw, y0 + ih
+
+
+def _turned_back(
+    box: tuple[int, int, int, int],
+    inner: tuple[int, int, int, int] | None,
+    pad: int,
+    turn: float,
+    straight: tuple[int, ...],
+) -> tuple[float, float, float, float]:
+    """A box in the padded `inner` part of the image turned by `turn` degrees, as the box
+    around it in the `straight`-shaped image before the turn (unchanged without a turn)."""
+    if inner is None:
+        return box
+    x0, y0 = box[0] + inner[0] - pad, box[1] + inner[1] - pad
+    x1, y1 = box[2] + inner[0] - pad, box[3] + inner[1] - pad
+    c, s = np.cos(np.radians(turn)), np.sin(np.radians(turn))
+    th, tw = _turned_size(straight, turn)
+    ty, tx = (th - 1) / 2, (tw - 1) / 2
+    oy, ox = (straight[0] - 1) / 2, (straight[1] - 1) / 2
+    dy = np.array([y0, y0, y1, y1], dtype=np.float64) - ty
+    dx = np.array([x0, x1, x0, x1], dtype=np.float64) - tx
+    ys, xs = oy + dy * c + dx * s, ox + dx * c - dy * s
+    return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
 
 
 def _whole(digit: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> Part:

@@ -3,6 +3,7 @@ out, ink components grouped into digits, digits into rows, touching digits split
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -215,6 +216,85 @@ def _mend_across(mask: np.ndarray, line: np.ndarray) -> np.ndarray:
     above = mask[np.maximum(top - 2, 0), cols]
     below = mask[np.minimum(bottom + 2, line.shape[0] - 1), cols]
     return line & (on & above & below)[None, :]
+
+
+def page_skew(mask: np.ndarray) -> float:
+    """The angle (degrees, for `scipy.ndimage.rotate`) that straightens the ruled or grid
+    lines of a page photographed a little askew, or 0.0.
+
+    Line finding works on rows and columns: a grid tilted by a few degrees is neither, and
+    its lines swallow the digits. The page is sheared by trial angles; at the right one,
+    three or more rows or columns each hold ink along most of the page, more than upright.
+    A lone tilted line (an underline) is left to `_lone_lines`.
+    """
+    h, w = mask.shape
+    if min(h, w) < _SKEW_MIN_SIDE:
+        return 0.0  # a crop this small holds a digit, not a page of lines
+    coarse_trial = _skew_trial(mask, _SKEW_SIDE // 2)
+    fine_trial = _skew_trial(mask, _SKEW_SIDE)
+    if coarse_trial is None or fine_trial is None:
+        return 0.0
+    # The angle roughly on a small copy, then closely (every quarter degree) on a larger one.
+    coarse = max(coarse_trial(d) for d in np.arange(-_MAX_SKEW, _MAX_SKEW + 1e-9, 1.0))
+    level = fine_trial(0.0)[0]
+    score, _, best = max(fine_trial(d) for d in coarse[2] + np.arange(-1.0, 1.01, 0.25))
+    # Turning is for pages clearly askew: a few more lines straight than upright, by a
+    # degree or more (less is left to the line tests, which allow a pixel of tilt per run).
+    if score < _PAGE_LINES or score < level + 2 or abs(best) < 1.0:
+        return 0.0
+    return best
+
+
+def _skew_trial(mask: np.ndarray, side: int) -> Callable[[float], tuple[int, float, float]] | None:
+    """A test of trial angles on the mask pooled to about `side` pixels (None: no ink)."""
+    h, w = mask.shape
+    f = max(1, max(h, w) // side)
+    # Pooled by OR-ing the f x f strided views: a thin line survives pooling (and this is
+    # far cheaper than .any() over a reshaped array).
+    small = np.zeros((h // f, w // f), dtype=bool)
+    for i in range(f):
+        for j in range(f):
+            small |= mask[i : h // f * f : f, j : w // f * f : f]
+    ys, xs = np.nonzero(small)
+    if ys.size < 50:
+        return None
+    # Every k-th ink pixel is plenty to see a line (a line's count falls in proportion).
+    k = max(1, ys.size // _SKEW_POINTS)
+    ys, xs = ys[::k], xs[::k]
+    sh, sw = small.shape
+    thin = max(2.0, _THIN * max(sh, sw))
+
+    def trial(deg: float) -> tuple[int, float, float]:
+        """(page lines, sharpness, degrees): lines first; between angles that find as many,
+        the one whose rows and columns are most concentrated (the lines run straight)."""
+        t = float(np.tan(np.radians(deg)))
+        rows = np.bincount(np.round(ys - xs * t).astype(np.int64) - int(np.floor(-sw * abs(t))))
+        cols = np.bincount(np.round(xs + ys * t).astype(np.int64) - int(np.floor(-sh * abs(t))))
+        lines = _thin_bands(rows, _SPAN * sw / k, thin) + _thin_bands(cols, _SPAN * sh / k, thin)
+        return lines, float(rows @ rows + cols @ cols), float(deg)
+
+    return trial
+
+
+def _thin_bands(counts: np.ndarray, least: float, thickest: float) -> int:
+    """How many runs of consecutive entries reaching `least` are at most `thickest` long:
+    page lines, not the thick strokes of a digit that fills the image."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], counts >= least, [0])).astype(np.int8)))
+    return int(np.count_nonzero(edges[1::2] - edges[::2] <= thickest))
+
+
+#: Side of the pooled mask the skew is measured on (half that for the rough search),
+#: smallest mask searched, largest tilt tried (degrees), the
+#: share of the page a row must hold to be a page line, and how many thin lines make a
+#: ruled or squared page (a digit has at most two long strokes: a 4's bar and stem).
+_SKEW_SIDE = 256
+_SKEW_MIN_SIDE = 160
+_SKEW_POINTS = 4000
+_MAX_SKEW = 8.0
+_SPAN = 0.6
+_PAGE_LINES = 3
+#: Page lines are at most this thick (share of the side, pooled).
+_THIN = 0.03
 
 
 def remove_structure(mask: np.ndarray) -> np.ndarray:

@@ -125,6 +125,28 @@ def test_scan_empty_printed_cell_is_still_nearly_blank() -> None:
     assert found.reason == "nearly blank: only lines or specks"
 
 
+@pytest.mark.parametrize("tilt", [-4.0, 2.0, 5.0])
+def test_scan_reads_a_digit_on_squared_paper_photographed_askew(mnist_sample, tilt) -> None:
+    """Grid lines a few degrees off the image's rows no longer swallow the digit: the page
+    is turned straight, its lines removed, and the box comes back in the upload's pixels."""
+    digit = mnist_sample[0][4]  # a 3
+    grid = Image.new("L", (800, 800), 250)
+    draw = ImageDraw.Draw(grid)
+    for k in range(0, 800, 40):
+        draw.line([(k, 0), (k, 799)], fill=170, width=2)
+        draw.line([(0, k), (799, k)], fill=170, width=2)
+    page = np.asarray(grid.rotate(tilt, resample=Image.BILINEAR, fillcolor=250))[200:600, 200:600]
+    page = page.copy()
+    page[130:270, 130:270] = np.minimum(page[130:270, 130:270], paper_digit(digit, 140))
+    found = read_gray(page.astype(np.float32) / 255)
+    assert len(found.glyphs) == 1, [g.box for g in found.glyphs]
+    (g,) = found.glyphs
+    ys, xs = np.nonzero(paper_digit(digit, 140) < 128)
+    want = (130 + xs.min(), 130 + ys.min(), 131 + xs.max(), 131 + ys.max())
+    assert max(abs(a - b) for a, b in zip(g.box, want, strict=True)) <= 20, (g.box, want)
+    assert similarity(g.pixels, only_glyph(paper_digit(digit, 140))) > 0.7
+
+
 def test_scan_cell_cut_tight_keeps_the_digit_not_the_border(mnist_sample) -> None:
     digit = mnist_sample[0][0]
     cell = boxed(digit)[6:154, 6:154]  # the frame's sides run along the image edges
