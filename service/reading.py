@@ -70,6 +70,18 @@ def _rejected(row: list[float], reject_threshold: float | None) -> bool:
     return max(range(len(row)), key=row.__getitem__) == NOT_A_DIGIT
 
 
+def _tall_letter(glyphs: tuple[Glyph, ...], digits: list[DigitRead]) -> bool:
+    """Whether a mark the model rejected is about as tall as the digits it read."""
+    kept = {id(d.glyph) for d in digits}
+    heights = sorted(d.box[3] - d.box[1] for d in digits)
+    typical = heights[len(heights) // 2]
+    return any(g.box[3] - g.box[1] >= _LETTER_HEIGHT * typical for g in glyphs if id(g) not in kept)
+
+
+#: A rejected mark at least this share of the digits' median height is a letter, not a dash.
+_LETTER_HEIGHT = 0.75
+
+
 def read(scan: Scan, rows: list[list[float]], reject_threshold: float | None = None) -> Reading:
     """The reading of one file from its scan and one probability row per glyph.
 
@@ -100,4 +112,8 @@ def read(scan: Scan, rows: list[list[float]], reject_threshold: float | None = N
         # drawing that happen to look like digits. (Two marks are often one digit broken
         # in two, a small bitmap's thin stroke: the piece that reads as a digit stands.)
         return Reading("not_a_digit", reason="most of its marks are not digits")
+    if len(scan.glyphs) >= 3 and rejected and _tall_letter(scan.glyphs, digits):
+        # "hello" keeps l, l and o, which read as 1, 1 and 0: a mark as tall as the digits
+        # that is not one is a letter (a dash, a dot or a comma is far shorter).
+        return Reading("not_a_digit", reason="letters among its marks: a word, not a number")
     return Reading("digit" if len(digits) == 1 else "number", tuple(digits))

@@ -9,8 +9,8 @@ from service.preprocess import Glyph, Scan
 from service.reading import read
 
 
-def glyph(x0: int, row: int = 0) -> Glyph:
-    return Glyph(np.zeros((28, 28), np.float32), (x0, 0, x0 + 10, 20), row)
+def glyph(x0: int, row: int = 0, tall: int = 20) -> Glyph:
+    return Glyph(np.zeros((28, 28), np.float32), (x0, 10 - tall // 2, x0 + 10, 10 + tall // 2), row)
 
 
 def one_hot(digit: int, p: float = 0.9, classes: int = 10) -> list[float]:
@@ -64,9 +64,19 @@ def test_read_eleven_class_model_rejects_by_class_or_threshold(
 
 def test_read_rejected_glyphs_drop_out_of_a_number() -> None:
     dash = [0.0] * 10 + [1.0]
-    r = read(Scan((glyph(0), glyph(20), glyph(40))), [one_hot(3, classes=11), dash,
-                                                      one_hot(1, classes=11)])  # fmt: skip
+    r = read(Scan((glyph(0), glyph(20, tall=4), glyph(40))), [one_hot(3, classes=11), dash,
+                                                              one_hot(1, classes=11)])  # fmt: skip
     assert (r.kind, r.number) == ("number", "31")
+
+
+def test_read_a_rejected_mark_as_tall_as_the_digits_makes_a_word() -> None:
+    """ "hello": h and e are rejected, l, l and o read as 1, 1, 0; the file is a word."""
+    letter = [0.0] * 10 + [1.0]
+    marks = Scan(tuple(glyph(20 * i) for i in range(5)))
+    rows = [letter, letter, one_hot(1, classes=11), one_hot(1, classes=11), one_hot(0, classes=11)]
+    r = read(marks, rows)
+    assert (r.kind, r.number) == ("not_a_digit", None)
+    assert r.reason == "letters among its marks: a word, not a number"
 
 
 def test_read_mostly_rejected_glyphs_make_the_file_not_a_digit() -> None:
@@ -75,5 +85,8 @@ def test_read_mostly_rejected_glyphs_make_the_file_not_a_digit() -> None:
     r = read(word, [letter, one_hot(1, classes=11), letter, one_hot(7, classes=11)])
     assert (r.kind, r.digit, r.number) == ("not_a_digit", None, None)
     assert r.reason == "most of its marks are not digits"
-    r = read(word, [letter, one_hot(1, classes=11), one_hot(2, classes=11), one_hot(7, classes=11)])
+    dashed = Scan((glyph(0, tall=4), *word.glyphs[1:]))
+    r = read(
+        dashed, [letter, one_hot(1, classes=11), one_hot(2, classes=11), one_hot(7, classes=11)]
+    )
     assert (r.kind, r.number) == ("number", "127")
