@@ -247,7 +247,10 @@ def _slow_multipart(files: list[tuple[str, bytes]], seconds: float):
 
 def test_e2e_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path: Path, mnist_sample) -> None:
     images, labels = mnist_sample
-    proc = ServerProcess(env={"MNIST_MAX_BATCH_SIZE": "4"}).start(tmp_path)
+    # 24 requests of 12 photos: about 10 s of preprocessing on two cores, as long as the
+    # default per-request deadline; this test is about the drain, not that deadline.
+    env = {"MNIST_MAX_BATCH_SIZE": "4", "MNIST_REQUEST_TIMEOUT_S": "60"}
+    proc = ServerProcess(env=env).start(tmp_path)
     files = [make_upload("photo", images[i], seed=i)[::-1] for i in range(12)]
 
     def call(_: int) -> httpx.Response:
