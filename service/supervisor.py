@@ -106,7 +106,14 @@ class Supervisor(Multiprocess):
     def keep_subprocess_alive(self) -> None:
         if self._stopping:
             return  # the sockets are closed: a replacement could not be started anyway
-        super().keep_subprocess_alive()
+        try:
+            super().keep_subprocess_alive()
+        except ValueError:
+            # A stop signal closed the sockets while a dead worker was being replaced:
+            # spawning with a closed socket raises "bad value(s) in fds_to_keep". Nothing
+            # needs replacing any more; the parent goes on to stop and exits 0.
+            if not self._stopping:
+                raise
         self._forget_replaced()
 
     def handle_signals(self) -> None:
