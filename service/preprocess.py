@@ -293,16 +293,11 @@ def read_gray(gray: np.ndarray, one_digit: bool = False) -> Scan:
     noise = _noise_reason(mask)
     if noise:
         return Scan((), noise)
-    straight = ink.shape
-    turn = page_skew(mask)
-    inner = _inner_box(straight, pad, turn) if turn else None
-    if inner is not None:
+    turn = _Turn.of(ink, pad, page_skew(mask))
+    if turn is not None:
         # A ruled or squared page photographed askew: turned straight, its lines run along
-        # rows and columns, where they are found and removed. Only the upright rectangle
-        # inside the turned page is kept: along the page's tilted edges, lines are cut
-        # short and would pass for 1s. Boxes are turned back below.
-        ix0, iy0, ix1, iy1 = inner
-        ink = np.pad(ndimage.rotate(ink, turn, reshape=True, order=1)[iy0:iy1, ix0:ix1], pad)
+        # rows and columns, where they are found and removed. Boxes are turned back below.
+        ink = turn.ink
         mask = _hysteresis(ink, threshold, 0.5 * threshold)
     image = (pad, pad, ink.shape[1] - pad, ink.shape[0] - pad)
     mask = drop_frame_remnants(remove_structure(mask), image)
@@ -321,7 +316,7 @@ def read_gray(gray: np.ndarray, one_digit: bool = False) -> Scan:
     glyphs = []
     for row_index, row in enumerate(rows):
         for part in row:
-            x0, y0, x1, y1 = _turned_back(part.box, inner, pad, turn, straight)
+            x0, y0, x1, y1 = part.box if turn is None else turn.back(part.box)
             box = (
                 min(max(int((x0 - pad) / sx), 0), w - 1),
                 min(max(int((y0 - pad) / sy), 0), h - 1),
@@ -333,48 +328,45 @@ def read_gray(gray: np.ndarray, one_digit: bool = False) -> Scan:
     return Scan(tuple(glyphs))
 
 
-def _turned_size(shape: tuple[int, ...], turn: float) -> tuple[int, int]:
-    """(height, width) of what `ndimage.rotate(..., reshape=True)` makes of `shape`."""
-    c, s = abs(np.cos(np.radians(turn))), abs(np.sin(np.radians(turn)))
-    h, w = shape[0], shape[1]
-    return int(round(h * c + w * s)), int(round(w * c + h * s))
+@dataclass(frozen=True)
+class _Turn:
+    """A padded ink image turned straight by `degrees`, cut to the upright rectangle inside
+    the turned page (along its tilted edges, lines are cut short and would pass for 1s) and
+    padded again; `back` maps its boxes into the image before the turn."""
 
+    ink: np.ndarray
+    degrees: float
+    offset: tuple[int, int]  # (x, y) of the cut in the turned image, less the padding
+    turned: tuple[int, ...]  # shape of the whole turned image
+    straight: tuple[int, ...]  # shape of the image before the turn
 
-def _inner_box(shape: tuple[int, ...], pad: int, turn: float) -> tuple[int, int, int, int] | None:
-    """The upright rectangle [x0, y0, x1, y1) inside the page (`shape` less `pad` on each
-    side) once turned by `turn` degrees, in the turned image; None if it would lose much of
-    the page (a long strip turned)."""
-    c, s = abs(np.cos(np.radians(turn))), abs(np.sin(np.radians(turn)))
-    h, w = shape[0] - 2 * pad, shape[1] - 2 * pad
-    iw, ih = int(w * c - h * s), int(h * c - w * s)
-    if iw < 0.7 * w or ih < 0.7 * h:
-        return None
-    th, tw = _turned_size(shape, turn)
-    x0, y0 = (tw - iw) // 2, (th - ih) // 2
-    return x0, y0, x0 + iw, y0 + ih
+    @classmethod
+    def of(cls, ink: np.ndarray, pad: int, degrees: float) -> _Turn | None:
+        """The turn of `ink` (padded by `pad`), or None for no turn or for a long strip,
+        whose upright rectangle would lose much of the page."""
+        if not degrees:
+            return None
+        c, s = abs(np.cos(np.radians(degrees))), abs(np.sin(np.radians(degrees)))
+        h, w = ink.shape[0] - 2 * pad, ink.shape[1] - 2 * pad
+        iw, ih = int(w * c - h * s), int(h * c - w * s)
+        if iw < 0.7 * w or ih < 0.7 * h:
+            return None
+        turned = ndimage.rotate(ink, degrees, reshape=True, order=1)
+        x0, y0 = (turned.shape[1] - iw) // 2, (turned.shape[0] - ih) // 2
+        cut = np.pad(turned[y0 : y0 + ih, x0 : x0 + iw], pad)
+        return cls(cut, degrees, (x0 - pad, y0 - pad), turned.shape, ink.shape)
 
-
-def _turned_back(
-    box: tuple[int, int, int, int],
-    inner: tuple[int, int, int, int] | None,
-    pad: int,
-    turn: float,
-    straight: tuple[int, ...],
-) -> tuple[float, float, float, float]:
-    """A box in the padded `inner` part of the image turned by `turn` degrees, as the box
-    around it in the `straight`-shaped image before the turn (unchanged without a turn)."""
-    if inner is None:
-        return box
-    x0, y0 = box[0] + inner[0] - pad, box[1] + inner[1] - pad
-    x1, y1 = box[2] + inner[0] - pad, box[3] + inner[1] - pad
-    c, s = np.cos(np.radians(turn)), np.sin(np.radians(turn))
-    th, tw = _turned_size(straight, turn)
-    ty, tx = (th - 1) / 2, (tw - 1) / 2
-    oy, ox = (straight[0] - 1) / 2, (straight[1] - 1) / 2
-    dy = np.array([y0, y0, y1, y1], dtype=np.float64) - ty
-    dx = np.array([x0, x1, x0, x1], dtype=np.float64) - tx
-    ys, xs = oy + dy * c + dx * s, ox + dx * c - dy * s
-    return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
+    def back(self, box: tuple[int, int, int, int]) -> tuple[float, float, float, float]:
+        """A box in `ink`, as the box around it in the image before the turn."""
+        x0, y0 = box[0] + self.offset[0], box[1] + self.offset[1]
+        x1, y1 = box[2] + self.offset[0], box[3] + self.offset[1]
+        c, s = np.cos(np.radians(self.degrees)), np.sin(np.radians(self.degrees))
+        ty, tx = (self.turned[0] - 1) / 2, (self.turned[1] - 1) / 2
+        oy, ox = (self.straight[0] - 1) / 2, (self.straight[1] - 1) / 2
+        dy = np.array([y0, y0, y1, y1], dtype=np.float64) - ty
+        dx = np.array([x0, x1, x0, x1], dtype=np.float64) - tx
+        ys, xs = oy + dy * c + dx * s, ox + dx * c - dy * s
+        return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
 
 
 def _whole(digit: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> Part:

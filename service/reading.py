@@ -85,10 +85,10 @@ _LETTER_HEIGHT = 0.75
 def read(scan: Scan, rows: list[list[float]], reject_threshold: float | None = None) -> Reading:
     """The reading of one file from its scan and one probability row per glyph.
 
-    Glyphs the model calls "not a digit" (a dash, a letter) drop out of a number; a file
-    left with no digit, or where such glyphs are half or more of three or more, is
-    "not_a_digit"; with one
-    digit it is a "digit", with more a "number".
+    Glyphs the model calls "not a digit" (a dash, a letter) drop out of a number. A file
+    left with no digit is "not_a_digit", and so is one of three or more marks where such
+    glyphs are half or more, or where one is as tall as the digits (a letter: a word).
+    With one digit it is a "digit", with more a "number".
     """
     if not scan.glyphs:
         return Reading("not_a_digit", reason=scan.reason or "nothing to read")

