@@ -193,8 +193,9 @@ async def predict_digits(
 async def _predict_digits_direct(request: Request) -> Response:
     # NOTE: FastAPI's handler (dependency solving, its exit stack, the response checks)
     # shows in a single-image request's CPU (measured: docs/decisions.md). The route
-    # class calls this instead, with the same dependencies resolved in the same order,
-    # whenever nothing overrides them; errors go through the app's handlers either way.
+    # class calls this instead whenever nothing overrides the dependencies: it has checked
+    # the key itself (`require_api_key` is its check), and the other two are resolved here
+    # in FastAPI's order; errors go through the app's handlers either way.
     return await predict_digits(
         request, await get_dataplane(request), await predict_options(request)
     )
