@@ -273,25 +273,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--configs", default="batching,no-batching")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per cell")
     p.add_argument("--warmup", type=float, default=2.0)
-    p.add_argument("--rounds", type=int, default=1,
-                   help="repeat every config, interleaved; cells report medians")  # fmt: skip
+    p.add_argument("--rounds", type=int, default=0,
+                   help="repeat every config, interleaved; cells report medians "
+                   "(default 1, 3 with --baseline)")  # fmt: skip
     p.add_argument("--cells", default="",
                    help="only these cells, e.g. single:1,single:64 (default: all)")  # fmt: skip
     p.add_argument("--soak", type=int, default=0, help="requests for the RSS soak (0 = skip)")
     p.add_argument("--overload", type=int, default=0, metavar="FACTOR",
                    help="overload row only: goodput at FACTOR x saturating clients")  # fmt: skip
+    p.add_argument("--baseline", default="", metavar="REF",
+                   help="this checkout against commit/tag REF, both with their defaults, "
+                   "interleaved rounds (default 3), per-cell ratios")  # fmt: skip
     p.add_argument("--model-repository", default="", help="serve another repository")
     p.add_argument("--model-name", default="")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args(argv)
+    from bench import baseline  # it builds on this module's cells and wrk driver
+
+    args.rounds = args.rounds or (3 if args.baseline else 1)
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
-    cells = [c for c in CELLS if not args.cells or f"{c[0]}:{c[2]}" in args.cells.split(",")]
+    known = baseline.CELLS if args.baseline else CELLS
+    cells = [c for c in known if not args.cells or f"{c[0]}:{c[2]}" in args.cells.split(",")]
     if not cells:
-        p.error(f"--cells matches none of {[f'{w}:{c}' for w, _, c in CELLS]}")
+        p.error(f"--cells matches none of {[f'{w}:{c}' for w, _, c in known]}")
     if not shutil.which("wrk"):
         print("wrk is missing: apt-get install wrk", file=sys.stderr)
         return 2
+    if args.baseline:
+        baseline.compare(args.baseline, args.rounds, args.duration, args.warmup, cells, args.out)
+        return 0
     model = {
         k: v
         for k, v in (("model_repository", args.model_repository), ("model_name", args.model_name))

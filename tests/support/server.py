@@ -30,9 +30,15 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         args: list[str] | None = None,
         fd_limit: int | None = None,
+        cwd: Path | None = None,
+        defaults: bool = False,
     ) -> None:
-        """`fd_limit`: RLIMIT_NOFILE (soft and hard) of the server process, as `ulimit -n`."""
+        """`fd_limit`: RLIMIT_NOFILE (soft and hard) of the server process, as `ulimit -n`;
+        `cwd`: the checkout whose code runs (default: this one); `defaults`: exactly what
+        `make serve` runs (one worker per CPU), else one worker unless `env` says more, so
+        that a test's server costs one process."""
         self.fd_limit = fd_limit
+        self.cwd = cwd or ROOT
         self.port = free_port()
         self.grpc_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -43,6 +49,8 @@ class ServerProcess:
             "MNIST_GRPC_PORT": str(self.grpc_port),
             "PYTHONUNBUFFERED": "1",
         }
+        if not defaults:
+            self.env.setdefault("MNIST_WORKERS", "1")
         self.env.update(env or {})
         self.args = args or []
         self.proc: subprocess.Popen[bytes] | None = None
@@ -53,7 +61,7 @@ class ServerProcess:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service", *self.args],
-            cwd=ROOT,
+            cwd=self.cwd,
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -137,6 +145,7 @@ def run_to_exit(
         **os.environ,
         "MNIST_PORT": str(free_port()),
         "MNIST_GRPC_PORT": str(free_port()),
+        "MNIST_WORKERS": os.environ.get("MNIST_WORKERS", "1"),
         **env,
     }
     return subprocess.run(
