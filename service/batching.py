@@ -14,11 +14,11 @@ from typing import Any, Protocol
 
 import torch
 
+from service.admission import Admission, AdmissionPolicy
 from service.errors import (
     InferenceFailed,
     InferenceTimeout,
     ModelNotReady,
-    Overloaded,
     ShuttingDown,
 )
 
@@ -114,6 +114,7 @@ class Batcher:
         enabled: bool,
         observer: BatchObserver | None = None,
         inline: InlineWhenIdle | None = None,
+        admission: Admission | None = None,
     ) -> None:
         #: The served model, asked per batch (the model repository owns it).
         self.current_model = current_model
@@ -125,6 +126,10 @@ class Batcher:
         self.observer = observer
         #: The idle fast path (a policy of its own; None: every image goes through the queue).
         self.inline = inline
+        #: Who may bring more work: the expected wait against the deadline, fair shares.
+        self.admission = admission or Admission(
+            AdmissionPolicy.for_deadline(max_queue_size, request_timeout_s)
+        )
         self._queue: _Lanes | None = None
         self._task: asyncio.Task[None] | None = None
         # NOTE: one thread serialises access to the device and keeps torch's own intra-op
@@ -170,21 +175,13 @@ class Batcher:
         return self._queued_images + self._incoming
 
     def check_capacity(self, client: Hashable = None) -> None:
-        """503 now, before a request's body is read, when the queue or this client's share
-        of it is already full: refusing must cost far less than the work it turns away."""
+        """503 now, before a request's body is read, when the expected wait is already past
+        the deadline (or this client holds more than its share while others wait): refusing
+        must cost far less than the work it turns away."""
         self._admit(1, client)
 
     def _admit(self, images: int, client: Hashable) -> None:
-        if self.pending_images + images > self.max_queue_size:
-            raise Overloaded(
-                f"server is at capacity ({self.pending_images} images pending); retry shortly"
-            )
-        mine = self._by_client.get(client, 0)
-        if mine and mine + images > self.max_queue_size // 2:
-            raise Overloaded(
-                f"this client already has {mine} images pending; at most half the queue "
-                "per client while it has work"
-            )
+        self.admission.check(images, client, self.pending_images, self._by_client)
 
     def stop_accepting(self) -> None:
         self._accepting = False
@@ -302,8 +299,10 @@ class Batcher:
             raise InferenceFailed("inference failed") from None
         finally:
             self._busy = False
+        forward = time.monotonic() - t0
+        self.admission.observe_forward(int(pixels.shape[0]), forward)
         if self.observer is not None:
-            self.observer.observe_batch(int(pixels.shape[0]), 0.0, time.monotonic() - t0)
+            self.observer.observe_batch(int(pixels.shape[0]), 0.0, forward)
         return out, model
 
     # -------------------------------------------------------------- the loop
@@ -375,6 +374,7 @@ class Batcher:
                 "batch size=%d queue_wait=%.2fms forward=%.2fms",
                 x.shape[0], queue_wait * 1000, forward * 1000,
             )  # fmt: skip
+            self.admission.observe_forward(int(x.shape[0]), forward)
             if self.observer is not None:
                 self.observer.observe_batch(int(x.shape[0]), queue_wait, forward)
             offset = 0

@@ -60,7 +60,10 @@ class Settings(BaseSettings):
         2.0, ge=0, description="Longest wait for more work once a batch has started forming."
     )
     max_queue_size: int = Field(
-        4096, ge=1, description="Images queued or in the model per worker; beyond it 503."
+        8192,
+        ge=1,
+        description="Hard bound on images being decoded or queued per worker (memory); "
+        "admission also refuses (503) work whose expected wait passes the deadline.",
     )
     request_timeout_s: float = Field(10.0, gt=0, description="Per-request deadline (504).")
     batching: bool = Field(True, description="Coalesce concurrent requests into batches.")

@@ -171,24 +171,37 @@ class DataPlane:
         abandoned: threading.Event,
         budget: RequestBudget,
         one_digit: bool = False,
+        spent: list[float] | None = None,
     ) -> list[Scan | ServiceError]:
         out: list[Scan | ServiceError] = []
+        # CPU time of this thread, not wall time: threads decoding side by side slow each
+        # other down, and admission wants what the work costs, not how it was shared.
+        started = time.thread_time()
         for data in blobs:
             if abandoned.is_set():
                 break  # the request was cancelled (client gone, deadline): stop spending CPU
             out.append(self._decode_one(data, one_digit, budget))
+        if spent is not None:
+            spent.append(time.thread_time() - started)
         return out
 
-    async def decode_images(self, files: list[NamedFile], one_digit: bool = False) -> list[Scan]:
+    async def decode_images(
+        self, files: list[NamedFile], one_digit: bool = False, spent: list[float] | None = None
+    ) -> list[Scan]:
         """Each file's scan, or one ServiceError naming every file that could not be decoded.
 
         A decodable file with nothing to read is a scan without glyphs, not an error.
+        `spent` gets the CPU seconds each decoding thread worked (not the time the request
+        waited for the threads: that wait is what admission estimates, not a cost).
         """
         outcomes: list[Scan | ServiceError]
         if len(files) == 1 and cheap_to_decode(files[0].data):
             # NOTE: the thread hop costs more than decoding a small plain PNG; the header,
             # not the byte count, says it is small (see docs/decisions.md).
+            started = time.perf_counter()  # on the loop, alone: wall time is its CPU time
             outcomes = [self._decode_one(files[0].data, one_digit)]
+            if spent is not None:
+                spent.append(time.perf_counter() - started)
         else:
             # One pool task per thread, each decoding a contiguous slice of the files: a task
             # per file costs more in scheduling than a small file's decode.
@@ -205,7 +218,13 @@ class DataPlane:
                     parts = await asyncio.gather(
                         *(
                             loop.run_in_executor(
-                                self._pool, self._decode_many, c, abandoned, budget, one_digit
+                                self._pool,
+                                self._decode_many,
+                                c,
+                                abandoned,
+                                budget,
+                                one_digit,
+                                spent,
                             )
                             for c in chunks
                         )
@@ -266,8 +285,10 @@ class DataPlane:
         """One reading per file, in order; all glyphs of all files go through one batch."""
         started = time.perf_counter()
         # Admission (or a 503) before any decoding: refused work must cost almost nothing.
+        spent: list[float] = []
         with self.batcher.incoming(len(files), client):
-            scans = await self.decode_images(files, one_digit)
+            scans = await self.decode_images(files, one_digit, spent)
+        self.batcher.admission.observe_decode(len(files), sum(spent))
         if self.metrics is not None:
             self.metrics.preprocess_latency.observe(time.perf_counter() - started)
         glyphs = [g.pixels for s in scans for g in s.glyphs]

@@ -296,21 +296,37 @@ async def test_batcher_inline_failure_fails_that_request_and_the_next_is_served(
     await b.stop()
 
 
-async def test_batcher_one_client_holds_at_most_half_the_queue() -> None:
+async def test_batcher_a_lone_client_may_fill_the_whole_queue() -> None:
     model = RecordingModel()
     model.gate.clear()
     b = await started(model, max_batch_size=4, max_queue_size=8)
-    hog = [asyncio.create_task(b.submit(rows(4, i), client="hog")) for i in range(1)]
+    hog = [asyncio.create_task(b.submit(rows(4, i), client="hog")) for i in range(2)]
     await asyncio.sleep(0.05)
-    with pytest.raises(Overloaded, match="this client already has 4 images"):
-        await b.submit(rows(1, 5), client="hog")
-    other = asyncio.create_task(b.submit(rows(4, 6), client="other"))  # room is left for it
+    assert b.pending_images == 8  # nobody else waits: its share does not bind
+    with pytest.raises(Overloaded, match="at capacity"):
+        await b.submit(rows(1, 5), client="hog")  # the queue itself is full
+    model.gate.set()
+    await asyncio.gather(*hog)
+    await b.stop()
+
+
+async def test_batcher_share_binds_only_while_another_client_waits() -> None:
+    model = RecordingModel()
+    model.gate.clear()
+    b = await started(model, max_batch_size=4, max_queue_size=8)
+    hog = [asyncio.create_task(b.submit(rows(4, 0), client="hog"))]
+    other = asyncio.create_task(b.submit(rows(2, 1), client="other"))
+    await asyncio.sleep(0.05)
+    # 6 of 8 pending, the hog holds 4 while "other" waits: its fair share (4) is used up
+    # and the queue is past the room kept for others.
+    with pytest.raises(Overloaded, match="1 other client is waiting") as info:
+        await b.submit(rows(1, 2), client="hog")
+    assert int(info.value.headers["Retry-After"]) >= 1
+    # The waiting client itself still gets in.
+    more = asyncio.create_task(b.submit(rows(1, 3), client="other"))
     await asyncio.sleep(0.05)
     model.gate.set()
-    await asyncio.gather(*hog, other)
-    # Alone, a request bigger than half the queue still goes through.
-    out, _ = await b.submit(rows(6, 7), client="hog")
-    assert out.shape == (6, 10)
+    await asyncio.gather(*hog, other, more)
     await b.stop()
 
 

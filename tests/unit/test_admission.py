@@ -1,0 +1,65 @@
+"""Admission: refusals follow the expected wait, and the fair share binds only under contention."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from service.admission import Admission, AdmissionPolicy
+from service.errors import Overloaded
+
+
+def admission(max_images: int = 10_000, max_wait_s: float = 1.0) -> Admission:
+    return Admission(AdmissionPolicy(max_images=max_images, max_wait_s=max_wait_s))
+
+
+def test_before_any_measurement_only_the_memory_bound_applies() -> None:
+    a = admission(max_images=100)
+    assert a.limit() == 100
+    a.check(64, "a", 36, Counter(a=36))
+    with pytest.raises(Overloaded, match="at capacity"):
+        a.check(65, "a", 36, Counter(a=36))
+
+
+def test_the_limit_is_what_fits_the_deadline() -> None:
+    a = admission(max_wait_s=1.0)
+    a.observe_decode(100, 0.1)  # 1 ms per image
+    a.observe_forward(100, 0.1)  # 1 ms per image
+    assert a.seconds_per_image == pytest.approx(0.002)
+    assert a.limit() == 500  # 1 s / 2 ms
+    a.check(64, "a", 436, Counter(a=436))
+    with pytest.raises(Overloaded) as info:
+        a.check(64, "a", 440, Counter(a=440))
+    # Retry-After: the excess (4 images) would be worked off in well under a second.
+    assert info.value.headers["Retry-After"] == "1"
+
+
+def test_retry_after_grows_with_the_work_ahead() -> None:
+    a = admission(max_images=100_000, max_wait_s=0.5)
+    a.observe_forward(1, 0.01)  # 10 ms per image: 50 images fit
+    with pytest.raises(Overloaded) as info:
+        a.check(64, "b", 450, Counter(a=450))
+    assert info.value.headers["Retry-After"] == str(5)  # (450 + 64 - 50) x 10 ms, rounded up
+    assert a.retry_after(100_000) == 30  # bounded
+
+
+def test_an_idle_worker_admits_even_a_request_over_the_limit() -> None:
+    a = admission(max_wait_s=0.01)
+    a.observe_forward(1, 0.01)
+    a.check(64, "a", 0, Counter())  # refusing it would leave the model idle
+
+
+def test_a_lone_client_is_never_held_to_a_share() -> None:
+    a = admission(max_images=100)
+    a.check(10, "a", 90, Counter(a=90))
+
+
+def test_the_share_binds_only_while_others_wait_and_the_queue_is_near_full() -> None:
+    a = admission(max_images=100)
+    waiting = Counter(a=70, b=5)
+    with pytest.raises(Overloaded, match="1 other client is waiting"):
+        a.check(10, "a", 75, waiting)  # 85 > 75 % of 100, and a holds more than half
+    a.check(10, "b", 75, waiting)  # b is within its share
+    a.check(1, "a", 40, Counter(a=35, b=5))  # plenty of room left: no refusal
+    a.check(10, "c", 75, waiting)  # a newcomer is never refused below the limit
