@@ -36,7 +36,10 @@ class Settings(BaseSettings):
         8001, ge=0, le=65535, description="Open Inference Protocol gRPC port (0 = off)."
     )
     workers: int = Field(
-        1, ge=0, le=64, description="uvicorn worker processes; 0 = one per CPU of the quota."
+        0,
+        ge=0,
+        le=64,
+        description="uvicorn worker processes; 0 (default) = one per CPU of the quota.",
     )
     model_repository: Path = Field(
         default_factory=_default_repository, description="Root of <name>/<version>/ folders."
