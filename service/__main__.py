@@ -53,6 +53,10 @@ def uvicorn_options(settings: Settings, log_config: dict[str, Any]) -> dict[str,
         "timeout_graceful_shutdown": settings.drain_timeout_s,
         "server_header": False,
         "timeout_keep_alive": settings.keep_alive_timeout_s,
+        # NOTE: uvicorn trusts 127.0.0.1 by default; here only the configured proxies are,
+        # and without any the proxy-header middleware is not installed at all.
+        "proxy_headers": bool(settings.forwarded_allow_ips.strip()),
+        "forwarded_allow_ips": settings.forwarded_allow_ips.strip() or None,
     }
     if settings.connection_limits:
         from service.protocol import ConnectionLimits, protocol_factory

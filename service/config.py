@@ -158,6 +158,12 @@ class Settings(BaseSettings):
     api_keys: str = Field("", description="Comma-separated API keys, or @/path/to/file.")
     admin_key: str = Field("", description="Enables /admin routes when set.")
     cors_origins: str = Field("", description="Comma-separated allowed origins; off when empty.")
+    forwarded_allow_ips: str = Field(
+        "",
+        description="Peers trusted to say who the client is in X-Forwarded-For (comma-"
+        "separated IPs or CIDRs, '*' for any): their forwarded address is the client for "
+        "fair sharing and logs. Empty (default): the peer address, headers ignored.",
+    )
     opentelemetry: bool = Field(
         False,
         description="FastAPI's native OpenTelemetry spans and metrics (needs an OTel SDK "
