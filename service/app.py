@@ -13,6 +13,8 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import __version__, process
 from service.api import docs, ops, rest
@@ -109,7 +111,7 @@ def create_app(
             # A worker process ends by re-raising SIGTERM: write the queued lines first.
             flush_logs()
 
-    app = FastAPI(
+    app = ServingApp(
         title="mnist-serving",
         version=__version__,
         summary="Handwritten-digit model server: REST, KServe V2 / Open Inference Protocol.",
@@ -160,7 +162,40 @@ def create_app(
         access_log=settings.access_log,
         in_flight=in_flight,
     )
+    if not settings.cors_origins.strip() and not settings.opentelemetry:
+        # CORS (preflights, headers) and FastAPI's telemetry act on every route: with either
+        # on, every request takes the full stack.
+        app.add_lane(rest.predict_route, RequestContextMiddleware(
+            rest.predict_lane, metrics=metrics, access_log=settings.access_log,
+            in_flight=in_flight,
+        ))  # fmt: skip
     return app
+
+
+class ServingApp(FastAPI):
+    """FastAPI with lanes: a route's requests go straight to a plain ASGI app of its own
+    (with the same request context middleware) instead of through Starlette's middleware
+    stack and router, while nothing overrides a dependency (tests do, and then every
+    request takes FastAPI's path). The route stays registered with FastAPI for the OpenAPI
+    document and for that path."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._lanes: dict[tuple[str, str], tuple[ASGIApp, Any]] = {}
+
+    def add_lane(self, route: APIRoute, lane: ASGIApp) -> None:
+        for method in route.methods or ():
+            self._lanes[(method, route.path)] = (lane, route)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self._lanes and not self.dependency_overrides:
+            lane = self._lanes.get((scope["method"], scope["path"]))
+            if lane is not None:
+                scope["app"] = self
+                scope["route"] = lane[1]  # the route label of metrics, as the router sets
+                await lane[0](scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 async def _start_grpc(app: FastAPI, settings: Settings, metrics: Metrics) -> Any:

@@ -94,51 +94,37 @@ def guarded_route(check: Check, limit: Limit) -> type[APIRoute]:
     class GuardedRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
-            direct = _direct_call(self)
-
             reads_body = self.body_field is not None
 
-            def choose(request: Request) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-                # The direct call only when nothing could make the dependencies differ.
-                if direct is None or request.app.dependency_overrides:
-                    return handler
-                return direct
-
             async def guarded(request: Request) -> Response:
-                await check(request)
                 max_bytes = limit(request.app.state.settings)
-                limited = _limited(request, max_bytes)
-                if limited is request:  # no body
-                    return await choose(request)(request)
-                with body_budget(request).hold(limited, max_bytes) as limited:
-                    if reads_body:
-                        # FastAPI turns any error while it reads a body into a 400: read it
-                        # here first, so that going over the limit stays a 413.
-                        body = await read_body(limited)
-                        limited = _replaying(request, body)
-                    return await choose(request)(limited)
+                return await run_guarded(request, check, max_bytes, handler, reads_body)
 
             return guarded
 
     return GuardedRoute
 
 
-#: Attribute of an endpoint that can also be called with the request alone: a coroutine
-#: function taking the Request that resolves the endpoint's own dependencies and calls it.
-DIRECT_CALL = "direct_call"
-
-
-def _direct_call(
-    route: APIRoute,
-) -> Callable[[Request], Coroutine[Any, Any, Response]] | None:
-    """The endpoint's direct call, if it declares one and the route adds no dependency of
-    its own (a router dependency added later makes every request take FastAPI's path)."""
-    direct = getattr(route.endpoint, DIRECT_CALL, None)
-    declared = getattr(direct, "dependencies", None)
-    if direct is None or declared is None:
-        return None
-    calls = {d.call for d in route.dependant.dependencies}
-    return direct if calls <= set(declared) else None
+async def run_guarded(
+    request: Request,
+    check: Check,
+    max_bytes: int,
+    handler: Callable[[Request], Coroutine[Any, Any, Response]],
+    reads_body: bool = False,
+) -> Response:
+    """`check` (the API key), the declared length against `max_bytes` and the body budget,
+    all before any byte of the body is read; then `handler` with the limited request."""
+    await check(request)
+    limited = _limited(request, max_bytes)
+    if limited is request:  # no body
+        return await handler(request)
+    with body_budget(request).hold(limited, max_bytes) as limited:
+        if reads_body:
+            # FastAPI turns any error while it reads a body into a 400: read it here
+            # first, so that going over the limit stays a 413.
+            body = await read_body(limited)
+            limited = _replaying(request, body)
+        return await handler(limited)
 
 
 def _limited(request: Request, max_bytes: int) -> Request:

@@ -11,7 +11,10 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
 
 from service.api.deps import (
     DataPlaneDep,
@@ -20,10 +23,16 @@ from service.api.deps import (
     get_dataplane,
     require_api_key,
 )
-from service.api.guard import body_schema, guarded_route, parse_json, read_body
+from service.api.guard import body_schema, guarded_route, parse_json, read_body, run_guarded
 from service.config import Settings
 from service.dataplane import NamedFile
-from service.errors import InvalidInput, describe_validation
+from service.errors import (
+    CLIENT_CLOSED,
+    InvalidInput,
+    ServiceError,
+    describe_validation,
+    service_error_response,
+)
 from service.model import Classifier
 from service.preprocess import to_png
 from service.reading import DigitRead, Reading
@@ -190,21 +199,28 @@ async def predict_digits(
     return _json(render_predictions([f.filename for f in files], readings, model, options))
 
 
-async def _predict_digits_direct(request: Request) -> Response:
-    # NOTE: FastAPI's handler (dependency solving, its exit stack, the response checks)
-    # shows in a single-image request's CPU (measured: docs/decisions.md). The route
-    # class calls this instead whenever nothing overrides the dependencies: it has checked
-    # the key itself (`require_api_key` is its check), and the other two are resolved here
-    # in FastAPI's order; errors go through the app's handlers either way.
+async def predict_lane(scope: Scope, receive: Receive, send: Send) -> None:
+    """`POST /v1/predict` as a plain ASGI app: the same checks, handler and error bodies as
+    the FastAPI route below, without the router, FastAPI's dependency solving and the
+    middleware it adds per request (their cost per single-image request:
+    docs/decisions.md). `ServingApp` sends the route's requests here whenever nothing
+    overrides its dependencies; the FastAPI route documents it and serves the rest."""
+    request = Request(scope, receive)
+    try:
+        max_bytes = request.app.state.settings.max_request_bytes
+        response = await run_guarded(request, require_api_key, max_bytes, _predict_resolved)
+    except ServiceError as exc:
+        response = service_error_response(request, exc)
+    except ClientDisconnect:
+        response = Response(status_code=CLIENT_CLOSED)
+    await response(scope, receive, send)
+
+
+async def _predict_resolved(request: Request) -> Response:
+    # The route's dependencies in FastAPI's order (the key was checked by run_guarded).
     return await predict_digits(
         request, await get_dataplane(request), await predict_options(request)
     )
-
-
-_predict_digits_direct.dependencies = (  # type: ignore[attr-defined]
-    require_api_key, get_dataplane, predict_options,
-)  # fmt: skip
-predict_digits.direct_call = _predict_digits_direct  # type: ignore[attr-defined]
 
 
 router.add_api_route(
@@ -217,6 +233,10 @@ router.add_api_route(
     summary="Predict digits from uploaded image files",
     # The multipart body is capped at max_request_bytes, not at the base64 routes' 4/3 of it.
     route_class_override=guarded_route(require_api_key, lambda s: s.max_request_bytes),
+)
+#: The route `predict_lane` stands in for (its label in metrics, its OpenAPI entry).
+predict_route = next(
+    r for r in router.routes if isinstance(r, APIRoute) and r.path == "/v1/predict"
 )
 
 

@@ -276,20 +276,28 @@ async def test_multipart_with_thousands_of_other_fields_is_refused(app: FastAPI)
     assert "form fields" in answer["error"]
 
 
-def test_direct_call_only_while_the_route_adds_no_dependency() -> None:
-    # /v1/predict skips FastAPI's handler with its own dependencies resolved directly; a
-    # dependency added to the route (or its router) sends it back through FastAPI.
-    from fastapi import APIRouter, Depends
+async def test_the_predict_lane_and_the_fastapi_route_answer_alike(app: FastAPI) -> None:
+    # /v1/predict goes through its lane (no router, no dependency solving) unless a
+    # dependency is overridden; both must give the same statuses and bodies.
+    from service.api import deps
 
-    from service.api import rest
-    from service.api.guard import _direct_call
-
-    (route,) = [r for r in rest.router.routes if getattr(r, "path", "") == "/v1/predict"]
-    assert _direct_call(route) is rest.predict_digits.direct_call  # type: ignore[attr-defined]
-
-    async def audit() -> None:
-        return None
-
-    extra = APIRouter(dependencies=[Depends(audit)], route_class=type(route))
-    extra.add_api_route("/p", rest.predict_digits, methods=["POST"])
-    assert _direct_call(extra.routes[0]) is None  # type: ignore[arg-type]
+    answers = []
+    for override in (False, True):
+        if override:
+            app.dependency_overrides[deps.get_settings] = deps.get_settings
+        try:
+            bad_key = await call(app, "POST", "/v1/predict", {"x-api-key": "wrong"}, [b""])
+            no_files = await call(
+                app, "POST", "/v1/predict",
+                {"content-type": "multipart/form-data; boundary=x", "x-api-key": KEY},
+                [b"--x--\r\n"],
+            )  # fmt: skip
+            not_multipart = await call(
+                app, "POST", "/v1/predict", {"content-type": "text/plain", "x-api-key": KEY},
+                [b"7"],
+            )  # fmt: skip
+        finally:
+            app.dependency_overrides.clear()
+        answers.append([(a[0], a[2]) for a in (bad_key, no_files, not_multipart)])
+    assert answers[0] == answers[1]
+    assert [status for status, _ in answers[0]] == [401, 400, 415], answers[0]
