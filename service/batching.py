@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -90,6 +90,24 @@ class _Lanes:
         item = self.get_nowait()
         assert item is not None
         return item
+
+
+class _Incoming:
+    """The block during which admitted images are being decoded (`Batcher.incoming`).
+
+    NOTE: a class, not @contextmanager: a generator per request costs more than the rest
+    of the admission (docs/decisions.md)."""
+
+    __slots__ = ("_batcher", "_images", "_client")
+
+    def __init__(self, batcher: Batcher, images: int, client: Hashable) -> None:
+        self._batcher, self._images, self._client = batcher, images, client
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self._batcher._announced(self._images, self._client)
 
 
 class Batcher:
@@ -209,21 +227,21 @@ class Batcher:
 
     # -------------------------------------------------------------- clients
 
-    @contextlib.contextmanager
-    def incoming(self, images: int = 1, client: Hashable = None) -> Iterator[None]:
+    def incoming(self, images: int = 1, client: Hashable = None) -> _Incoming:
         """Admit work that is about to be decoded (or refuse it with 503 before any decoding),
-        and announce it, so a forming batch can wait for it."""
+        and announce it, so a forming batch can wait for it. A context manager: the
+        announcement ends with the block."""
         if not self._accepting:
             raise ShuttingDown()
         self._admit(images, client)
         self._incoming += images
         self._by_client[client] += images
-        try:
-            yield
-        finally:
-            self._incoming -= images
-            self._forget(client, images)
-            self._arrived.set()
+        return _Incoming(self, images, client)
+
+    def _announced(self, images: int, client: Hashable) -> None:
+        self._incoming -= images
+        self._forget(client, images)
+        self._arrived.set()
 
     def _forget(self, client: Hashable, images: int) -> None:
         left = self._by_client[client] - images

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
-from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -114,40 +112,46 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 WATCH_AFTER_S = 0.05
 
 
-@contextlib.contextmanager
-def cancelled_on_disconnect(request: Request, after_s: float = WATCH_AFTER_S) -> Iterator[None]:
+class cancelled_on_disconnect:  # noqa: N801 - used like the function it was
     """Stop waiting for the model once the client has hung up, and raise ClientDisconnect.
 
     Cancelling the wait releases the request's queue slot at once, so clients that gave up
     (timeouts, retries) cannot fill the queue with work nobody will read. Use after the body
     has been read: from then on the only message `receive` can bring is the disconnect.
+
+    NOTE: a class, not @contextmanager: most requests finish before the watch starts, and
+    for them the generator was most of the cost (docs/decisions.md).
     """
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    watcher: asyncio.Task[None] | None = None
-    gone = False
 
-    async def watch() -> None:
-        nonlocal gone
-        while (await request.receive())["type"] != "http.disconnect":
+    __slots__ = ("_request", "_task", "_timer", "_watcher", "_gone")
+
+    def __init__(self, request: Request, after_s: float = WATCH_AFTER_S) -> None:
+        self._request = request
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._watcher: asyncio.Task[None] | None = None
+        self._gone = False
+        self._timer = asyncio.get_running_loop().call_later(after_s, self._start)
+
+    def _start(self) -> None:
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while (await self._request.receive())["type"] != "http.disconnect":
             pass
-        gone = True
-        task.cancel()
+        self._gone = True
+        self._task.cancel()
 
-    def start() -> None:
-        nonlocal watcher
-        watcher = loop.create_task(watch())
+    def __enter__(self) -> None:
+        return None
 
-    timer = loop.call_later(after_s, start)
-    try:
-        yield
-    except asyncio.CancelledError:
-        if not gone:
-            raise
-        task.uncancel()
-        raise ClientDisconnect() from None
-    finally:
-        timer.cancel()
-        if watcher is not None:
-            watcher.cancel()
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        self._timer.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
+        if kind is not None and issubclass(kind, asyncio.CancelledError) and self._gone:
+            self._task.uncancel()
+            raise ClientDisconnect() from None
