@@ -50,6 +50,15 @@ class NamedFile:
     data: bytes
 
 
+@dataclass(frozen=True)
+class V2Answer:
+    """What `DataPlane.infer_v2` gives a front end to render."""
+
+    tensors: list[codec.OutputTensor]
+    model: Classifier
+    images: int
+
+
 class DataPlane:
     def __init__(
         self,
@@ -307,6 +316,51 @@ class DataPlane:
             readings.append(read(s, rows[start:end], threshold))
             start = end
         return readings, model
+
+    # ---------------------------------------------------------------- Open Inference Protocol
+
+    async def infer_v2(
+        self, req: codec.V2Request, client: Hashable = None, large: bool = False
+    ) -> V2Answer:
+        """One V2 inference request, the same steps in the same order for REST and gRPC:
+        plan the outputs, read the options, decode the input (on a thread when `large`:
+        splitting BYTES and building rows grow with the body and would stall the loop),
+        infer, encode the output tensors. The front end parses its wire format into `req`
+        before and renders the tensors after."""
+        plan = codec.plan_outputs(req)
+        one_digit = codec.one_digit_option(req)
+        first = codec.single_input(req)
+        if large:
+            decoded = await asyncio.to_thread(codec.decode_input, first, self.tensor_limits)
+        else:
+            decoded = codec.decode_input(first, self.tensor_limits)
+        probs, model, given = await self._infer_decoded(decoded, client, one_digit)
+        return V2Answer(codec.encode_outputs(plan, probs.numpy(), given), model, len(decoded))
+
+    async def _infer_decoded(
+        self, decoded: codec.Rows | list[bytes], client: Hashable, one_digit: bool
+    ) -> tuple[torch.Tensor, Classifier, dict[str, Any] | None]:
+        """Probabilities for a decoded V2 input: tensor rows straight to the model, files read.
+
+        For files, also the label, kind and number outputs per file; probabilities are zeros
+        and the label -1 for a file that is not a single digit."""
+        if isinstance(decoded, codec.Rows):
+            probs, model = await self.infer(decoded.values, client, normalized=decoded.normalized)
+            return probs, model, None
+        files = [NamedFile(f"image[{i}]", data) for i, data in enumerate(decoded)]
+        readings, model = await self.predict_files(files, client, one_digit)
+        probs = torch.zeros(len(readings), 10)
+        labels = np.full(len(readings), -1, dtype="<i8")
+        for i, r in enumerate(readings):
+            if r.kind == "digit":
+                probs[i] = torch.tensor(r.digits[0].probabilities[:10])
+                labels[i] = r.digits[0].digit
+        given = {
+            "label": labels,
+            "kind": [r.kind.encode() for r in readings],
+            "number": [(r.number or "").encode() for r in readings],
+        }
+        return probs, model, given
 
     # ---------------------------------------------------------------- versions
 

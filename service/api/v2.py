@@ -7,11 +7,9 @@ outputs, and the classification extension (`classification: k` on an output).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable
 from typing import Annotated, Any
 
 import numpy as np
-import torch
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -28,9 +26,8 @@ from service.api.guard import guarded_route
 from service.api.ops import readiness
 from service.codec import triton
 from service.codec import v2 as codec
-from service.dataplane import DataPlane, NamedFile
-from service.errors import InvalidInput, PayloadTooLarge
-from service.model import Classifier
+from service.dataplane import DataPlane
+from service.errors import PayloadTooLarge
 from service.schemas.v2 import (
     InferenceErrorResponse,
     InferenceResponse,
@@ -206,9 +203,8 @@ async def infer_version(
 
 # ---------------------------------------------------------------------------- inference
 
-#: Bodies larger than this are parsed and decoded on a worker thread: JSON parsing, pydantic
-#: validation and BYTES splitting grow with the body and would stall every other request.
-OFFLOAD_BYTES = 64 * 1024
+#: Bodies larger than this are parsed and decoded on a worker thread (the codec's bound).
+OFFLOAD_BYTES = codec.OFFLOAD_BYTES
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -224,13 +220,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _decode(
-    body: bytes, header_length: str | None, limits: codec.Limits
-) -> tuple[codec.V2Request, list[codec.OutputSpec], codec.Rows | list[bytes]]:
+def _parse(body: bytes, header_length: str | None, limits: codec.Limits) -> codec.V2Request:
     header, binary = codec.split_body(body, header_length)
-    req = codec.parse_json_request(header, binary, limits)
-    plan = codec.plan_outputs(req)
-    return req, plan, codec.decode_input(codec.single_input(req), limits)
+    return codec.parse_json_request(header, binary, limits)
 
 
 async def _infer(
@@ -241,15 +233,14 @@ async def _infer(
     plane.batcher.check_capacity(client)
     body = await _read_body(request, limit)
     args = (body, request.headers.get(HEADER_LENGTH), plane.tensor_limits)
-    if len(body) > OFFLOAD_BYTES:
-        req, plan, decoded = await asyncio.to_thread(_decode, *args)
-    else:
-        req, plan, decoded = _decode(*args)
-    request.state.images = len(decoded)
+    large = len(body) > OFFLOAD_BYTES
+    req = await asyncio.to_thread(_parse, *args) if large else _parse(*args)
     with cancelled_on_disconnect(request):
-        probs, model, given = await infer_decoded(plane, decoded, client, _one_digit(req))
-    tensors = codec.encode_outputs(plan, probs.numpy(), given)
-    header, blobs = codec.render_json(tensors, model.name, model.version, req.id)
+        answer = await plane.infer_v2(req, client, large)
+    request.state.images = answer.images
+    header, blobs = codec.render_json(
+        answer.tensors, answer.model.name, answer.model.version, req.id
+    )
     if not blobs:
         return Response(header, media_type="application/json")
     return Response(
@@ -257,40 +248,6 @@ async def _infer(
         media_type="application/octet-stream",
         headers={"Inference-Header-Content-Length": str(len(header))},
     )
-
-
-async def infer_decoded(
-    plane: DataPlane, decoded: codec.Rows | list[bytes], client: Hashable, one_digit: bool = False
-) -> tuple[torch.Tensor, Classifier, dict[str, Any] | None]:
-    """Probabilities for a decoded V2 input: tensor rows straight to the model, files read.
-
-    For files, also the label, kind and number outputs per file; probabilities are zeros and
-    the label -1 for a file that is not a single digit. `client` keys the batcher's fair
-    share (see `client_key`)."""
-    if isinstance(decoded, codec.Rows):
-        probs, model = await plane.infer(decoded.values, client, normalized=decoded.normalized)
-        return probs, model, None
-    files = [NamedFile(f"image[{i}]", data) for i, data in enumerate(decoded)]
-    readings, model = await plane.predict_files(files, client, one_digit)
-    probs = torch.zeros(len(readings), 10)
-    labels = np.full(len(readings), -1, dtype="<i8")
-    for i, r in enumerate(readings):
-        if r.kind == "digit":
-            probs[i] = torch.tensor(r.digits[0].probabilities[:10])
-            labels[i] = r.digits[0].digit
-    given = {
-        "label": labels,
-        "kind": [r.kind.encode() for r in readings],
-        "number": [(r.number or "").encode() for r in readings],
-    }
-    return probs, model, given
-
-
-def _one_digit(req: codec.V2Request) -> bool:
-    value = req.parameters.get("one_digit", False)
-    if not isinstance(value, bool):
-        raise InvalidInput("parameter 'one_digit' must be a boolean")
-    return value
 
 
 router.include_router(protected)

@@ -362,6 +362,20 @@ def _flag(params: dict[str, Any], key: str, default: bool) -> bool:
     return value
 
 
+#: Requests larger than this are parsed and decoded on a worker thread, over REST and gRPC:
+#: JSON parsing, validation and BYTES splitting grow with the body and would stall every
+#: other request on the event loop.
+OFFLOAD_BYTES = 64 * 1024
+
+
+def one_digit_option(req: V2Request) -> bool:
+    """The request's `one_digit` parameter (read each image as exactly one digit)."""
+    value = req.parameters.get("one_digit", False)
+    if not isinstance(value, bool):
+        raise InvalidInput("parameter 'one_digit' must be a boolean")
+    return value
+
+
 def plan_outputs(req: V2Request, binary_default: bool = False) -> list[OutputSpec]:
     """Validate the requested outputs once, before any model time is spent."""
     default_binary = _flag(req.parameters, "binary_data_output", binary_default)

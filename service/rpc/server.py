@@ -19,7 +19,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from service import __version__
 from service.api.deps import check_api_key, client_key_of, presented_key
 from service.api.ops import state_readiness
-from service.api.v2 import infer_decoded
 from service.codec import triton
 from service.codec import v2 as codec
 from service.config import Settings
@@ -254,15 +253,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             plane.get_model(request.model_name, request.model_version or None)  # or a 404
             client = self._client(context)
             plane.batcher.check_capacity(client)  # before any decoding, as over HTTP
-            req = request_from_proto(request)
-            plan = codec.plan_outputs(req)
-            decoded = codec.decode_input(codec.single_input(req), plane.tensor_limits)
+            # Big messages are converted off the loop, as big HTTP bodies are parsed.
+            large = request.ByteSize() > codec.OFFLOAD_BYTES
+            req = (
+                await asyncio.to_thread(request_from_proto, request)
+                if large
+                else request_from_proto(request)
+            )
             # NOTE: a client deadline cancels this task (grpc.aio), which releases the
             # request's queue slot; the server's own request_timeout_s still applies.
-            probs, model, given = await infer_decoded(plane, decoded, client)
-            tensors = codec.encode_outputs(plan, probs.numpy(), given)
-            rpc.images = len(decoded)
-            return response_to_proto(tensors, model.name, model.version, request.id)
+            answer = await plane.infer_v2(req, client, large)
+            rpc.images = answer.images
+            return response_to_proto(
+                answer.tensors, answer.model.name, answer.model.version, request.id
+            )
 
         return await self._call("ModelInfer", context, run)
 

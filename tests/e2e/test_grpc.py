@@ -123,6 +123,27 @@ def test_grpc_infer_image_bytes_and_classification(client, mnist_sample) -> None
     assert [int(row[0].decode().split(":")[1]) for row in top] == list(labels[:6])
 
 
+def test_grpc_honours_one_digit_as_rest_does(client, mnist_sample) -> None:
+    # REST and gRPC share DataPlane.infer_v2: the `one_digit` request parameter reads a
+    # row of two digits as one digit over gRPC too (it was ignored there).
+    images, _ = mnist_sample
+    cells = [255 - np.kron(d, np.ones((3, 3), np.uint8)) for d in images[[0, 1]]]
+    paper = np.full((140, 40 + 2 * (84 + 20)), 255, np.uint8)
+    for i, c in enumerate(cells):
+        paper[28:112, 20 + i * 104 : 104 + i * 104] = c
+    row = np.array([png_bytes(paper)], dtype=np.object_)
+    kinds = []
+    for one_digit in (False, True):
+        inp = grpcclient.InferInput("image", [1], "BYTES")
+        inp.set_data_from_numpy(row)
+        result = client.infer(
+            MODEL, [inp], outputs=[grpcclient.InferRequestedOutput("kind")], headers=AUTH,
+            parameters={"one_digit": one_digit},
+        )  # fmt: skip
+        kinds.append(result.as_numpy("kind")[0].decode())
+    assert kinds == ["number", "digit"]
+
+
 def test_grpc_statistics_count_images_and_forward_passes(client) -> None:
     stats = client.get_inference_statistics(MODEL, headers=AUTH, as_json=True)
     (model,) = stats["model_stats"]
