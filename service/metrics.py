@@ -38,6 +38,10 @@ class Metrics:
         self._sampled: tuple[int, int] | None = None
         mp = multiprocess_dir() is not None
         r = self.registry
+        # NOTE: every gauge takes a `live*` mode with several workers: only those files does
+        # mark_process_dead remove when a worker dies (service/supervisor.py), and only
+        # those may go while a scrape reads the folder; another mode would keep counting a
+        # dead worker's value (tests/unit/test_metrics.py checks).
         live: Any = "livesum" if mp else "all"
         self.requests = Counter(
             "mnist_requests", "HTTP requests by route and status", ["route", "method", "status"],

@@ -1,5 +1,5 @@
-"""Supervisor: uvicorn's multi-process parent, made to stop cleanly, forget dead workers and
-keep every worker on one model version."""
+"""Supervisor: uvicorn's multi-process parent, made to stop cleanly, replace a dead worker and
+drop its gauges the moment it dies, and keep every worker on one model version."""
 
 from __future__ import annotations
 
@@ -17,15 +17,19 @@ from pathlib import Path
 from types import FrameType
 
 from prometheus_client import multiprocess as prom_mp
-from uvicorn.config import Config
-from uvicorn.supervisors.multiprocess import Multiprocess
+from uvicorn.config import STARTUP_FAILURE, Config
+from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from service.config import Settings
 from service.fleet import FLEET_DIR_ENV, Fleet
 from service.metrics import multiprocess_dir
 from service.repository import ModelLoadError, ModelRepository
+from service.watch import Watch, describe_exit
 
 logger = logging.getLogger(__name__)
+
+#: How often each worker is pinged (uvicorn's round is 0.5 s too).
+_PING_INTERVAL_S = 0.5
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -62,8 +66,12 @@ class Supervisor(Multiprocess):
       handshakes into a backlog that no process would accept: those clients hung, then were
       reset when the parent exited. With it closed, the socket dies with the last worker's
       listener and new connections are refused while accepted ones drain.
-    - when a worker is replaced (it died, or SIGTTOU retired it) its `live*` gauge files
-      are removed, so `/metrics` stops counting its requests in flight.
+    - it learns of a worker's exit at once (service/watch.py: a blocking wait on the
+      workers' sentinels, health-check answers and signals, in place of a 0.5 s sleep and
+      pings that block), removes the dead worker's `live*` gauge files, so `/metrics` stops
+      counting its requests in flight, and starts its replacement; it logs
+      "worker <pid> exited (signal 9); metrics removed; replacement <pid>". A worker
+      retired by SIGTTOU loses its gauge files too.
 
     And one replacement: SIGHUP no longer restarts the workers one by one. It publishes the
     pinned or newest version in the fleet folder (service/fleet.py) and relays SIGHUP to
@@ -75,6 +83,7 @@ class Supervisor(Multiprocess):
         super().__init__(config, sockets)
         self._stopping = False
         self._known_pids: set[int] = set()
+        self._watch: Watch | None = None  # from `run` on: it takes over the signal wake-up fd
         self._repository = ModelRepository(settings)
         # The workers are spawned later and inherit the environment: they find the folder.
         folder = tempfile.mkdtemp(prefix="mnist-fleet-")
@@ -84,8 +93,22 @@ class Supervisor(Multiprocess):
             signal.signal(sig, self._on_stop_signal)
 
     def run(self) -> None:
+        """uvicorn's `Multiprocess.run`, with its 0.5 s sleep replaced by `Watch.wait`."""
+        logger.info("Started parent process [%d]", os.getpid())
         try:
-            super().run()
+            self.init_processes()
+            watch = self._watch = Watch(_PING_INTERVAL_S, self.config.timeout_worker_healthcheck)
+            try:
+                while not self.should_exit.is_set():
+                    watch.wait(self.processes)
+                    self.handle_signals()
+                    self.keep_subprocess_alive()
+            finally:
+                watch.close()
+                self._watch = None
+            self.terminate_all()
+            self.join_all()
+            logger.info("Stopping parent process [%d]", os.getpid())
         finally:
             shutil.rmtree(self.fleet.folder, ignore_errors=True)
 
@@ -104,17 +127,58 @@ class Supervisor(Multiprocess):
         self._forget_replaced()
 
     def keep_subprocess_alive(self) -> None:
-        if self._stopping:
-            return  # the sockets are closed: a replacement could not be started anyway
+        """Replace every worker that has exited or stopped answering health checks."""
+        for idx, process in enumerate(self.processes):
+            if self._stopping or self.should_exit.is_set():
+                return  # the sockets are closed: a replacement could not be started anyway
+            if process.exitcode is None:  # waitpid(WNOHANG): still running
+                if self._watch is None or not self._watch.hung(process):
+                    continue
+                logger.error(
+                    "worker %s answered no health check in %d s: killing it",
+                    process.pid,
+                    self.config.timeout_worker_healthcheck,
+                )
+            process.kill()  # a no-op for one that has exited; closes its pipes
+            process.join()
+            self._replace(idx, process)
+
+    def _replace(self, idx: int, dead: Process) -> None:
+        assert dead.pid is not None
+        # First the gauges: the replacement's start-up must not delay them.
+        self._forget(dead.pid)
+        self._known_pids.discard(dead.pid)
+        if dead.exitcode == STARTUP_FAILURE:
+            # As uvicorn: the app, or the socket, is broken and every replacement would fail.
+            logger.error("worker %d failed to start: stopping the parent", dead.pid)
+            self.should_exit.set()
+            return
+        replacement = self._spawn()
+        if replacement is None:
+            return
+        self.processes[idx] = replacement
+        assert replacement.pid is not None
+        self._known_pids.add(replacement.pid)
+        logger.warning(
+            "worker %d exited (%s); metrics removed; replacement %d",
+            dead.pid,
+            describe_exit(dead.exitcode),
+            replacement.pid,
+        )
+
+    def _spawn(self) -> Process | None:
+        """A started worker, or None when a stop signal closed the sockets meanwhile."""
+        process = Process(self.config, self.sockets)
         try:
-            super().keep_subprocess_alive()
+            process.start()
         except ValueError:
             # A stop signal closed the sockets while a dead worker was being replaced:
             # spawning with a closed socket raises "bad value(s) in fds_to_keep". Nothing
             # needs replacing any more; the parent goes on to stop and exits 0.
             if not self._stopping:
                 raise
-        self._forget_replaced()
+            return None
+        return process
 
     def handle_signals(self) -> None:
         super().handle_signals()
@@ -153,17 +217,18 @@ class Supervisor(Multiprocess):
             super().handle_ttin()
 
     def _forget_replaced(self) -> None:
+        # Workers that left `self.processes` by another path than `_replace` (SIGTTOU).
         live = {p.pid for p in self.processes if p.pid is not None}
         gone = self._known_pids - live
         self._known_pids = live
-        if not gone:
-            return
         for pid in sorted(gone):
-            self.fleet.forget(pid)
-        if multiprocess_dir() is None:
-            return
-        for pid in sorted(gone):
-            # Removes only the `live*` gauge files: counters and histograms of a dead
-            # worker still count, or totals would go backwards.
+            self._forget(pid)
+            logger.info("worker %d retired; metrics removed", pid)
+
+    def _forget(self, pid: int) -> None:
+        self.fleet.forget(pid)
+        if multiprocess_dir() is not None:
+            # Removes only the `live*` gauge files (every gauge is one: service/metrics.py):
+            # counters and histograms of a dead worker still count, or totals would go
+            # backwards and read as a counter reset.
             prom_mp.mark_process_dead(pid)
-            logger.info("worker %d gone: its live gauges are removed", pid)

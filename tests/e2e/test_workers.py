@@ -1,5 +1,5 @@
-"""Several workers behave like one: SIGTERM under load loses nothing, a killed worker's
-gauges go away. Real `python -m service --workers 2` processes, real HTTP."""
+"""Several workers behave like one: SIGTERM under load loses nothing, a killed or crashed
+worker's gauges go at once. Real `python -m service --workers 2` processes, real HTTP."""
 
 from __future__ import annotations
 
@@ -113,11 +113,23 @@ def _open_sockets(pid: int) -> int:
     return count
 
 
-def test_workers_killed_worker_gauges_are_removed(tmp_path: Path, mnist_sample) -> None:
+def _gauge_files(folder: Path, pid: int) -> list[str]:
+    return sorted(f.name for f in folder.glob(f"gauge_*_{pid}.db"))
+
+
+@pytest.mark.parametrize(
+    "death",
+    [signal.SIGKILL, signal.SIGSEGV],  # kill -9 or the OOM killer; a crash in native code
+    ids=["sigkill", "crash"],
+)
+def test_workers_dead_worker_gauges_are_removed(tmp_path: Path, mnist_sample, death) -> None:
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
     # The slow uploads are chunked (no declared size): admission counts each one at
     # max_request_bytes against this budget, which must hold all eight.
     proc = ServerProcess(
-        args=["--workers", "2"], env={"MNIST_MAX_INFLIGHT_BODY_MIB": "1024"}
+        args=["--workers", "2"],
+        env={"MNIST_MAX_INFLIGHT_BODY_MIB": "1024", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)},
     ).start(tmp_path)
     try:
         files = [("f.png", png_bytes(mnist_sample[0][i])) for i in range(8)]
@@ -127,7 +139,7 @@ def test_workers_killed_worker_gauges_are_removed(tmp_path: Path, mnist_sample) 
             try:
                 r = httpx.post(proc.url + "/v1/predict", content=body, headers=headers, timeout=60)
             except httpx.TransportError:
-                return -1  # on the killed worker
+                return -1  # on the dead worker
             return r.status_code
 
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -142,12 +154,24 @@ def test_workers_killed_worker_gauges_are_removed(tmp_path: Path, mnist_sample) 
             # The kernel need not spread connections evenly: kill the busier worker (the one
             # holding more sockets), so the dead one surely had requests in flight.
             victim = max(_workers(proc), key=_open_sockets)
-            os.kill(victim, signal.SIGKILL)
+            # Every gauge's file: in flight and queue depth (livesum), model info (livemax).
+            assert _gauge_files(metrics_dir, victim) == [
+                f"gauge_livemax_{victim}.db",
+                f"gauge_livesum_{victim}.db",
+            ]
+            os.kill(victim, death)
+            # The supervisor's own word that it reaped the worker: its gauges are gone by
+            # then, whatever the machine is doing meanwhile.
+            reaped = f"worker {victim} exited (signal {death.value}); metrics removed; replacement"
+            proc.wait_for_log(reaped)
+            assert _gauge_files(metrics_dir, victim) == []
+            assert list(metrics_dir.glob(f"counter_{victim}.db")), "counters must stay"
             statuses = [f.result() for f in futures]
-        assert -1 in statuses, "some requests were in flight on the killed worker"
+        assert -1 in statuses, "some requests were in flight on the dead worker"
         assert set(statuses) <= {200, -1}, statuses
-        # The live workers are idle now; only the scrape itself is in flight.
-        deadline = time.monotonic() + 30
+        # Only the scrape itself is in flight now. The live workers sample their gauges 10
+        # times a second: a bounded wait for their last sample, not for the dead worker.
+        deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             values = (
                 _gauge(proc.url, "mnist_in_flight_requests"),
@@ -155,10 +179,9 @@ def test_workers_killed_worker_gauges_are_removed(tmp_path: Path, mnist_sample) 
             )
             if values == (1.0, 0.0):
                 break
-            time.sleep(0.2)
+            time.sleep(0.05)
         assert values == (1.0, 0.0), (values, proc.log()[-3000:])
         assert victim not in _workers(proc)
-        proc.wait_for_log(f"worker {victim} gone")
     finally:
         assert proc.stop() == 0, proc.log()[-3000:]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from prometheus_client import Gauge
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.metrics import Metrics
@@ -48,3 +49,17 @@ def test_observe_request_counts_per_route_method_and_status() -> None:
     route = (("route", "/v1/predict"),)
     assert samples[("mnist_request_latency_seconds_count", route)] == 3
     assert samples[("mnist_request_latency_seconds_sum", route)] == pytest.approx(0.009)
+
+
+def test_every_gauge_is_dropped_when_its_worker_dies(monkeypatch, tmp_path) -> None:
+    """With several workers a dead worker's gauge files are removed by mark_process_dead,
+    which knows only the `live*` modes: a gauge in another mode would outlive its worker."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    metrics = Metrics()
+    gauges = {
+        name: value._multiprocess_mode
+        for name, value in vars(metrics).items()
+        if isinstance(value, Gauge)
+    }
+    assert len(gauges) == 3, gauges
+    assert all(mode.startswith("live") for mode in gauges.values()), gauges
