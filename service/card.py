@@ -35,6 +35,13 @@ class CardError(Exception):
     """The card is missing, malformed, or does not match its model file."""
 
 
+class ModelLoadError(Exception):
+    """The model cannot be served: missing, corrupt, checksum mismatch, bad device.
+
+    Defined beside the card (which both the repository and the model import), so that the
+    model does not import the repository that loads it."""
+
+
 class Normalization(BaseModel):
     """x_model = (pixel / 255 - mean) / std, per channel (one channel here)."""
 

@@ -8,16 +8,13 @@ import io
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import pyspng
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from service.errors import InvalidImage, Overloaded, PayloadTooLarge, UnsupportedMediaType
-
-if TYPE_CHECKING:
-    from service.config import Settings
 
 #: Formats accepted from clients (Pillow's JPEG reader also opens phones' MPO files).
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
@@ -29,6 +26,16 @@ WORK_SIDE = 1024
 # warning past 89 MP, an error past 179 MP). Turning that warning into an error per call
 # needed `warnings.catch_warnings`, which is not thread-safe, and files decode on a pool.
 Image.MAX_IMAGE_PIXELS = None
+
+
+class LimitSettings(Protocol):
+    """The settings `ImageLimits.from_settings` reads (service.config.Settings has them);
+    a protocol, so that decoding does not import the configuration that imports it."""
+
+    max_file_bytes: int
+    max_image_pixels: int
+    max_image_aspect: float
+    max_image_frames: int
 
 
 @dataclass(frozen=True)
@@ -45,7 +52,7 @@ class ImageLimits:
     max_frames: int
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ImageLimits:
+    def from_settings(cls, settings: LimitSettings) -> ImageLimits:
         return cls(
             max_bytes=settings.max_file_bytes,
             max_pixels=settings.max_image_pixels,

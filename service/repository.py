@@ -16,17 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.card import CardError, ModelCard, is_version, list_versions
+from service.card import CardError, ModelCard, ModelLoadError, is_version, list_versions
 from service.config import Settings
 
 if TYPE_CHECKING:
     from service.model import Classifier
 
 logger = logging.getLogger(__name__)
-
-
-class ModelLoadError(Exception):
-    """The model cannot be served: missing, corrupt, checksum mismatch, bad device."""
 
 
 @dataclass(frozen=True)
