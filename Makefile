@@ -10,6 +10,10 @@ TORCH_STAMP := $(VENV)/.installed-torch
 # python-multipart, whose `multipart` package shadows the parser the server imports.
 KSERVE_VENV := .venv-kserve
 KSERVE_STAMP := $(KSERVE_VENV)/.installed
+# A virtualenv with the client's dependencies and no torch: tests/e2e/test_client_wheel.py
+# builds the client's wheel and installs it there, as another app would.
+CLIENT_VENV := .venv-client
+CLIENT_STAMP := $(CLIENT_VENV)/.installed
 # CPU-only torch (~0.2 GB of wheels instead of several GB of CUDA libraries) where there is
 # no GPU; when the index cannot be reached, pip's default index is used instead.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
@@ -17,7 +21,7 @@ TORCH_SPEC := torch>=2.4,<3
 
 .PHONY: install install-serve serve test test-fast lint train bench lock image image-test manifests clean
 
-install: $(DEV_STAMP) $(KSERVE_STAMP)
+install: $(DEV_STAMP) $(KSERVE_STAMP) $(CLIENT_STAMP)
 
 install-serve: $(SERVE_STAMP)
 
@@ -38,17 +42,26 @@ $(TORCH_STAMP):
 	@touch $@
 
 # Reinstall only when the dependency list changes, so repeated runs are quick.
-$(SERVE_STAMP): pyproject.toml $(TORCH_STAMP)
-	$(PY) -m pip install --quiet -e .
+# The client distribution (clients/python) is not on PyPI: installed from here in the same
+# pip call, it is the `mnist-client` that the server's dependency list names.
+CLIENT := clients/python
+
+$(SERVE_STAMP): pyproject.toml $(CLIENT)/pyproject.toml $(TORCH_STAMP)
+	$(PY) -m pip install --quiet -e ./$(CLIENT) -e .
 	@touch $@
 
-$(DEV_STAMP): pyproject.toml $(TORCH_STAMP)
-	$(PY) -m pip install --quiet -e '.[dev]'
+$(DEV_STAMP): pyproject.toml $(CLIENT)/pyproject.toml $(TORCH_STAMP)
+	$(PY) -m pip install --quiet -e ./$(CLIENT) -e '.[dev]'
 	@touch $@ $(SERVE_STAMP)
 
 $(KSERVE_STAMP): Makefile
 	@test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV) || python3 -m venv $(KSERVE_VENV)
 	$(KSERVE_VENV)/bin/python -m pip install --quiet 'kserve>=0.15,<1' 'numpy>=1.26'
+	@touch $@
+
+$(CLIENT_STAMP): clients/python/pyproject.toml
+	@test -x $(CLIENT_VENV)/bin/python || $(PYTHON) -m venv $(CLIENT_VENV) || python3 -m venv $(CLIENT_VENV)
+	$(CLIENT_VENV)/bin/python -m pip install --quiet ./clients/python
 	@touch $@
 
 serve: install-serve
@@ -97,4 +110,4 @@ manifests:
 	deploy/render.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) $(CLIENT_VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis

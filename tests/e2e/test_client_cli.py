@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from mnist_client import AsyncClient, Client, ClientError
-from tests.conftest import png_bytes
+from tests.conftest import client_env, png_bytes
 from tests.support.server import ROOT, ServerProcess
 
 KEY = "client-key"
@@ -62,7 +62,7 @@ def number_and_blank(
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "service.cli", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        cwd=ROOT, env=client_env(), capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
 
 

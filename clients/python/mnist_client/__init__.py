@@ -10,7 +10,8 @@ from mnist_client._types import (
     TopK,
 )
 
-__version__ = "0.1.0"
+#: Semantic versioning: the major version changes only for a break in this API.
+__version__ = "1.0.0"
 __all__ = [
     "AsyncClient",
     "Client",
