@@ -31,6 +31,7 @@ from service.codec import v2 as codec
 from service.dataplane import DataPlane, NamedFile
 from service.errors import InvalidInput, PayloadTooLarge
 from service.model import Classifier
+from service.reading import Reading
 from service.schemas.v2 import (
     InferenceErrorResponse,
     InferenceResponse,
@@ -264,9 +265,10 @@ async def infer_decoded(
 ) -> tuple[torch.Tensor, Classifier, dict[str, Any] | None]:
     """Probabilities for a decoded V2 input: tensor rows straight to the model, files read.
 
-    For files, also the label, kind and number outputs per file; probabilities are zeros and
-    the label -1 for a file that is not a single digit. `client` keys the batcher's fair
-    share (see `client_key`)."""
+    For files, also the label, kind, number and error outputs per file; probabilities are
+    zeros and the label -1 for a file that is not a single digit. A file of several that
+    cannot be read has kind "error" and its message in `error` (`code: message`); the
+    others are still read. `client` keys the batcher's fair share (see `client_key`)."""
     if isinstance(decoded, codec.Rows):
         probs, model = await plane.infer(decoded.values, client, normalized=decoded.normalized)
         return probs, model, None
@@ -275,13 +277,16 @@ async def infer_decoded(
     probs = torch.zeros(len(readings), 10)
     labels = np.full(len(readings), -1, dtype="<i8")
     for i, r in enumerate(readings):
-        if r.kind == "digit":
+        if isinstance(r, Reading) and r.kind == "digit":
             probs[i] = torch.tensor(r.digits[0].probabilities[:10])
             labels[i] = r.digits[0].digit
     given = {
         "label": labels,
-        "kind": [r.kind.encode() for r in readings],
-        "number": [(r.number or "").encode() for r in readings],
+        "kind": [r.kind.encode() if isinstance(r, Reading) else b"error" for r in readings],
+        "number": [(r.number or "").encode() if isinstance(r, Reading) else b"" for r in readings],
+        "error": [
+            b"" if isinstance(r, Reading) else f"{r.code}: {r.message}".encode() for r in readings
+        ],
     }
     return probs, model, given
 

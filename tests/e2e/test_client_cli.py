@@ -93,10 +93,10 @@ def test_client_errors_keep_code_status_and_details(keyed, digits) -> None:
     with Client(keyed.url) as client, pytest.raises(ClientError) as exc:
         client.predict(paths[0])
     assert (exc.value.status, exc.value.code) == (401, "unauthorized")
-    with Client(keyed.url, api_key=KEY) as client, pytest.raises(ClientError) as exc:
-        client.predict(paths[0], b"not an image")
-    assert exc.value.status == 415
-    assert exc.value.details[0]["index"] == 1
+    with Client(keyed.url, api_key=KEY) as client:
+        read, bad = client.predict(paths[0], b"not an image")
+    assert (read.kind, bad.kind, bad.code) == ("digit", "error", "unsupported_media_type")
+    assert str(bad.error).startswith("not a supported image file")
     with Client("http://127.0.0.1:9", retries=0) as client, pytest.raises(ClientError) as exc:
         client.predict(paths[0])
     assert exc.value.code == "connection_error"
@@ -190,9 +190,10 @@ def test_cli_predict_exits_non_zero_on_errors(keyed, digits, tmp_path: Path) -> 
     run = _cli("predict", str(paths[0]), str(bad), "--url", keyed.url, "--api-key", KEY,
                "--json")  # fmt: skip
     assert run.returncode == 1
-    body = json.loads(run.stdout)
-    assert body["code"] == "unsupported_media_type"
-    assert body["details"][0]["filename"] == "bad.png"
+    good_json, bad_json = json.loads(run.stdout)["predictions"]
+    assert good_json["kind"] == "digit"
+    assert (bad_json["file"], bad_json["kind"]) == (str(bad), "error")
+    assert bad_json["code"] == "unsupported_media_type"
 
 
 def test_cli_version_and_serve_is_python_m_service() -> None:

@@ -231,7 +231,7 @@ def test_cli_prints_kind_and_answer_and_passes_one_digit(
     row_json, blank_json, seven_json = json.loads(out.getvalue())["predictions"]
     assert row_json == {
         "file": files[0], "kind": "number", "digit": None, "number": "12\n3",
-        "confidence": 0.97, "reason": None,
+        "confidence": 0.97, "reason": None, "code": None, "error": None,
         "digits": [{"digit": 1, "confidence": 0.99, "box": [20, 28, 90, 112]},
                    {"digit": 2, "confidence": 0.99, "box": [124, 28, 200, 112]},
                    {"digit": 3, "confidence": 0.99, "box": [20, 140, 90, 230]}],

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 from mnist_client import __version__
 from mnist_client._client import Client
-from mnist_client._types import ClientError, Prediction
+from mnist_client._types import ClientError, Prediction, PredictResult
 
 
 def _predict_parser(prog: str) -> argparse.ArgumentParser:
@@ -60,7 +60,7 @@ def predict(
             ],
         }
         out.write(json.dumps(payload) + "\n")
-        return 0
+        return _status(result)
     rows = [
         [path, p.kind, _answer(p), "-" if p.confidence is None else f"{p.confidence:.4f}",
          " ".join(f"{t.digit}:{t.probability:.3f}" for t in p.top_k or ())]
@@ -74,13 +74,20 @@ def predict(
             for i, (c, w) in enumerate(zip(row, widths, strict=False))
         ]
         out.write("  ".join(cells).rstrip() + "\n")
-    return 0
+    return _status(result)
+
+
+def _status(result: PredictResult) -> int:
+    """0 when every file was read, 1 when some could not be."""
+    return 1 if any(p.kind == "error" for p in result) else 0
 
 
 def _answer(p: Prediction) -> str:
     """The table's answer: the digit, the number (rows joined by "/"), or why not a digit."""
     if p.kind == "not_a_digit":
         return f"not a digit: {p.reason or 'no reason given'}"
+    if p.kind == "error":
+        return f"error: {p.error} ({p.code})"
     if p.digit is not None:
         return str(p.digit)
     if p.number is not None:
@@ -96,6 +103,8 @@ def _json_prediction(path: str, p: Prediction) -> dict[str, Any]:
         "number": p.number,
         "confidence": p.confidence,
         "reason": p.reason,
+        "code": p.code,
+        "error": p.error,
         "digits": [
             {"digit": d.digit, "confidence": d.confidence, "box": list(d.box)} for d in p.digits
         ],
