@@ -182,7 +182,7 @@ def test_cli_predict_prints_numbers_and_not_a_digit(keyed, number_and_blank) -> 
 def test_cli_predict_exits_non_zero_on_errors(keyed, digits, tmp_path: Path) -> None:
     paths, _ = digits
     run = _cli("predict", str(paths[0]), "--url", keyed.url)
-    assert run.returncode == 1
+    assert run.returncode == 2  # the server refused every request: nothing was read
     assert run.stderr.startswith("error: missing API key")
     assert run.stderr.rstrip().endswith("(unauthorized)")
     bad = tmp_path / "bad.png"

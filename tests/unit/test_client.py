@@ -204,6 +204,8 @@ def test_cli_prints_kind_and_answer_and_passes_one_digit(
     seen: list[httpx.URL] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":  # the limits, from /v1/models
+            return httpx.Response(200, json={"limits": {"max_files": 64}})
         seen.append(request.url)
         return httpx.Response(200, json=MIXED)
 

@@ -1,5 +1,6 @@
 """A small Python client for mnist-serving: no torch, just httpx (numpy and Pillow optional)."""
 
+from mnist_client._bulk import FileResult
 from mnist_client._client import AsyncClient, Client
 from mnist_client._types import (
     ClientError,
@@ -17,6 +18,7 @@ __all__ = [
     "Client",
     "ClientError",
     "DigitRead",
+    "FileResult",
     "ModelRef",
     "Prediction",
     "PredictResult",
