@@ -14,6 +14,9 @@ KSERVE_STAMP := $(KSERVE_VENV)/.installed
 # builds the client's wheel and installs it there, as another app would.
 CLIENT_VENV := .venv-client
 CLIENT_STAMP := $(CLIENT_VENV)/.installed
+# Node's gRPC packages, for the test that calls the server from the served .proto.
+NODE_GRPC := .node-grpc
+NODE_STAMP := $(NODE_GRPC)/.installed
 # CPU-only torch (~0.2 GB of wheels instead of several GB of CUDA libraries) where there is
 # no GPU; when the index cannot be reached, pip's default index is used instead.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
@@ -21,7 +24,7 @@ TORCH_SPEC := torch>=2.4,<3
 
 .PHONY: install install-serve serve test test-fast lint train bench lock image image-test manifests clean
 
-install: $(DEV_STAMP) $(KSERVE_STAMP) $(CLIENT_STAMP)
+install: $(DEV_STAMP) $(KSERVE_STAMP) $(CLIENT_STAMP) $(NODE_STAMP)
 
 install-serve: $(SERVE_STAMP)
 
@@ -62,6 +65,11 @@ $(KSERVE_STAMP): Makefile
 $(CLIENT_STAMP): clients/python/pyproject.toml
 	@test -x $(CLIENT_VENV)/bin/python || $(PYTHON) -m venv $(CLIENT_VENV) || python3 -m venv $(CLIENT_VENV)
 	$(CLIENT_VENV)/bin/python -m pip install --quiet ./clients/python
+	@touch $@
+
+$(NODE_STAMP): Makefile
+	mkdir -p $(NODE_GRPC)
+	npm install --silent --no-audit --no-fund --prefix $(NODE_GRPC) @grpc/grpc-js@1 @grpc/proto-loader@0.7
 	@touch $@
 
 serve: install-serve
@@ -110,4 +118,4 @@ manifests:
 	deploy/render.sh
 
 clean:
-	rm -rf $(VENV) $(CLIENT_VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) $(CLIENT_VENV) $(NODE_GRPC) .pytest_cache .ruff_cache .mypy_cache .hypothesis
