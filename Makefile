@@ -21,6 +21,10 @@ NODE_STAMP := $(NODE_GRPC)/.installed
 # no GPU; when the index cannot be reached, pip's default index is used instead.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_SPEC := torch>=2.4,<3
+# Where torch really came from, read from pip's install report (pip's configuration may add
+# other indexes or local folders to the one named here).
+TORCH_REPORT := $(VENV)/torch-install.json
+TORCH_FROM := import json, sys; r = json.load(open(sys.argv[1])); print(*('torch ' + i['metadata']['version'] + ' from ' + i['download_info']['url'] for i in r['install'] if i['metadata']['name'] == 'torch'))
 
 .PHONY: install install-serve serve test test-fast lint train bench lock image image-test manifests clean
 
@@ -31,17 +35,17 @@ install-serve: $(SERVE_STAMP)
 $(TORCH_STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	@rm -f $(TORCH_REPORT)
 	@if $(PY) -c 'import torch' 2>/dev/null; then \
 	  echo "torch already installed"; \
 	elif command -v nvidia-smi >/dev/null 2>&1; then \
-	  $(PY) -m pip install --quiet '$(TORCH_SPEC)'; \
-	elif $(PY) -m pip install --quiet --timeout 15 --retries 1 \
+	  $(PY) -m pip install --quiet --report $(TORCH_REPORT) '$(TORCH_SPEC)'; \
+	elif ! $(PY) -m pip install --quiet --timeout 15 --retries 1 --report $(TORCH_REPORT) \
 	    --index-url $(TORCH_CPU_INDEX) '$(TORCH_SPEC)'; then \
-	  echo "CPU torch from $(TORCH_CPU_INDEX)"; \
-	else \
-	  echo "$(TORCH_CPU_INDEX) unreachable: torch from pip's default index"; \
-	  $(PY) -m pip install --quiet '$(TORCH_SPEC)'; \
+	  echo "$(TORCH_CPU_INDEX) failed: torch from pip's default index"; \
+	  $(PY) -m pip install --quiet --report $(TORCH_REPORT) '$(TORCH_SPEC)'; \
 	fi
+	@test ! -f $(TORCH_REPORT) || $(PY) -c "$(TORCH_FROM)" $(TORCH_REPORT)
 	@touch $@
 
 # Reinstall only when the dependency list changes, so repeated runs are quick.
