@@ -10,45 +10,70 @@ TORCH_STAMP := $(VENV)/.installed-torch
 # python-multipart, whose `multipart` package shadows the parser the server imports.
 KSERVE_VENV := .venv-kserve
 KSERVE_STAMP := $(KSERVE_VENV)/.installed
+# A virtualenv with the client's dependencies and no torch: tests/e2e/test_client_wheel.py
+# builds the client's wheel and installs it there, as another app would.
+CLIENT_VENV := .venv-client
+CLIENT_STAMP := $(CLIENT_VENV)/.installed
+# Node's gRPC packages, for the test that calls the server from the served .proto.
+NODE_GRPC := .node-grpc
+NODE_STAMP := $(NODE_GRPC)/.installed
 # CPU-only torch (~0.2 GB of wheels instead of several GB of CUDA libraries) where there is
 # no GPU; when the index cannot be reached, pip's default index is used instead.
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_SPEC := torch>=2.4,<3
+# Where torch really came from, read from pip's install report (pip's configuration may add
+# other indexes or local folders to the one named here).
+TORCH_REPORT := $(VENV)/torch-install.json
+TORCH_FROM := import json, sys; r = json.load(open(sys.argv[1])); print(*('torch ' + i['metadata']['version'] + ' from ' + i['download_info']['url'] for i in r['install'] if i['metadata']['name'] == 'torch'))
 
 .PHONY: install install-serve serve test test-fast lint train bench lock image image-test manifests clean
 
-install: $(DEV_STAMP) $(KSERVE_STAMP)
+install: $(DEV_STAMP) $(KSERVE_STAMP) $(CLIENT_STAMP) $(NODE_STAMP)
 
 install-serve: $(SERVE_STAMP)
 
 $(TORCH_STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	@rm -f $(TORCH_REPORT)
 	@if $(PY) -c 'import torch' 2>/dev/null; then \
 	  echo "torch already installed"; \
 	elif command -v nvidia-smi >/dev/null 2>&1; then \
-	  $(PY) -m pip install --quiet '$(TORCH_SPEC)'; \
-	elif $(PY) -m pip install --quiet --timeout 15 --retries 1 \
+	  $(PY) -m pip install --quiet --report $(TORCH_REPORT) '$(TORCH_SPEC)'; \
+	elif ! $(PY) -m pip install --quiet --timeout 15 --retries 1 --report $(TORCH_REPORT) \
 	    --index-url $(TORCH_CPU_INDEX) '$(TORCH_SPEC)'; then \
-	  echo "CPU torch from $(TORCH_CPU_INDEX)"; \
-	else \
-	  echo "$(TORCH_CPU_INDEX) unreachable: torch from pip's default index"; \
-	  $(PY) -m pip install --quiet '$(TORCH_SPEC)'; \
+	  echo "$(TORCH_CPU_INDEX) failed: torch from pip's default index"; \
+	  $(PY) -m pip install --quiet --report $(TORCH_REPORT) '$(TORCH_SPEC)'; \
 	fi
+	@test ! -f $(TORCH_REPORT) || $(PY) -c "$(TORCH_FROM)" $(TORCH_REPORT)
 	@touch $@
 
 # Reinstall only when the dependency list changes, so repeated runs are quick.
-$(SERVE_STAMP): pyproject.toml $(TORCH_STAMP)
-	$(PY) -m pip install --quiet -e .
+# The client distribution (clients/python) is not on PyPI: installed from here in the same
+# pip call, it is the `mnist-client` that the server's dependency list names.
+CLIENT := clients/python
+
+$(SERVE_STAMP): pyproject.toml $(CLIENT)/pyproject.toml $(TORCH_STAMP)
+	$(PY) -m pip install --quiet -e ./$(CLIENT) -e .
 	@touch $@
 
-$(DEV_STAMP): pyproject.toml $(TORCH_STAMP)
-	$(PY) -m pip install --quiet -e '.[dev]'
+$(DEV_STAMP): pyproject.toml $(CLIENT)/pyproject.toml $(TORCH_STAMP)
+	$(PY) -m pip install --quiet -e ./$(CLIENT) -e '.[dev]'
 	@touch $@ $(SERVE_STAMP)
 
 $(KSERVE_STAMP): Makefile
 	@test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV) || python3 -m venv $(KSERVE_VENV)
 	$(KSERVE_VENV)/bin/python -m pip install --quiet 'kserve>=0.15,<1' 'numpy>=1.26'
+	@touch $@
+
+$(CLIENT_STAMP): clients/python/pyproject.toml
+	@test -x $(CLIENT_VENV)/bin/python || $(PYTHON) -m venv $(CLIENT_VENV) || python3 -m venv $(CLIENT_VENV)
+	$(CLIENT_VENV)/bin/python -m pip install --quiet ./clients/python
+	@touch $@
+
+$(NODE_STAMP): Makefile
+	mkdir -p $(NODE_GRPC)
+	npm install --silent --no-audit --no-fund --prefix $(NODE_GRPC) @grpc/grpc-js@1 @grpc/proto-loader@0.7
 	@touch $@
 
 serve: install-serve
@@ -97,4 +122,4 @@ manifests:
 	deploy/render.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) $(CLIENT_VENV) $(NODE_GRPC) .pytest_cache .ruff_cache .mypy_cache .hypothesis

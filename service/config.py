@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     grpc_port: int = Field(
         8001, ge=0, le=65535, description="Open Inference Protocol gRPC port (0 = off)."
     )
+    grpc_reflection: bool = Field(
+        True, description="gRPC server reflection, for grpcurl, Postman and Evans (false = off)."
+    )
     workers: int = Field(
         0,
         ge=0,

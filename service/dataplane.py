@@ -195,13 +195,20 @@ class DataPlane:
         return out
 
     async def decode_images(
-        self, files: list[NamedFile], one_digit: bool = False, spent: list[float] | None = None
-    ) -> list[Scan]:
+        self,
+        files: list[NamedFile],
+        one_digit: bool = False,
+        per_file: bool = False,
+        spent: list[float] | None = None,
+    ) -> list[Scan | ServiceError]:
         """Each file's scan, or one ServiceError naming every file that could not be decoded.
 
-        A decodable file with nothing to read is a scan without glyphs, not an error.
-        `spent` gets the CPU seconds each decoding thread worked (not the time the request
-        waited for the threads: that wait is what admission estimates, not a cost).
+        With `per_file`, a file the client got wrong (a 4xx error) takes its error's place
+        in a request of several files, and the others are still read; one file alone, or a
+        failure of the server's (5xx), still fails the request. A decodable file with
+        nothing to read is a scan without glyphs, not an error. `spent` gets the CPU seconds
+        each decoding thread worked (not the time the request waited for the threads: that
+        wait is what admission estimates, not a cost).
         """
         outcomes: list[Scan | ServiceError]
         if len(files) == 1 and cheap_to_decode(files[0].data):
@@ -247,7 +254,9 @@ class DataPlane:
                 abandoned.set()  # a no-op when all is done; stops the threads when cancelled
             outcomes = [o for part in parts for o in part]
             del chunks, parts
-        if any(isinstance(o, ServiceError) for o in outcomes):
+        if any(isinstance(o, ServiceError) for o in outcomes) and not (
+            per_file and _each_own_fault(outcomes)
+        ):
             error = _combine(files, outcomes)
             del outcomes
             try:
@@ -257,7 +266,7 @@ class DataPlane:
                 # locals there is no reference cycle, so the upload's bytes are freed by
                 # reference counting as soon as the response is sent, not by a later GC.
                 del error
-        return outcomes  # type: ignore[return-value]  # no ServiceError left
+        return outcomes
 
     # ---------------------------------------------------------------- inference
 
@@ -290,16 +299,18 @@ class DataPlane:
 
     async def predict_files(
         self, files: list[NamedFile], client: Hashable = None, one_digit: bool = False
-    ) -> tuple[list[Reading], Classifier]:
-        """One reading per file, in order; all glyphs of all files go through one batch."""
+    ) -> tuple[list[Reading | ServiceError], Classifier]:
+        """One reading per file, in order, or the error of a file that could not be read (in
+        a request of several: see `decode_images`); all glyphs go through one batch."""
         started = time.perf_counter()
         # Admission (or a 503) before any decoding: refused work must cost almost nothing.
         spent: list[float] = []
         with self.batcher.incoming(len(files), client):
-            scans = await self.decode_images(files, one_digit, spent)
+            outcomes = await self.decode_images(files, one_digit, per_file=True, spent=spent)
         self.batcher.admission.observe_decode(len(files), sum(spent))
         if self.metrics is not None:
             self.metrics.preprocess_latency.observe(time.perf_counter() - started)
+        scans = [o for o in outcomes if isinstance(o, Scan)]
         glyphs = [g.pixels for s in scans for g in s.glyphs]
         model = self.classifier
         rows: list[list[float]] = []
@@ -309,11 +320,14 @@ class DataPlane:
             probs, model = await self.infer(pixels, client, admitted=True)
             rows = probs.tolist()
         threshold = getattr(model.card.output, "reject_threshold", None)
-        readings = []
+        readings: list[Reading | ServiceError] = []
         start = 0
-        for s in scans:
-            end = start + len(s.glyphs)
-            readings.append(read(s, rows[start:end], threshold))
+        for o in outcomes:
+            if isinstance(o, ServiceError):
+                readings.append(o)
+                continue
+            end = start + len(o.glyphs)
+            readings.append(read(o, rows[start:end], threshold))
             start = end
         return readings, model
 
@@ -342,8 +356,10 @@ class DataPlane:
     ) -> tuple[torch.Tensor, Classifier, dict[str, Any] | None]:
         """Probabilities for a decoded V2 input: tensor rows straight to the model, files read.
 
-        For files, also the label, kind and number outputs per file; probabilities are zeros
-        and the label -1 for a file that is not a single digit."""
+        For files, also the label, kind, number and error outputs per file; probabilities
+        are zeros and the label -1 for a file that is not a single digit. A file of several
+        that cannot be read has kind "error" and its message in `error` (`code: message`);
+        the others are still read."""
         if isinstance(decoded, codec.Rows):
             probs, model = await self.infer(decoded.values, client, normalized=decoded.normalized)
             return probs, model, None
@@ -352,13 +368,19 @@ class DataPlane:
         probs = torch.zeros(len(readings), 10)
         labels = np.full(len(readings), -1, dtype="<i8")
         for i, r in enumerate(readings):
-            if r.kind == "digit":
+            if isinstance(r, Reading) and r.kind == "digit":
                 probs[i] = torch.tensor(r.digits[0].probabilities[:10])
                 labels[i] = r.digits[0].digit
         given = {
             "label": labels,
-            "kind": [r.kind.encode() for r in readings],
-            "number": [(r.number or "").encode() for r in readings],
+            "kind": [r.kind.encode() if isinstance(r, Reading) else b"error" for r in readings],
+            "number": [
+                (r.number or "").encode() if isinstance(r, Reading) else b"" for r in readings
+            ],
+            "error": [
+                b"" if isinstance(r, Reading) else f"{r.code}: {r.message}".encode()
+                for r in readings
+            ],
         }
         return probs, model, given
 
@@ -383,6 +405,13 @@ def _detached(exc: ServiceError) -> ServiceError:
     exc.__cause__ = None
     exc.__context__ = None
     return exc
+
+
+def _each_own_fault(outcomes: list[Scan | ServiceError]) -> bool:
+    """Whether the failures of a request of several files are each the file's own (4xx),
+    so that they can be answered per file."""
+    errors = [o for o in outcomes if isinstance(o, ServiceError)]
+    return len(outcomes) > 1 and all(e.status_code < 500 for e in errors)
 
 
 def _combine(files: list[NamedFile], outcomes: list[Scan | ServiceError]) -> ServiceError:

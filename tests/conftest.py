@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,20 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The client distribution's source. It comes first on the path, here and in the commands
+#: the tests run (`client_env`), so they use this checkout's client even where the
+#: environment has another checkout's installed.
+CLIENT_SRC = ROOT / "clients" / "python"
+sys.path.insert(0, str(CLIENT_SRC))
+
+
+def client_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a subprocess that imports mnist_client from this checkout."""
+    base = dict(os.environ if env is None else env)
+    base["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CLIENT_SRC), base.get("PYTHONPATH")]))
+    return base
+
+
 SHIPPED_MODELS = ROOT / "models"
 #: The shipped versions, oldest first; the newest is what a server serves by default.
 SHIPPED_VERSIONS = sorted(

@@ -101,14 +101,18 @@ def _json(content: Any) -> Response:
 
 def render_predictions(
     filenames: list[str],
-    readings: list[Reading],
+    readings: list[Reading | ServiceError],
     model: Classifier,
     options: PredictOptions,
 ) -> PredictResponse:
-    """The PredictResponse body: one prediction per file, in upload order."""
+    """The PredictResponse body: one prediction per file, in upload order (kind "error",
+    with the error's code and message, for a file that could not be read)."""
     top_k, return_image = options.top_k, options.return_image
     predictions = []
     for i, (name, reading) in enumerate(zip(filenames, readings, strict=True)):
+        if isinstance(reading, ServiceError):
+            predictions.append(_failed(i, name, reading))
+            continue
         item: Prediction = {
             "index": i,
             "filename": name,
@@ -133,6 +137,11 @@ def render_predictions(
             item["digits"] = [_digit(d, return_image) for d in reading.digits]
         predictions.append(item)
     return {"model": {"name": model.name, "version": model.version}, "predictions": predictions}
+
+
+def _failed(index: int, filename: str, exc: ServiceError) -> Prediction:
+    return {"index": index, "filename": filename, "kind": "error", "digit": None,
+            "confidence": None, "code": exc.code, "error": exc.message}  # fmt: skip
 
 
 def _digit(d: DigitRead, return_image: bool) -> DigitInNumber:

@@ -10,6 +10,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 router = APIRouter(include_in_schema=False)
 
 _INDEX = Path(__file__).resolve().parent.parent / "static" / "index.html"
+_PROTO = Path(__file__).resolve().parent.parent / "rpc" / "inference.proto"
 
 
 @router.get("/")
@@ -18,3 +19,10 @@ async def get_index() -> Response:
     if _INDEX.is_file():
         return FileResponse(_INDEX, media_type="text/html")
     return RedirectResponse("/docs")
+
+
+@router.get("/grpc/inference.proto")
+async def get_grpc_proto() -> Response:
+    """The gRPC service definition, for clients that load it at run time (Node's
+    @grpc/proto-loader) or generate code from it."""
+    return FileResponse(_PROTO, media_type="text/plain; charset=utf-8")

@@ -332,11 +332,13 @@ OUTPUTS: dict[str, tuple[str, list[int], Callable[[np.ndarray], np.ndarray]]] = 
     # The `image` input's reading per file (see service/reading.py): given by the data plane.
     "kind": ("BYTES", [], _image_only("kind")),
     "number": ("BYTES", [], _image_only("number")),
+    # Per file, why it could not be read (kind "error"; empty for a file that was read).
+    "error": ("BYTES", [], _image_only("error")),
 }
 DEFAULT_OUTPUTS = ("probabilities", "label")
 #: Without `outputs`, the protocol answers every output the request can have: for the
 #: `image` input that includes its reading (a number or "not a digit" is label -1).
-IMAGE_DEFAULT_OUTPUTS = (*DEFAULT_OUTPUTS, "kind", "number")
+IMAGE_DEFAULT_OUTPUTS = (*DEFAULT_OUTPUTS, "kind", "number", "error")
 
 
 @dataclass(frozen=True)

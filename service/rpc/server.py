@@ -271,6 +271,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self._call("ModelInfer", context, run)
 
 
+def _enable_reflection(server: grpc.aio.Server) -> None:
+    """Server reflection (grpc.reflection.v1alpha), so that tools can list and call the
+    services without the .proto (which is also served at /grpc/inference.proto)."""
+    from grpc_reflection.v1alpha import reflection
+
+    names = (
+        pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    )
+    reflection.enable_server_reflection(names, server)
+
+
 class GrpcServer:
     """grpc.aio server with the inference service and grpc.health.v1, on the current loop."""
 
@@ -290,6 +303,8 @@ class GrpcServer:
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        if settings.grpc_reflection:
+            _enable_reflection(self.server)
         self.state = state
         self.port = 0
         self._watcher: asyncio.Task[None] | None = None

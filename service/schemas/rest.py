@@ -62,8 +62,12 @@ class Prediction(TypedDict):
     index: int
     filename: str
     kind: Annotated[
-        Literal["digit", "number", "not_a_digit"],
-        Field(description="A single digit, a whole number (several digits), or nothing to read."),
+        Literal["digit", "number", "not_a_digit", "error"],
+        Field(
+            description="A single digit, a whole number (several digits), nothing to read, or "
+            "a file that could not be read (error: its code and message; the other files of "
+            "the request are still read)."
+        ),
     ]
     digit: Annotated[
         int | None, Field(ge=0, le=9, description="The digit; null unless kind is digit.")
@@ -98,6 +102,13 @@ class Prediction(TypedDict):
         ]
     ]
     top_k: NotRequired[list[TopK]]
+    code: NotRequired[
+        Annotated[str, Field(description="Why the file was not read (kind error), e.g. "
+                                         "invalid_image, unsupported_media_type.")]
+    ]  # fmt: skip
+    error: NotRequired[
+        Annotated[str, Field(description="The message for a file not read (kind error).")]
+    ]
     processed_image: NotRequired[
         Annotated[
             str,

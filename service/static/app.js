@@ -161,14 +161,23 @@ async function predictFiles(fileList) {
   });
   try {
     const body = await predict(files.map((f) => [f, f.name]));
-    body.predictions.forEach((p, i) => renderResult(cells[i], files[i].name, p, files[i]));
-    setPrediction(body.predictions[body.predictions.length - 1]);
+    body.predictions.forEach((p, i) => {
+      if (p.kind === "error") {
+        // This file could not be read; the others were.
+        cells[i].className = "result failed";
+        cells[i].textContent = `${files[i].name}: ${p.error}`;
+      } else {
+        renderResult(cells[i], files[i].name, p, files[i]);
+      }
+    });
+    const read = body.predictions.filter((p) => p.kind !== "error");
+    if (read.length) setPrediction(read[read.length - 1]);
   } catch (error) {
     showError(error.message);
     const failed = new Map((error.details || []).map((d) => [d.index, d.error]));
     cells.forEach((cell, i) => {
       cell.className = "result failed";
-      cell.textContent = `${files[i].name}: ${failed.get(i) || (failed.size ? "not predicted (another file failed)" : error.message)}`;
+      cell.textContent = `${files[i].name}: ${failed.get(i) || error.message}`;
     });
   }
 }

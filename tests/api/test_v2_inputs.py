@@ -51,3 +51,28 @@ def test_v2_fp32_rows_reach_the_model_as_sent_and_answer_as_the_uint8_rows(
     # UINT8 rows are normalised once, to the same inputs, so the answers are the same.
     assert torch.equal(seen[1], seen[0])
     np.testing.assert_array_equal(from_fp32, from_uint8)
+
+
+def test_v2_image_batch_answers_a_bad_element_in_its_place(
+    shipped_models: Path, mnist_sample
+) -> None:
+    import base64
+
+    from tests.conftest import png_bytes
+
+    images, labels = mnist_sample
+    good = base64.b64encode(png_bytes(images[0])).decode()
+    bad = base64.b64encode(b"not an image").decode()
+    body = {"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES", "data": [good, bad]}]}
+    with TestClient(create_app(make_settings(shipped_models))) as client:
+        r = client.post("/v2/models/mnist-cnn/infer", json=body)
+        assert r.status_code == 200, r.text
+        out = {o["name"]: o["data"] for o in r.json()["outputs"]}
+        assert out["kind"] == ["digit", "error"]
+        assert out["label"] == [int(labels[0]), -1]
+        assert out["error"][0] == ""
+        assert out["error"][1].startswith("unsupported_media_type: ")
+        assert out["probabilities"][10:] == [0.0] * 10
+        # One element alone is the whole request: its error is the answer, as before.
+        body["inputs"][0].update(shape=[1], data=[bad])
+        assert client.post("/v2/models/mnist-cnn/infer", json=body).status_code == 415

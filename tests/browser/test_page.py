@@ -87,6 +87,20 @@ def test_page_non_image_upload_shows_a_readable_error(page: Page, tmp_path: Path
     expect(page.locator("#grid .result.failed")).to_contain_text("notes.txt")
 
 
+def test_page_shows_a_bad_file_beside_the_good_ones(
+    page: Page, mnist_sample, tmp_path: Path
+) -> None:
+    images, labels = mnist_sample
+    good = tmp_path / "digit.png"
+    good.write_bytes(png_bytes(images[0]))
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    page.get_by_test_id("upload").set_input_files([str(good), str(bad)])
+    expect(page.locator("#grid .result .digit")).to_have_text(str(int(labels[0])))
+    expect(page.locator("#grid .result.failed")).to_contain_text("broken.png")
+    expect(page.get_by_test_id("prediction")).to_have_text(re.compile(rf"^{int(labels[0])}\b"))
+
+
 def test_page_phone_width_and_screenshots(
     page: Page, browser, server, mnist_sample, tmp_path
 ) -> None:

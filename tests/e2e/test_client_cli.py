@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from mnist_client import AsyncClient, Client, ClientError
-from tests.conftest import png_bytes
+from tests.conftest import client_env, png_bytes
 from tests.support.server import ROOT, ServerProcess
 
 KEY = "client-key"
@@ -62,7 +62,7 @@ def number_and_blank(
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "service.cli", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        cwd=ROOT, env=client_env(), capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
 
 
@@ -93,10 +93,10 @@ def test_client_errors_keep_code_status_and_details(keyed, digits) -> None:
     with Client(keyed.url) as client, pytest.raises(ClientError) as exc:
         client.predict(paths[0])
     assert (exc.value.status, exc.value.code) == (401, "unauthorized")
-    with Client(keyed.url, api_key=KEY) as client, pytest.raises(ClientError) as exc:
-        client.predict(paths[0], b"not an image")
-    assert exc.value.status == 415
-    assert exc.value.details[0]["index"] == 1
+    with Client(keyed.url, api_key=KEY) as client:
+        read, bad = client.predict(paths[0], b"not an image")
+    assert (read.kind, bad.kind, bad.code) == ("digit", "error", "unsupported_media_type")
+    assert str(bad.error).startswith("not a supported image file")
     with Client("http://127.0.0.1:9", retries=0) as client, pytest.raises(ClientError) as exc:
         client.predict(paths[0])
     assert exc.value.code == "connection_error"
@@ -182,7 +182,7 @@ def test_cli_predict_prints_numbers_and_not_a_digit(keyed, number_and_blank) -> 
 def test_cli_predict_exits_non_zero_on_errors(keyed, digits, tmp_path: Path) -> None:
     paths, _ = digits
     run = _cli("predict", str(paths[0]), "--url", keyed.url)
-    assert run.returncode == 1
+    assert run.returncode == 2  # the server refused every request: nothing was read
     assert run.stderr.startswith("error: missing API key")
     assert run.stderr.rstrip().endswith("(unauthorized)")
     bad = tmp_path / "bad.png"
@@ -190,9 +190,10 @@ def test_cli_predict_exits_non_zero_on_errors(keyed, digits, tmp_path: Path) -> 
     run = _cli("predict", str(paths[0]), str(bad), "--url", keyed.url, "--api-key", KEY,
                "--json")  # fmt: skip
     assert run.returncode == 1
-    body = json.loads(run.stdout)
-    assert body["code"] == "unsupported_media_type"
-    assert body["details"][0]["filename"] == "bad.png"
+    good_json, bad_json = json.loads(run.stdout)["predictions"]
+    assert good_json["kind"] == "digit"
+    assert (bad_json["file"], bad_json["kind"]) == (str(bad), "error")
+    assert bad_json["code"] == "unsupported_media_type"
 
 
 def test_cli_version_and_serve_is_python_m_service() -> None:

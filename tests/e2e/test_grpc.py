@@ -65,7 +65,13 @@ def test_grpc_model_metadata_config_and_readiness(client) -> None:
     meta = client.get_model_metadata(MODEL, headers=AUTH, as_json=True)
     assert meta["name"] == MODEL
     assert meta["versions"] == [NEWEST_SHIPPED]  # the newest shipped version is served
-    assert [o["name"] for o in meta["outputs"]] == ["probabilities", "label", "kind", "number"]
+    assert [o["name"] for o in meta["outputs"]] == [
+        "probabilities",
+        "label",
+        "kind",
+        "number",
+        "error",
+    ]
     config = client.get_model_config(MODEL, headers=AUTH, as_json=True)["config"]
     assert config["name"] == MODEL
     assert config["max_batch_size"] == 64

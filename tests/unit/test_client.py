@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import mnist_client
 from mnist_client import AsyncClient, Client, ClientError, DigitRead
 from mnist_client._inputs import to_files
+from tests.conftest import client_env
 
 OK = {
     "model": {"name": "mnist-cnn", "version": "1"},
@@ -53,7 +53,8 @@ def _client(handler, **kw) -> Client:
 
 def test_client_import_does_not_import_torch() -> None:
     code = "import sys, mnist_client; sys.exit('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+    run = subprocess.run([sys.executable, "-c", code], env=client_env(), check=False)
+    assert run.returncode == 0
 
 
 def test_inputs_paths_bytes_files_pil_and_arrays(tmp_path: Path) -> None:
@@ -197,11 +198,14 @@ async def test_one_digit_is_sent_as_a_query_parameter_only_when_set() -> None:
 def test_cli_prints_kind_and_answer_and_passes_one_digit(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from service.cli import predict
+    from mnist_client import cli
+    from mnist_client.cli import predict
 
     seen: list[httpx.URL] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":  # the limits, from /v1/models
+            return httpx.Response(200, json={"limits": {"max_files": 64}})
         seen.append(request.url)
         return httpx.Response(200, json=MIXED)
 
@@ -210,7 +214,7 @@ def test_cli_prints_kind_and_answer_and_passes_one_digit(
             super().__init__(url, **kw)
             self._http = httpx.Client(base_url=self.url, transport=httpx.MockTransport(handler))
 
-    monkeypatch.setattr(mnist_client, "Client", Mocked)
+    monkeypatch.setattr(cli, "Client", Mocked)
     files = []
     for name in ("row.png", "blank.png", "seven.png"):
         (tmp_path / name).write_bytes(b"png")
@@ -229,7 +233,7 @@ def test_cli_prints_kind_and_answer_and_passes_one_digit(
     row_json, blank_json, seven_json = json.loads(out.getvalue())["predictions"]
     assert row_json == {
         "file": files[0], "kind": "number", "digit": None, "number": "12\n3",
-        "confidence": 0.97, "reason": None,
+        "confidence": 0.97, "reason": None, "code": None, "error": None,
         "digits": [{"digit": 1, "confidence": 0.99, "box": [20, 28, 90, 112]},
                    {"digit": 2, "confidence": 0.99, "box": [124, 28, 200, 112]},
                    {"digit": 3, "confidence": 0.99, "box": [20, 140, 90, 230]}],

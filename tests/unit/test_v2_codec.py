@@ -142,5 +142,5 @@ def test_outputs_default_to_everything_the_input_can_have() -> None:
     image = codec.V2Request([codec.Tensor("image", "BYTES", [1], data=["AA=="])])
     tensor = codec.V2Request([_tensor("UINT8", [1, 784], data=[0] * 784)])
     assert [o.name for o in codec.plan_outputs(image)] == ["probabilities", "label", "kind",
-                                                           "number"]  # fmt: skip
+                                                           "number", "error"]  # fmt: skip
     assert [o.name for o in codec.plan_outputs(tensor)] == ["probabilities", "label"]

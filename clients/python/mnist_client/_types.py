@@ -59,6 +59,8 @@ class Prediction:
     - "number": `number` (the digits left to right, rows joined by "\\n"), `confidence`
       (the digits' product); `digit` is None.
     - "not_a_digit": `reason`; `digit` and `confidence` are None.
+    - "error": the file could not be read (the others of the request were): `code` (the
+      server's slug, e.g. "invalid_image") and `error` (its message).
 
     `digits` lists each digit read with its box (empty for "not_a_digit"). `kind` is kept as
     the server sent it, so a kind added by a newer server does not break this client.
@@ -74,6 +76,8 @@ class Prediction:
     number: str | None = None
     digits: tuple[DigitRead, ...] = ()
     reason: str | None = None
+    code: str | None = None
+    error: str | None = None
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Prediction:
@@ -93,6 +97,8 @@ class Prediction:
             number=str(number) if number is not None else None,
             digits=tuple(DigitRead.from_json(d) for d in raw.get("digits") or ()),
             reason=str(reason) if reason is not None else None,
+            code=str(raw["code"]) if raw.get("code") is not None else None,
+            error=str(raw["error"]) if raw.get("error") is not None else None,
         )
 
 

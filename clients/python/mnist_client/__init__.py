@@ -1,5 +1,6 @@
 """A small Python client for mnist-serving: no torch, just httpx (numpy and Pillow optional)."""
 
+from mnist_client._bulk import FileResult
 from mnist_client._client import AsyncClient, Client
 from mnist_client._types import (
     ClientError,
@@ -10,12 +11,14 @@ from mnist_client._types import (
     TopK,
 )
 
-__version__ = "0.1.0"
+#: Semantic versioning: the major version changes only for a break in this API.
+__version__ = "1.0.0"
 __all__ = [
     "AsyncClient",
     "Client",
     "ClientError",
     "DigitRead",
+    "FileResult",
     "ModelRef",
     "Prediction",
     "PredictResult",

@@ -6,13 +6,14 @@ import asyncio
 import email.utils
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import httpx
 
+from mnist_client._bulk import DEFAULT_LIMITS, FileResult, expand, run_all
 from mnist_client._inputs import ImageLike, to_files
-from mnist_client._types import ClientError, PredictResult
+from mnist_client._types import ClientError, Prediction, PredictResult
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 #: Statuses worth another try: the server said it is busy (503) or ran out of time (504).
@@ -124,6 +125,41 @@ class Client(_Base):
         exactly one digit (a form cell), never as a number."""
         files = to_files(images)
         return _result(self._send(files, self._params(top_k, one_digit)))
+
+    def limits(self) -> dict[str, Any]:
+        """The server's request limits (`GET /v1/models`): max_files, max_file_bytes,
+        max_request_bytes; the documented defaults where the server does not say."""
+        try:
+            response = self._http.get("/v1/models", headers=self._headers())
+        except httpx.TransportError as exc:
+            raise _connection_error(self.url, exc) from exc
+        if response.status_code == 401:
+            raise _error(response)
+        body = response.json() if response.status_code == 200 else {}
+        return {**DEFAULT_LIMITS, **(body.get("limits") or {})}
+
+    def predict_many(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        *,
+        recursive: bool = False,
+        glob: str | None = None,
+        top_k: int | None = None,
+        one_digit: bool = False,
+        concurrency: int = 4,
+    ) -> Iterator[FileResult]:
+        """One `FileResult` per file, in order, as they arrive: folders are expanded (their
+        image files, or those matching `glob`; `recursive` for subfolders), the files are
+        sent in requests cut to the server's limits, `concurrency` at a time, each retried
+        as `predict` is. A file that cannot be read is a result of kind "error"; a refusal
+        of every request (a wrong key, no server) raises ClientError."""
+        files = expand(paths, recursive, glob)
+        params = self._params(top_k, one_digit)
+
+        def send(chunk: list[tuple[str, bytes]]) -> list[Prediction]:
+            return _result(self._send(chunk, params)).predictions
+
+        return run_all(send, files, self.limits(), concurrency)
 
     def _send(self, files: list[tuple[str, bytes]], params: dict[str, Any]) -> httpx.Response:
         attempt = 0
