@@ -28,9 +28,11 @@ COPY requirements/image.txt ./requirements/
 # --no-deps: everything else comes from the hash-checked lock, nothing resolved at build time.
 RUN pip install --no-cache-dir --no-deps --require-hashes -r requirements/image.txt
 COPY pyproject.toml README.md ./
-# Serving code only: training/ and evaluation/ stay out of the image.
+# Serving code and the client it depends on (its own distribution, not on PyPI); training/
+# and evaluation/ stay out of the image.
+COPY clients/python ./clients/python
 COPY service ./service
-RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
+RUN pip install --no-cache-dir --no-deps --no-build-isolation ./clients/python . \
     && python -c "import service.app, torch; print('torch', torch.__version__)"
 # C++ headers and torch's own test binaries serve building extensions and testing torch, not
 # loading a TorchScript model (make image-test checks the result serves).

@@ -107,7 +107,7 @@ lock:
 	  --python-platform x86_64-unknown-linux-gnu \
 	  $(if $(TORCH_WHEEL_DIR),--find-links $(TORCH_WHEEL_DIR),--extra-index-url $(TORCH_CPU_INDEX)) \
 	  --index-strategy unsafe-best-match --override requirements/image-overrides.txt \
-	  --no-emit-package torch --generate-hashes --no-header --quiet -o requirements/image.txt
+	  --no-emit-package torch --no-emit-package mnist-client --generate-hashes --no-header --quiet -o requirements/image.txt
 
 # Build with docker or podman, whichever is present (deploy/image/imagetest.py lists the knobs).
 image: install

@@ -47,7 +47,13 @@ def test_v2_model_metadata_and_readiness(triton) -> None:
     meta = triton.get_model_metadata(MODEL)
     assert meta["name"] == MODEL
     assert meta["versions"] == [NEWEST_SHIPPED]  # the newest shipped version is served
-    assert {o["name"] for o in meta["outputs"]} == {"probabilities", "label", "kind", "number"}
+    assert {o["name"] for o in meta["outputs"]} == {
+        "probabilities",
+        "label",
+        "kind",
+        "number",
+        "error",
+    }
     assert triton.is_model_ready(MODEL)
     assert triton.is_model_ready(MODEL, NEWEST_SHIPPED)
     assert triton.get_model_metadata(MODEL, NEWEST_SHIPPED)["name"] == MODEL
