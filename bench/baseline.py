@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.run import ROOT, group_rss_mb, run_wrk, verify, write_images
+from bench.run import ROOT, group_processes, group_rss_mb, run_wrk, verify, write_images
 from tests.support.server import ServerProcess
 
 #: (workload, images per request, concurrency): the cells the issue tracker's table uses.
@@ -37,15 +37,8 @@ _TICK = os.sysconf("SC_CLK_TCK")
 def group_cpu_s(pgid: int) -> float:
     """User + system CPU seconds of every live process in the process group (workers
     included; a worker that exited mid-cell takes its share with it)."""
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid:
-                total += int(fields[11]) + int(fields[12])
-        except (OSError, IndexError, ValueError):
-            continue
-    return total / _TICK
+    ticks = sum(int(f[11]) + int(f[12]) for _, f in group_processes(pgid))
+    return ticks / _TICK
 
 
 @dataclass(frozen=True)

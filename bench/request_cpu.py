@@ -20,6 +20,7 @@ import io
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,11 @@ async def measure(requests: int, warmup: int, concurrency: int) -> dict[str, flo
             "wall_us_per_request": 1e6 * wall / done}  # fmt: skip
 
 
+def _drain(fd: int) -> None:
+    while os.read(fd, 1 << 16):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.request_cpu", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -129,10 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     # would read the server's stderr.
     read_end, write_end = os.pipe()
     os.dup2(write_end, 2)
-    import threading
-
-    threading.Thread(target=lambda: [None for _ in iter(lambda: os.read(read_end, 1 << 16), b"")],
-                     daemon=True).start()  # fmt: skip
+    threading.Thread(target=_drain, args=(read_end,), daemon=True).start()
     import logging.config
 
     from service.logging_config import build_log_config

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,16 +72,26 @@ def write_images(folder: Path) -> list[int]:
     return labels
 
 
-def group_rss_mb(pgid: int) -> float:
-    """Resident memory of every process in the server's process group."""
-    total = 0
+def group_processes(pgid: int) -> Iterator[tuple[Path, list[str]]]:
+    """Each live process of a process group: its /proc folder and its stat fields after the
+    command name (field 3 of proc(5) first)."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
             if int(fields[2]) == pgid:
-                status = (stat.parent / "status").read_text()
-                total += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
-        except (OSError, AttributeError, IndexError, ValueError):
+                yield stat.parent, fields
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile, or not a process we can read
+
+
+def group_rss_mb(pgid: int) -> float:
+    """Resident memory of every process in the server's process group."""
+    total = 0
+    for folder, _ in group_processes(pgid):
+        try:
+            status = (folder / "status").read_text()
+            total += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+        except (OSError, AttributeError, ValueError):
             continue
     return total / 1024
 

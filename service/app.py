@@ -156,19 +156,15 @@ def create_app(
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    app.add_middleware(
-        RequestContextMiddleware,
-        metrics=metrics,
-        access_log=settings.access_log,
-        in_flight=in_flight,
-    )
+    # One request context for the whole stack and for the lane, sharing the in-flight count.
+    context: dict[str, Any] = {
+        "metrics": metrics, "access_log": settings.access_log, "in_flight": in_flight,
+    }  # fmt: skip
+    app.add_middleware(RequestContextMiddleware, **context)
     if not settings.cors_origins.strip() and not settings.opentelemetry:
         # CORS (preflights, headers) and FastAPI's telemetry act on every route: with either
         # on, every request takes the full stack.
-        app.add_lane(rest.predict_route, RequestContextMiddleware(
-            rest.predict_lane, metrics=metrics, access_log=settings.access_log,
-            in_flight=in_flight,
-        ))  # fmt: skip
+        app.add_lane(rest.predict_route, RequestContextMiddleware(rest.predict_lane, **context))
     return app
 
 

@@ -138,7 +138,6 @@ class Batcher:
         self.current_model = current_model
         self.max_batch_size = max_batch_size
         self.max_batch_wait_s = max_batch_wait_ms / 1000
-        self.max_queue_size = max_queue_size
         self.request_timeout_s = request_timeout_s
         self.enabled = enabled
         self.observer = observer
