@@ -33,7 +33,7 @@ COPY pyproject.toml README.md ./
 COPY clients/python ./clients/python
 COPY service ./service
 RUN pip install --no-cache-dir --no-deps --no-build-isolation ./clients/python . \
-    && python -c "import service.app, torch; print('torch', torch.__version__)"
+    && python -c "import service.http.app, torch; print('torch', torch.__version__)"
 # C++ headers and torch's own test binaries serve building extensions and testing torch, not
 # loading a TorchScript model (make image-test checks the result serves).
 RUN site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \

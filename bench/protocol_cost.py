@@ -1,4 +1,4 @@
-"""What service/protocol.py adds per request, without the model or the network.
+"""What service/http/protocol.py adds per request, without the model or the network.
 
     python -m bench.protocol_cost [--requests 20000] [--rounds 5]
 
@@ -25,7 +25,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from service.config import Settings
-from service.protocol import ConnectionLimits, protocol_factory
+from service.http.protocol import ConnectionLimits, protocol_factory
 
 BODY = b"x" * 400
 HEAD = (

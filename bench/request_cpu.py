@@ -84,8 +84,8 @@ async def one(app: Any, body: bytes) -> int:
 async def measure(requests: int, warmup: int, concurrency: int) -> dict[str, float]:
     from asgi_lifespan import LifespanManager
 
-    from service.app import create_app
     from service.config import Settings
+    from service.http.app import create_app
 
     # One worker's app with one torch thread, as each of `make serve`'s workers on 2 CPUs.
     settings = Settings(workers=1, torch_threads=1)
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=_drain, args=(read_end,), daemon=True).start()
     import logging.config
 
-    from service.logging_config import build_log_config
+    from service.runtime.logging_config import build_log_config
 
     logging.config.dictConfig(build_log_config("info"))
     result = asyncio.run(measure(args.requests, args.warmup, args.concurrency))

@@ -51,7 +51,7 @@ CONFIGS: dict[str, list[str]] = {
     "workers2-no-inline": ["--workers", "2", "--no-inline-when-idle"],
     "no-inline": ["--no-inline-when-idle"],
     "batching-1thread": ["--torch-threads", "1"],
-    # uvicorn's plain httptools protocol: the baseline for service/protocol.py's cost.
+    # uvicorn's plain httptools protocol: the baseline for service/http/protocol.py's cost.
     "no-connection-limits": ["--no-connection-limits"],
 }
 CELLS = [("single", 1, 1), ("single", 1, 8), ("single", 1, 64), ("batch64", 64, 1),
@@ -148,9 +148,9 @@ def inprocess_ceiling(images: Path, model: dict[str, str], seconds: float = 5.0)
     import torch
 
     from service.config import Settings
-    from service.model import Classifier
-    from service.preprocess import ImageLimits, preprocess
-    from service.repository import ModelRepository
+    from service.serving.model import Classifier
+    from service.serving.repository import ModelRepository
+    from service.vision.preprocess import ImageLimits, preprocess
 
     settings = Settings(**model)  # type: ignore[arg-type]
     folder = ModelRepository(settings).resolve()

@@ -59,7 +59,7 @@ def uvicorn_options(settings: Settings, log_config: dict[str, Any]) -> dict[str,
         "forwarded_allow_ips": settings.forwarded_allow_ips.strip() or None,
     }
     if settings.connection_limits:
-        from service.protocol import ConnectionLimits, protocol_factory
+        from service.http.protocol import ConnectionLimits, protocol_factory
 
         limits = ConnectionLimits.from_settings(settings)
         if limits.fd_limit is not None:
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    from service.logging_config import build_log_config
+    from service.runtime.logging_config import build_log_config
 
     try:
         settings.api_key_list()
@@ -103,13 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
     if settings.workers == 0:
-        from service.cpus import available_cpus
+        from service.runtime.cpus import available_cpus
 
         overrides["workers"] = available_cpus()
         settings = settings.model_copy(update={"workers": overrides["workers"]})
     if settings.workers == 1:
-        from service.app import create_app
-        from service.repository import ModelLoadError, ModelRepository
+        from service.http.app import create_app
+        from service.serving.repository import ModelLoadError, ModelRepository
 
         repository = ModelRepository(settings)
         try:
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     for field, value in overrides.items():
         os.environ["MNIST_" + field.upper()] = str(value)
     check = subprocess.run(
-        [sys.executable, "-m", "service.check"], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "service.runtime.check"], capture_output=True, text=True, check=False
     )
     if check.returncode != 0:
         lines = check.stderr.strip().splitlines() or ["model check failed"]
@@ -140,13 +140,13 @@ def main(argv: list[str] | None = None) -> int:
                 "or set PROMETHEUS_MULTIPROC_DIR to a writable directory",
                 1,
             )
-    from service.supervisor import Supervisor
+    from service.runtime.supervisor import Supervisor
 
     # What uvicorn.run does for workers > 1, with our supervisor in place of uvicorn's.
     # A worker that does not answer the parent's health check this long is replaced
     # (uvicorn's 5 s is too short on a busy machine).
     config = uvicorn.Config(
-        "service.app:create_app",
+        "service.http.app:create_app",
         factory=True,
         workers=settings.workers,
         timeout_worker_healthcheck=60,

@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def decode_cost_mib(pixels: int) -> int:
-    from service.decode import decode_cost
+    from service.vision.decode import decode_cost
 
     return -(-decode_cost(pixels, 1) // (1 << 20))
 
@@ -113,8 +113,8 @@ class Settings(BaseSettings):
 
     connection_limits: bool = Field(
         True,
-        description="Enforce the header, body and connection limits below (service/protocol.py); "
-        "off = uvicorn's plain httptools protocol.",
+        description="Enforce the header, body and connection limits below "
+        "(service/http/protocol.py); off = uvicorn's plain httptools protocol.",
     )
     max_header_bytes: int = Field(
         32 * 1024,

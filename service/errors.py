@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from service.schemas.rest import ErrorDetail, ErrorResponse
+from service.wire.schemas.rest import ErrorDetail, ErrorResponse
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
     python -m training.calibrate --model-dir models/mnist-cnn/4 --real-dev DIR \\
         [--reject-budget 0.01 | --threshold 0.5]
 
-Reruns the real-dev validation part through the current `service.preprocess` (the cache is
+Reruns the real-dev validation part through the current `service.vision.preprocess` (the cache is
 keyed by its source, so changed preprocessing is picked up), then rewrites the card's
 `output.reject_threshold` and `metrics.real_dev`. The weights and their sha256 are untouched.
 Use it whenever preprocessing changes: what the model sees changes, and so do its scores.
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from service.card import CardError, ModelCard
+from service.serving.card import CardError, ModelCard
 from training.data import DataError, _default_cache
 from training.realdev import NOT_A_DIGIT, load_realdev
 from training.train import (

@@ -178,9 +178,9 @@ def make_negatives(count: int, seed: int) -> tuple[np.ndarray, list[str]]:
     answer for them and needs no training.
     """
     from service.config import Settings
-    from service.decode import ImageLimits
     from service.errors import ServiceError
-    from service.preprocess import preprocess
+    from service.vision.decode import ImageLimits
+    from service.vision.preprocess import preprocess
 
     rng = np.random.default_rng(seed)
     names = list(MAKERS)

@@ -21,8 +21,15 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from service.card import MODEL_FILE, InputSpec, Metrics, ModelCard, Normalization, OutputSpec
-from service.card import sha256_file as _sha256
+from service.serving.card import (
+    MODEL_FILE,
+    InputSpec,
+    Metrics,
+    ModelCard,
+    Normalization,
+    OutputSpec,
+)
+from service.serving.card import sha256_file as _sha256
 from training.data import DataError, load_mnist
 from training.train import TrainingError, _prepare_out, load_scripted, staged_version
 

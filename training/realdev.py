@@ -2,7 +2,7 @@
 what the server's own preprocessing makes of every file.
 
 Training must see exactly what serving sees, so each file goes through
-`service.preprocess.preprocess` on its raw bytes. That takes a minute for the ~10,000
+`service.vision.preprocess.preprocess` on its raw bytes. That takes a minute for the ~10,000
 files, so the 28x28 results are cached in an .npz keyed by the manifest and by the source
 of the preprocessing modules: change either and the cache is rebuilt.
 """
@@ -28,7 +28,11 @@ NOT_A_DIGIT = 10
 #: Bitmap sets (many items, one item per origin row) vs real uploads (few, grouped crops).
 BITMAP_SOURCES = ("usps", "optdigits")
 _CROP = re.compile(r"\s*crop (\d+),(\d+),(\d+),(\d+)\s*$")
-_PREPROCESS_MODULES = ("service/preprocess.py", "service/segment.py", "service/decode.py")
+_PREPROCESS_MODULES = (
+    "service/vision/preprocess.py",
+    "service/vision/segment.py",
+    "service/vision/decode.py",
+)
 
 
 @dataclass(frozen=True)
@@ -138,9 +142,9 @@ class RealDev:
 
 def preprocess_all(root: Path, items: list[Item]) -> tuple[np.ndarray, np.ndarray]:
     from service.config import Settings
-    from service.decode import ImageLimits
     from service.errors import ServiceError
-    from service.preprocess import preprocess
+    from service.vision.decode import ImageLimits
+    from service.vision.preprocess import preprocess
 
     limits = ImageLimits.from_settings(Settings())
     pixels = np.zeros((len(items), 28, 28), dtype=np.uint8)

@@ -24,7 +24,7 @@ import torchvision
 from torch import nn
 from tqdm import tqdm
 
-from service.card import (
+from service.serving.card import (
     LABELS,
     MODEL_FILE,
     NOT_A_DIGIT,

@@ -17,16 +17,16 @@ from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from service import __version__
-from service.api.deps import check_api_key, client_key_of, presented_key
-from service.api.ops import state_readiness
-from service.codec import triton
-from service.codec import v2 as codec
 from service.config import Settings
-from service.dataplane import DataPlane
 from service.errors import ModelNotReady, ServiceError
-from service.metrics import Metrics
+from service.http.api.deps import check_api_key, client_key_of, presented_key
+from service.http.api.ops import state_readiness
 from service.rpc import inference_pb2 as pb
 from service.rpc import inference_pb2_grpc as pb_grpc
+from service.runtime.metrics import Metrics
+from service.serving.dataplane import DataPlane
+from service.wire.codec import triton
+from service.wire.codec import v2 as codec
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("mnist.access")

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.app import create_app
+from service.http.app import create_app
 from tests.api.conftest import make_settings
 from tests.conftest import png_bytes
 

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from PIL import Image
 
-from service.app import create_app
+from service.http.app import create_app
 from tests.api.conftest import make_settings
 
 KEY = "k-123"
@@ -256,7 +256,7 @@ async def test_made_up_keys_do_not_make_new_clients_when_keys_are_off(
 ) -> None:
     from starlette.requests import Request
 
-    from service.api.deps import client_key
+    from service.http.api.deps import client_key
 
     application = create_app(make_settings(shipped_models))
     scope = {"type": "http", "app": application, "client": ("10.0.0.7", 1), "headers": []}
@@ -279,7 +279,7 @@ async def test_multipart_with_thousands_of_other_fields_is_refused(app: FastAPI)
 async def test_the_predict_lane_and_the_fastapi_route_answer_alike(app: FastAPI) -> None:
     # /v1/predict goes through its lane (no router, no dependency solving) unless a
     # dependency is overridden; both must give the same statuses and bodies.
-    from service.api import deps
+    from service.http.api import deps
 
     answers = []
     for override in (False, True):

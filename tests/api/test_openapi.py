@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from openapi_spec_validator import validate
 
-from service.app import create_app
+from service.http.app import create_app
 from tests.api.conftest import make_settings
 
 

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from opentelemetry import trace
 from PIL import Image
 
-from service.app import create_app
+from service.http.app import create_app
 from tests.api.conftest import make_settings
 from tests.conftest import NEWEST_SHIPPED, SHIPPED_VERSIONS, png_bytes
 
@@ -253,7 +253,7 @@ def test_predict_wrong_method_falls_through_to_a_json_405(client: TestClient) ->
 def test_predict_bug_is_a_json_500_and_the_next_request_is_served(
     shipped_models: Path, mnist_sample, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service.api import rest
+    from service.http.api import rest
 
     image = files_of(("a.png", png_bytes(mnist_sample[0][0])))
 
@@ -482,8 +482,8 @@ def test_predict_query_accepts_the_usual_boolean_spellings(
 
 
 def test_predict_goes_through_dependency_overrides(shipped_models: Path, mnist_sample) -> None:
-    from service.api.deps import get_dataplane, require_api_key
     from service.errors import ModelNotReady, Unauthorized
+    from service.http.api.deps import get_dataplane, require_api_key
 
     app = create_app(make_settings(shipped_models))
     image = files_of(("a.png", png_bytes(mnist_sample[0][0])))

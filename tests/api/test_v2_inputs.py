@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from service.http.app import create_app
 from tests.api.conftest import make_settings
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.model import Classifier, resolve_device
+from service.serving.model import Classifier, resolve_device
 
 pytestmark = [
     pytest.mark.cuda,
@@ -34,7 +34,7 @@ def test_cuda_half_precision_keeps_accuracy(shipped_models, mnist_sample) -> Non
 
 
 def test_cuda_explicit_index_and_bad_index(shipped_models) -> None:
-    from service.model import ModelLoadError
+    from service.serving.model import ModelLoadError
 
     assert resolve_device("cuda:0").index == 0
     with pytest.raises(ModelLoadError, match="GPU"):

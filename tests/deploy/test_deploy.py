@@ -136,7 +136,7 @@ def _pod(path: Path) -> dict[str, Any]:
 
 def test_manifests_use_only_real_settings_and_routes() -> None:
     fields = {f"MNIST_{name.upper()}" for name in Settings.model_fields}
-    from service.app import create_app
+    from service.http.app import create_app
 
     paths = set(create_app(Settings()).openapi()["paths"])
     for path in RENDERED:
@@ -233,7 +233,7 @@ def test_in_flight_overlay_scales_on_the_served_gauge() -> None:
     (metric,) = hpa["spec"]["metrics"]
     name = metric["pods"]["metric"]["name"]
     assert name == "mnist_in_flight_requests"
-    from service.metrics import Metrics
+    from service.runtime.metrics import Metrics
 
     exposed = {m.name for m in Metrics().registry.collect()}
     assert name in exposed
@@ -255,7 +255,7 @@ def test_kserve_inferenceservice_answers_under_its_own_name() -> None:
     settings = Settings(model_name=env.get("MNIST_MODEL_NAME", Settings().model_name), grpc_port=0)
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
+    from service.http.app import create_app
 
     port = c["ports"][0]["containerPort"]
     assert str(port) == env["MNIST_PORT"]

@@ -1,4 +1,4 @@
-"""Connection-level limits (service/protocol.py) against real server processes, raw sockets."""
+"""Connection-level limits (service/http/protocol.py) against real server processes, raw sockets."""
 
 from __future__ import annotations
 
@@ -334,7 +334,7 @@ def test_protocol_refuses_connections_over_the_cap(tmp_path: Path) -> None:
         for sock in idle:
             assert _read_to_eof(sock) == b"", "idle connections are closed at the header timeout"
             sock.close()
-        line = re.search(r"WARNING service.protocol: refused (\d+) connection.*", server.log())
+        line = re.search(r"WARNING service.http.protocol: refused (\d+) connection.*", server.log())
         assert line, server.log()
         assert int(line.group(1)) >= 1
         assert "connection cap 8 per worker reached" in line.group(0)

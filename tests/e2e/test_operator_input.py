@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.card import ModelCard
+from service.serving.card import ModelCard
 from tests.e2e.test_ops import add_version
 from tests.support.server import ServerProcess, run_to_exit
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.card import ModelCard
+from service.serving.card import ModelCard
 from tests.conftest import NEWEST_SHIPPED, SHIPPED_MODELS, png_bytes
 from tests.support.server import ServerProcess
 

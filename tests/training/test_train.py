@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from service.card import ModelCard, sha256_file
-from service.model import Classifier, digit_probabilities
+from service.serving.card import ModelCard, sha256_file
+from service.serving.model import Classifier, digit_probabilities
 from tests.training.conftest import write_mnist, write_realdev
 from training.calibrate import main as calibrate_main
 from training.train import main, reject_threshold

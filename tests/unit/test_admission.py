@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from service.admission import Admission, AdmissionPolicy
 from service.errors import Overloaded
+from service.serving.admission import Admission, AdmissionPolicy
 
 
 def admission(max_images: int = 10_000, max_wait_s: float = 1.0) -> Admission:

@@ -8,9 +8,9 @@ import threading
 import pytest
 import torch
 
-from service.batching import Batcher, InlineWhenIdle
 from service.config import Settings
 from service.errors import InferenceFailed, InferenceTimeout, Overloaded, ShuttingDown
+from service.serving.batching import Batcher, InlineWhenIdle
 
 
 class RecordingModel:

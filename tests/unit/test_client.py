@@ -26,7 +26,7 @@ OK = {
     ],
 }  # fmt: skip
 
-#: A number, a not_a_digit and a digit, as /v1/predict answers them (service/api/rest.py).
+#: A number, a not_a_digit and a digit, as /v1/predict answers them (service/http/api/rest.py).
 MIXED = {
     "model": {"name": "mnist-cnn", "version": "3"},
     "predictions": [

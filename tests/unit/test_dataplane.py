@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from service.config import Settings
-from service.dataplane import DataPlane
-from service.model import model_inputs
+from service.serving.dataplane import DataPlane
+from service.serving.model import model_inputs
 
 
 class _Model:

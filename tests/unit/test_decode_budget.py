@@ -18,10 +18,10 @@ import pytest
 from PIL import Image
 
 from service.config import Settings
-from service.dataplane import DataPlane, NamedFile
-from service.decode import DecodeBudget, ImageLimits, cheap_to_decode, decode, decode_gray
 from service.errors import InvalidImage, Overloaded, PayloadTooLarge
-from service.preprocess import Scan
+from service.serving.dataplane import DataPlane, NamedFile
+from service.vision.decode import DecodeBudget, ImageLimits, cheap_to_decode, decode, decode_gray
+from service.vision.preprocess import Scan
 
 LIMITS = ImageLimits.from_settings(Settings())
 
@@ -40,8 +40,8 @@ _PEAK_SCRIPT = textwrap.dedent(
     import numpy as np
     from PIL import Image
     from service.config import Settings
-    from service.decode import ImageLimits, decode, decode_cost
-    from service.preprocess import preprocess
+    from service.vision.decode import ImageLimits, decode, decode_cost
+    from service.vision.preprocess import preprocess
 
     LIMITS = ImageLimits.from_settings(Settings())
 

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from starlette.requests import ClientDisconnect
 
-from service.api.deps import cancelled_on_disconnect
+from service.http.api.deps import cancelled_on_disconnect
 
 
 class FakeRequest:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service.fleet import Desired, Fleet, Report
+from service.runtime.fleet import Desired, Fleet, Report
 
 
 def test_fleet_publish_raises_the_generation(tmp_path: Path) -> None:

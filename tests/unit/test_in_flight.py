@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.middleware import InFlight
+from service.http.middleware import InFlight
 
 A, B = ("10.0.0.1", 50001), ("10.0.0.2", 50002)
 

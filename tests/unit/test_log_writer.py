@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from service import logging_config
-from service.logging_config import QueuedHandler
+from service.runtime import logging_config
+from service.runtime.logging_config import QueuedHandler
 
 
 def _logger(handler: logging.Handler, name: str) -> logging.Logger:

@@ -7,8 +7,8 @@ from typing import Any
 
 import orjson
 
-from service.metrics import Metrics
-from service.middleware import RequestContextMiddleware
+from service.http.middleware import RequestContextMiddleware
+from service.runtime.metrics import Metrics
 
 
 async def test_a_request_cancelled_at_the_drain_bound_gets_a_503_not_a_500() -> None:

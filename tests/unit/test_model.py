@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.model import (
+from service.serving.model import (
     Classifier,
     ModelLoadError,
     digit_probabilities,
@@ -39,7 +39,7 @@ def test_classifier_optimized_and_plain_graphs_agree(shipped_models: Path, mnist
 
 
 def test_classifier_refuses_corrupt_torchscript(tmp_path: Path, shipped_models: Path) -> None:
-    from service.card import ModelCard, sha256_file
+    from service.serving.card import ModelCard, sha256_file
 
     folder = tmp_path / "m" / "1"
     shutil.copytree(shipped_models / "mnist-cnn" / "1", folder)

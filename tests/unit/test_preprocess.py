@@ -16,9 +16,16 @@ from PIL import Image
 
 from evaluation.uploads import make_upload
 from service.config import Settings
-from service.decode import ImageLimits, _decode_plain_png, _plain_png, decode, decode_gray, to_gray
 from service.errors import InvalidImage, PayloadTooLarge, ServiceError, UnsupportedMediaType
-from service.preprocess import normalize, preprocess
+from service.vision.decode import (
+    ImageLimits,
+    _decode_plain_png,
+    _plain_png,
+    decode,
+    decode_gray,
+    to_gray,
+)
+from service.vision.preprocess import normalize, preprocess
 from tests.conftest import png_bytes
 
 LIMITS = ImageLimits.from_settings(Settings())
@@ -76,7 +83,7 @@ def test_preprocess_transparent_canvas_with_black_strokes(mnist_sample) -> None:
 def test_scan_hard_edged_stroke_on_a_transparent_canvas_is_a_one() -> None:
     # A "1" drawn without anti-aliasing: its opaque box is the stroke itself, one flat
     # colour; it must not be taken for a card and cropped to nothing.
-    from service.preprocess import scan
+    from service.vision.preprocess import scan
 
     rgba = np.zeros((200, 200, 4), dtype=np.uint8)
     rgba[30:170, 92:108] = (0, 0, 0, 255)

@@ -13,10 +13,10 @@ import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from service import protocol
 from service.__main__ import uvicorn_options
 from service.config import Settings
-from service.protocol import ConnectionLimits, GuardedHttpProtocol, protocol_factory
+from service.http import protocol
+from service.http.protocol import ConnectionLimits, GuardedHttpProtocol, protocol_factory
 
 
 class RecordingTransport(asyncio.Transport):
@@ -194,13 +194,13 @@ async def test_protocol_refuses_over_the_cap_and_tallies_one_warning(
     state = ServerState()
     capped = limits(max_connections=2)
     kept = [connect(capped, state=state) for _ in range(2)]
-    with caplog.at_level(logging.INFO, logger="service.protocol"):
+    with caplog.at_level(logging.INFO, logger="service.http.protocol"):
         refused = [connect(capped, state=state)[1] for _ in range(3)]
     assert len(state.connections) == 2
     assert all(t.closed and t.status() == 503 for t in refused)
     assert refused[0].body()["code"] == "too_many_connections"
     assert b"retry-after: 1\r\n" in refused[0].written
-    lines = [r for r in caplog.records if r.name == "service.protocol"]
+    lines = [r for r in caplog.records if r.name == "service.http.protocol"]
     assert [r.levelno for r in lines] == [logging.WARNING], "the first refusal logs at once"
     assert "refused 1 connection(s)" in lines[0].getMessage()
     assert "connection cap 2 per worker reached" in lines[0].getMessage()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.preprocess import Glyph, Scan
-from service.reading import read
+from service.vision.preprocess import Glyph, Scan
+from service.vision.reading import read
 
 
 def glyph(x0: int, row: int = 0, tall: int = 20) -> Glyph:

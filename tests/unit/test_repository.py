@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from service.card import ModelCard
 from service.config import Settings
-from service.repository import ModelLoadError, ModelRepository
+from service.serving.card import ModelCard
+from service.serving.repository import ModelLoadError, ModelRepository
 
 
 def add_version(root: Path, shipped: Path, folder: str, card_version: str | None = None) -> Path:

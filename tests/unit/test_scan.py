@@ -9,8 +9,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from service.config import Settings
-from service.decode import ImageLimits
-from service.preprocess import read_gray, scan
+from service.vision.decode import ImageLimits
+from service.vision.preprocess import read_gray, scan
 from tests.conftest import png_bytes
 
 LIMITS = ImageLimits.from_settings(Settings())
@@ -379,7 +379,7 @@ def test_scan_a_line_under_a_number_running_past_it_is_removed(mnist_sample) -> 
 
 def test_find_digits_on_single_pixel_specks_finds_none() -> None:
     # Areas of one pixel each pass no size test: no group is left (this raised before).
-    from service.segment import find_digits
+    from service.vision.segment import find_digits
 
     mask = np.zeros((40, 40), dtype=bool)
     mask[5:35:6, 5:35:6] = True

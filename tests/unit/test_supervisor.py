@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from uvicorn.config import STARTUP_FAILURE, Config
 
-from service import supervisor as supervisor_module
 from service.config import Settings
-from service.fleet import FLEET_DIR_ENV
-from service.supervisor import Supervisor
+from service.runtime import supervisor as supervisor_module
+from service.runtime.fleet import FLEET_DIR_ENV
+from service.runtime.supervisor import Supervisor
 
 
 class FakeProcess:
@@ -46,7 +46,7 @@ def supervisor(monkeypatch, tmp_path: Path):
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     monkeypatch.setattr(supervisor_module, "Process", FakeProcess)
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    sup = Supervisor(Config(app="service.app:app", workers=2), sockets=[], settings=Settings())
+    sup = Supervisor(Config(app="service.http.app:app", workers=2), sockets=[], settings=Settings())
     try:
         yield sup
     finally:
@@ -80,10 +80,10 @@ def test_dead_worker_loses_its_gauges_and_is_replaced(
     _write_metric_files(tmp_path, dead.pid)
     dead.exitcode = exitcode
     # Straight on the logger: a test that ran the server's dictConfig stops propagation.
-    log = logging.getLogger("service.supervisor")
+    log = logging.getLogger("service.runtime.supervisor")
     log.addHandler(caplog.handler)
     try:
-        with caplog.at_level(logging.INFO, logger="service.supervisor"):
+        with caplog.at_level(logging.INFO, logger="service.runtime.supervisor"):
             supervisor.keep_subprocess_alive()
     finally:
         log.removeHandler(caplog.handler)

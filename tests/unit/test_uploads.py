@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.errors import InvalidInput, PayloadTooLarge, ServiceError, UnsupportedMediaType
-from service.uploads import UploadLimits, read_multipart
+from service.http.uploads import UploadLimits, read_multipart
 
 LIMITS = UploadLimits(max_files=4, max_file_bytes=1000, max_request_bytes=10_000)
 BOUNDARY = "b0und"

@@ -8,8 +8,8 @@ import numpy as np
 import orjson
 import pytest
 
-from service.codec import v2 as codec
 from service.errors import InvalidInput, PayloadTooLarge
+from service.wire.codec import v2 as codec
 
 LIMITS = codec.Limits(max_rows=64, max_files=8)
 

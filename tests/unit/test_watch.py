@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from service.watch import Watch, describe_exit
+from service.runtime.watch import Watch, describe_exit
 
 _fork = multiprocessing.get_context("fork")
 

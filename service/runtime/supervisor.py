@@ -21,10 +21,10 @@ from uvicorn.config import STARTUP_FAILURE, Config
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
 from service.config import Settings
-from service.fleet import FLEET_DIR_ENV, Fleet
-from service.metrics import multiprocess_dir
-from service.repository import ModelLoadError, ModelRepository
-from service.watch import Watch, describe_exit
+from service.runtime.fleet import FLEET_DIR_ENV, Fleet
+from service.runtime.metrics import multiprocess_dir
+from service.runtime.watch import Watch, describe_exit
+from service.serving.repository import ModelLoadError, ModelRepository
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class Supervisor(Multiprocess):
       handshakes into a backlog that no process would accept: those clients hung, then were
       reset when the parent exited. With it closed, the socket dies with the last worker's
       listener and new connections are refused while accepted ones drain.
-    - it learns of a worker's exit at once (service/watch.py: a blocking wait on the
+    - it learns of a worker's exit at once (service/runtime/watch.py: a blocking wait on the
       workers' sentinels, health-check answers and signals, in place of a 0.5 s sleep and
       pings that block), removes the dead worker's `live*` gauge files, so `/metrics` stops
       counting its requests in flight, and starts its replacement; it logs
@@ -74,7 +74,7 @@ class Supervisor(Multiprocess):
       retired by SIGTTOU loses its gauge files too.
 
     And one replacement: SIGHUP no longer restarts the workers one by one. It publishes the
-    pinned or newest version in the fleet folder (service/fleet.py) and relays SIGHUP to
+    pinned or newest version in the fleet folder (service/runtime/fleet.py) and relays SIGHUP to
     every worker, which reloads in place; a worker's SIGUSR1 (after POST /admin/reload)
     relays the version that worker published.
     """
@@ -228,7 +228,7 @@ class Supervisor(Multiprocess):
     def _forget(self, pid: int) -> None:
         self.fleet.forget(pid)
         if multiprocess_dir() is not None:
-            # Removes only the `live*` gauge files (every gauge is one: service/metrics.py):
+            # Removes only the `live*` gauge files (every gauge is one: service/runtime/metrics.py):
             # counters and histograms of a dead worker still count, or totals would go
             # backwards and read as a counter reset.
             prom_mp.mark_process_dead(pid)

@@ -21,10 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.batching import Batcher
-from service.codec import v2 as codec
 from service.config import Settings
-from service.decode import DecodeBudget, ImageLimits, RequestBudget, cheap_to_decode
 from service.errors import (
     InferenceTimeout,
     InvalidImage,
@@ -32,14 +29,17 @@ from service.errors import (
     PayloadTooLarge,
     ServiceError,
 )
-from service.metrics import Metrics
-from service.model import Classifier
-from service.preprocess import Scan, scan
-from service.reading import Reading, read
-from service.repository import ModelLoadError, ModelRepository
-from service.schemas.rest import ErrorDetail, ModelsResponse
-from service.schemas.v2 import MetadataModelResponse
-from service.uploads import UploadLimits
+from service.http.uploads import UploadLimits
+from service.runtime.metrics import Metrics
+from service.serving.batching import Batcher
+from service.serving.model import Classifier
+from service.serving.repository import ModelLoadError, ModelRepository
+from service.vision.decode import DecodeBudget, ImageLimits, RequestBudget, cheap_to_decode
+from service.vision.preprocess import Scan, scan
+from service.vision.reading import Reading, read
+from service.wire.codec import v2 as codec
+from service.wire.schemas.rest import ErrorDetail, ModelsResponse
+from service.wire.schemas.v2 import MetadataModelResponse
 
 logger = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.card import CardError, ModelCard, ModelLoadError, is_version, list_versions
 from service.config import Settings
+from service.serving.card import CardError, ModelCard, ModelLoadError, is_version, list_versions
 
 if TYPE_CHECKING:
-    from service.model import Classifier
+    from service.serving.model import Classifier
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class ModelRepository:
 
     def load(self, version: str | None = None) -> Classifier:
         """Load and warm up `version` (default: pinned, else newest) without serving it."""
-        from service.model import Classifier, resolve_device
+        from service.serving.model import Classifier, resolve_device
 
         folder = self.resolve(version)
         self.read_card(folder)

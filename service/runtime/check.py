@@ -1,4 +1,4 @@
-"""`python -m service.check`: load and warm the configured model, then exit (0 = servable).
+"""`python -m service.runtime.check`: load and warm the configured model, then exit (0 = servable).
 
 The multi-worker supervisor runs this in a child process so that it fails fast with one line
 without importing torch itself.
@@ -20,7 +20,7 @@ def main() -> int:
     except ValidationError as exc:
         sys.stderr.write(f"error: invalid setting {describe_validation(exc, 'settings')}\n")
         return 2
-    from service.repository import ModelLoadError, ModelRepository
+    from service.serving.repository import ModelLoadError, ModelRepository
 
     try:
         clf = ModelRepository(settings).load()

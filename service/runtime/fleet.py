@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from service.repository import ModelLoadError, ModelRepository
+from service.serving.repository import ModelLoadError, ModelRepository
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.card import CardError, ModelCard, ModelLoadError, quiet_torchscript
+from service.serving.card import CardError, ModelCard, ModelLoadError, quiet_torchscript
 
 logger = logging.getLogger(__name__)
 

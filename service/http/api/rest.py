@@ -16,16 +16,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from service.api.deps import (
-    DataPlaneDep,
-    cancelled_on_disconnect,
-    check_capacity,
-    get_dataplane,
-    require_api_key,
-)
-from service.api.guard import body_schema, guarded_route, parse_json, read_body, run_guarded
 from service.config import Settings
-from service.dataplane import NamedFile
 from service.errors import (
     CLIENT_CLOSED,
     InvalidInput,
@@ -33,10 +24,20 @@ from service.errors import (
     describe_validation,
     service_error_response,
 )
-from service.model import Classifier
-from service.preprocess import to_png
-from service.reading import DigitRead, Reading
-from service.schemas.rest import (
+from service.http.api.deps import (
+    DataPlaneDep,
+    cancelled_on_disconnect,
+    check_capacity,
+    get_dataplane,
+    require_api_key,
+)
+from service.http.api.guard import body_schema, guarded_route, parse_json, read_body, run_guarded
+from service.http.uploads import read_multipart
+from service.serving.dataplane import NamedFile
+from service.serving.model import Classifier
+from service.vision.preprocess import to_png
+from service.vision.reading import DigitRead, Reading
+from service.wire.schemas.rest import (
     DigitInNumber,
     ErrorResponse,
     ModelsResponse,
@@ -45,7 +46,6 @@ from service.schemas.rest import (
     PredictOptions,
     PredictResponse,
 )
-from service.uploads import read_multipart
 
 router = APIRouter(
     prefix="/v1",
@@ -259,7 +259,7 @@ predict_route = next(
 async def predict_digits_base64(request: Request, plane: DataPlaneDep) -> Response:
     """Same as /v1/predict for clients that cannot send multipart: images as base64 strings."""
     # NOTE: the body is read here, not declared as a parameter: FastAPI would read and parse
-    # it on the event loop before the API key is checked (see service/api/guard.py).
+    # it on the event loop before the API key is checked (see service/http/api/guard.py).
 
     def count_images(raw: Any) -> None:
         images = raw.get("images") if isinstance(raw, dict) else None

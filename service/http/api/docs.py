@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
-from service.schemas.v2 import InferenceRequest
+from service.wire.schemas.v2 import InferenceRequest
 
 ASSETS = "/docs-assets"
 SECURITY_SCHEMES = {

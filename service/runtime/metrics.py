@@ -16,7 +16,7 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as prom_mp
 
-from service.logging_config import dropped_records
+from service.runtime.logging_config import dropped_records
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -39,7 +39,7 @@ class Metrics:
         mp = multiprocess_dir() is not None
         r = self.registry
         # NOTE: every gauge takes a `live*` mode with several workers: only those files does
-        # mark_process_dead remove when a worker dies (service/supervisor.py), and only
+        # mark_process_dead remove when a worker dies (service/runtime/supervisor.py), and only
         # those may go while a scrape reads the folder; another mode would keep counting a
         # dead worker's value (tests/unit/test_metrics.py checks).
         live: Any = "livesum" if mp else "all"

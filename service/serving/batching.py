@@ -14,13 +14,13 @@ from typing import Any, Protocol
 
 import torch
 
-from service.admission import Admission, AdmissionPolicy
 from service.errors import (
     InferenceFailed,
     InferenceTimeout,
     ModelNotReady,
     ShuttingDown,
 )
+from service.serving.admission import Admission, AdmissionPolicy
 
 logger = logging.getLogger(__name__)
 

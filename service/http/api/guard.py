@@ -21,7 +21,7 @@ from starlette.types import Message
 
 from service.config import Settings
 from service.errors import InvalidInput, Overloaded, PayloadTooLarge
-from service.jsonbody import loads_bounded, validated
+from service.wire.jsonbody import loads_bounded, validated
 
 M = TypeVar("M", bound=BaseModel)
 Check = Callable[[Request], Awaitable[None]]

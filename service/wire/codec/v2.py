@@ -20,8 +20,8 @@ import numpy as np
 import orjson
 
 from service.errors import InvalidInput, PayloadTooLarge
-from service.jsonbody import loads_bounded, validated
-from service.schemas.v2 import (
+from service.wire.jsonbody import loads_bounded, validated
+from service.wire.schemas.v2 import (
     InferenceRequest,
     InferenceResponse,
     MetadataModelResponse,
@@ -30,7 +30,7 @@ from service.schemas.v2 import (
 )
 
 if TYPE_CHECKING:
-    from service.card import ModelCard
+    from service.serving.card import ModelCard
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "statistics"]
 PIXELS = 28 * 28
@@ -329,7 +329,7 @@ def _image_only(name: str) -> Callable[[np.ndarray], np.ndarray]:
 OUTPUTS: dict[str, tuple[str, list[int], Callable[[np.ndarray], np.ndarray]]] = {
     "probabilities": ("FP32", [10], lambda p: p.astype("<f4", copy=False)),
     "label": ("INT64", [], lambda p: p.argmax(axis=1).astype("<i8")),
-    # The `image` input's reading per file (see service/reading.py): given by the data plane.
+    # The `image` input's reading per file (see service/vision/reading.py): given by the data plane.
     "kind": ("BYTES", [], _image_only("kind")),
     "number": ("BYTES", [], _image_only("number")),
     # Per file, why it could not be read (kind "error"; empty for a file that was read).
@@ -411,7 +411,7 @@ def encode_outputs(
     label, kind and number per file) are taken as they are."""
     if probs.shape[1] > 10:
         # An 11-class model: the tensor outputs stay a plain ten-digit classifier, as
-        # service.model.digit_probabilities renormalises them.
+        # service.serving.model.digit_probabilities renormalises them.
         digits = probs[:, :10]
         probs = digits / np.maximum(digits.sum(axis=1, keepdims=True), 1e-12)
     n = int(probs.shape[0])

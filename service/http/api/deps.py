@@ -11,9 +11,9 @@ from fastapi import Depends, Request
 from starlette.requests import ClientDisconnect
 
 from service.config import Settings
-from service.dataplane import DataPlane
 from service.errors import ModelNotReady, Unauthorized
-from service.metrics import Metrics
+from service.runtime.metrics import Metrics
+from service.serving.dataplane import DataPlane
 
 
 # NOTE: async on purpose: FastAPI runs plain `def` dependencies in a thread pool, which costs

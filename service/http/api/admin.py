@@ -7,12 +7,12 @@ import os
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.api.deps import DataPlaneDep, require_admin_key
-from service.api.guard import guarded_route
 from service.errors import ServiceError
-from service.fleet import FleetMember
-from service.repository import ModelLoadError
-from service.schemas.rest import ErrorResponse
+from service.http.api.deps import DataPlaneDep, require_admin_key
+from service.http.api.guard import guarded_route
+from service.runtime.fleet import FleetMember
+from service.serving.repository import ModelLoadError
+from service.wire.schemas.rest import ErrorResponse
 
 router = APIRouter(
     prefix="/admin",

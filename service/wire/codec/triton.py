@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from service.codec.v2 import OUTPUTS
+from service.wire.codec.v2 import OUTPUTS
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from service.config import Settings
-    from service.model import Classifier
+    from service.serving.model import Classifier
 
 _TYPES = {"FP32": "TYPE_FP32", "INT64": "TYPE_INT64", "BYTES": "TYPE_STRING", "UINT8": "TYPE_UINT8"}
 

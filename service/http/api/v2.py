@@ -14,7 +14,8 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse, Response
 
 from service import __version__
-from service.api.deps import (
+from service.errors import PayloadTooLarge
+from service.http.api.deps import (
     DataPlaneDep,
     MetricsDep,
     SettingsDep,
@@ -22,13 +23,12 @@ from service.api.deps import (
     client_key,
     require_api_key,
 )
-from service.api.guard import guarded_route
-from service.api.ops import readiness
-from service.codec import triton
-from service.codec import v2 as codec
-from service.dataplane import DataPlane
-from service.errors import PayloadTooLarge
-from service.schemas.v2 import (
+from service.http.api.guard import guarded_route
+from service.http.api.ops import readiness
+from service.serving.dataplane import DataPlane
+from service.wire.codec import triton
+from service.wire.codec import v2 as codec
+from service.wire.schemas.v2 import (
     InferenceErrorResponse,
     InferenceResponse,
     MetadataModelResponse,

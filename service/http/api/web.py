@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 router = APIRouter(include_in_schema=False)
 
 _INDEX = Path(__file__).resolve().parent.parent / "static" / "index.html"
-_PROTO = Path(__file__).resolve().parent.parent / "rpc" / "inference.proto"
+_PROTO = Path(__file__).resolve().parents[2] / "rpc" / "inference.proto"
 
 
 @router.get("/")

@@ -12,8 +12,8 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import CLIENT_CLOSED, unhandled_error_response
-from service.logging_config import QUIET_PATHS
-from service.metrics import Metrics
+from service.runtime.logging_config import QUIET_PATHS
+from service.runtime.metrics import Metrics
 
 access_logger = logging.getLogger("mnist.access")
 

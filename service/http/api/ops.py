@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from service.api.deps import MetricsDep
-from service.schemas.rest import HealthResponse
+from service.http.api.deps import MetricsDep
+from service.wire.schemas.rest import HealthResponse
 
 router = APIRouter(tags=["health"])
 

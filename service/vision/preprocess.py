@@ -1,6 +1,6 @@
 """Turn a decoded grayscale image into what the model expects: an MNIST-style 28x28 digit.
 
-Real uploads are phone photos, scans, canvas exports and screenshots. `service.decode` opens
+Real uploads are phone photos, scans, canvas exports and screenshots. `service.vision.decode` opens
 them safely; this module normalises to MNIST's conventions: light ink on dark, ink isolated
 and cropped, fitted to a 20x20 box keeping the aspect ratio, and centred by centre of mass
 in 28x28.
@@ -15,9 +15,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from service.decode import WORK_SIDE, DecodeBudget, ImageLimits, RequestBudget, decode_gray
 from service.errors import InvalidImage
-from service.segment import (
+from service.vision.decode import WORK_SIDE, DecodeBudget, ImageLimits, RequestBudget, decode_gray
+from service.vision.segment import (
     Part,
     drop_frame_remnants,
     find_digits,
@@ -441,7 +441,7 @@ def scan(
 ) -> Scan:
     """Image file bytes -> its digits (boxes in the file's pixels), or why it has none.
 
-    Raises only for files that cannot be decoded or break the limits (`service.decode`).
+    Raises only for files that cannot be decoded or break the limits (`service.vision.decode`).
     """
     gray = decode_gray(data, limits, budget) if budget else decode_gray(data, limits)
     if _plain_png_without_alpha(data):

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 
 from service.config import Settings
-from service.cpus import available_cpus
+from service.runtime.cpus import available_cpus
 
 logger = logging.getLogger(__name__)
 

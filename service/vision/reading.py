@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from service.preprocess import Glyph, Scan
+from service.vision.preprocess import Glyph, Scan
 
 Kind = Literal["digit", "number", "not_a_digit"]
 

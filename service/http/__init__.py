@@ -1,0 +1,1 @@
+"""HTTP front end: the app and its lifespan, the connection protocol, middleware, routes."""

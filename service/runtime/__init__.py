@@ -1,0 +1,1 @@
+"""Process and fleet: workers, supervision, signals, logging, metrics, CPU quota."""

@@ -1,0 +1,1 @@
+"""The data plane: model repository and model, admission, the batcher."""
