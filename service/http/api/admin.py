@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from fastapi import APIRouter, Depends, Request
@@ -113,3 +114,52 @@ async def _reload_fleet(fleet: FleetMember, version: str) -> list[WorkerReload]:
             details=[w.model_dump() for w in workers],
         )
     return workers
+
+
+class VersionFigures(BaseModel):
+    version: str
+    labelled: int = Field(description="Its answers in the window with feedback.")
+    accuracy: float | None = Field(description="Share of those that were right.")
+
+
+class ShadowResponse(BaseModel):
+    served: str = Field(description="The version clients get answers from.")
+    shadow: str | None = Field(description="The candidate (MNIST_SHADOW_VERSION); null: none.")
+    rate: float = Field(description="Share of /v1 requests sampled for it (MNIST_SHADOW_RATE).")
+    window_s: float = Field(description="The sliding window of the figures (by answer time).")
+    compared: int = Field(description="Its answers stored beside the served ones.")
+    agreement: float | None = Field(description="Share of those equal to the served answer.")
+    versions: list[VersionFigures] = Field(
+        description="Accuracy from feedback of the served answers and of the shadow's."
+    )
+
+
+@router.get(
+    "/shadow",
+    response_model=ShadowResponse,
+    responses={401: {"model": ErrorResponse, "description": "Missing or wrong admin key"}},
+)
+async def get_shadow(plane: DataPlaneDep) -> ShadowResponse:
+    """The shadow version beside the served one: agreement, and accuracy once labelled."""
+    shadow, recorder = plane.shadow, plane.recorder
+    version = shadow.model.version if shadow is not None else None
+    compared, agreement, figures = 0, None, []
+    if recorder is not None:
+        snap = await asyncio.to_thread(recorder.fresh_snapshot)
+        for s in snap.shadows:
+            if s.version == version:
+                compared, agreement = s.compared, s.agreement
+        figures = [
+            VersionFigures(version=q.version, labelled=q.labelled, accuracy=q.accuracy)
+            for q in snap.versions
+            if q.role == ("shadow" if q.version == version else "served")
+        ]
+    return ShadowResponse(
+        served=plane.classifier.version,
+        shadow=version,
+        rate=shadow.rate if shadow is not None else 0.0,
+        window_s=recorder.window_s if recorder is not None else 0.0,
+        compared=compared,
+        agreement=agreement,
+        versions=figures,
+    )
