@@ -43,13 +43,26 @@ class VersionQuality:
 
 @dataclass(frozen=True)
 class ShadowAgreement:
+    """A shadow version beside the served one on the same files: how often they agree, and
+    of the files with feedback, each one's accuracy (a fair comparison: the same sample)."""
+
     version: str
     compared: int
     agreement: float | None
+    labelled: int
+    served_accuracy: float | None
+    shadow_accuracy: float | None
 
     @classmethod
     def of(cls, a: Agreement) -> ShadowAgreement:
-        return cls(a.version, a.compared, _ratio(a.agreed, a.compared))
+        return cls(
+            a.version,
+            a.compared,
+            _ratio(a.agreed, a.compared),
+            a.labelled,
+            _ratio(a.served_right, a.labelled),
+            _ratio(a.shadow_right, a.labelled),
+        )
 
 
 @dataclass(frozen=True)

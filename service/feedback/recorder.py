@@ -34,6 +34,8 @@ class WriterRules:
 
     #: Longest an answer waits in the queue before its batch is written.
     flush_s: float = 0.2
+    #: How often a feedback that found no answer looks again (see `Recorder.give`).
+    miss_poll_s: float = 0.05
     #: Rows per transaction at most.
     batch_rows: int = 2000
     #: How often the store is pruned by age and size.
@@ -108,10 +110,12 @@ class Recorder:
     async def give(self, request_id: str, idx: int, truth: str) -> Served:
         """Store `truth` for the served answer (request id, index); 404 when unknown or
         older than the retention. An answer made a moment ago may still be in some
-        worker's queue: a miss is looked up once more after a flush interval."""
+        worker's queue: a miss is looked up again for up to two flush intervals."""
         served = await asyncio.to_thread(self._served, request_id, idx)
-        if served is None:
-            await asyncio.sleep(2 * self.rules.flush_s)
+        waited = 0.0
+        while served is None and waited < 2 * self.rules.flush_s:
+            await asyncio.sleep(self.rules.miss_poll_s)
+            waited += self.rules.miss_poll_s
             served = await asyncio.to_thread(self._served, request_id, idx)
         if served is None:
             raise PredictionNotFound(

@@ -93,11 +93,15 @@ class Tally:
 
 @dataclass(frozen=True)
 class Agreement:
-    """Shadow answers of one version compared with the served answers of the same files."""
+    """Shadow answers of one version compared with the served answers of the same files,
+    and, of those with feedback, how many each got right (accuracy on the same files)."""
 
     version: str
     compared: int
     agreed: int
+    labelled: int
+    served_right: int
+    shadow_right: int
 
 
 class _Connection(Protocol):
@@ -225,14 +229,17 @@ class FeedbackStore:
     def agreements(self, since: float) -> list[Agreement]:
         """Per shadow version: its answers since `since` beside the served ones."""
         rows = self._run(
-            """SELECT s.version, COUNT(*), SUM(CASE WHEN s.answer = p.answer THEN 1 ELSE 0 END)
+            """SELECT s.version, COUNT(*), SUM(CASE WHEN s.answer = p.answer THEN 1 ELSE 0 END),
+                COUNT(f.truth), SUM(CASE WHEN p.answer = f.truth THEN 1 ELSE 0 END),
+                SUM(CASE WHEN s.answer = f.truth THEN 1 ELSE 0 END)
             FROM predictions s JOIN predictions p
               ON p.request_id = s.request_id AND p.idx = s.idx AND p.role = 'served'
+            LEFT JOIN feedback f ON f.request_id = s.request_id AND f.idx = s.idx
             WHERE s.role = 'shadow' AND s.created_at >= ? GROUP BY s.version""",
             (since,),
         ).fetchall()
         self._conn.commit()
-        return [Agreement(str(v), int(n), int(a)) for v, n, a in rows]
+        return [Agreement(str(row[0]), *(int(v or 0) for v in row[1:])) for row in rows]
 
 
 class SqliteStore(FeedbackStore):

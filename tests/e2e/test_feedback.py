@@ -274,6 +274,10 @@ def test_shadow_version_is_compared_never_returned(
         assert report["compared"] >= 6, report
         assert report["agreement"] > 0.5, report  # two models of the same digits
         assert labelled["4"] == 12, report
+        # Every compared file was labelled: both versions' accuracy on the same files.
+        assert report["labelled"] == report["compared"], report
+        assert 0 <= report["shadow_accuracy"] <= 1, report
+        assert report["served_accuracy"] >= 0.9, report  # MNIST digits, the served model
         text = _scrape(server.url)
         assert metric(text, "mnist_shadow_agreement", '{version="1"}') == pytest.approx(
             report["agreement"], abs=0.2

@@ -97,8 +97,10 @@ def test_store_tallies_give_accuracy_rejection_and_calibration(store: FeedbackSt
     shadow = by_role["shadow"]
     assert (shadow.version, shadow.labelled, shadow.accuracy) == ("1", 2, 1.0)
     assert shadow.rejection_precision is None  # it never rejected
-    (agreement,) = snap.shadows
-    assert (agreement.version, agreement.compared, agreement.agreement) == ("1", 2, 0.5)
+    (pair,) = snap.shadows
+    assert (pair.version, pair.compared, pair.agreement, pair.labelled) == ("1", 2, 0.5, 2)
+    # On the same two files: the served version got one right, the shadow both.
+    assert (pair.served_accuracy, pair.shadow_accuracy) == (0.5, 1.0)
 
 
 def test_store_prunes_by_age_then_by_size(store: FeedbackStore) -> None:

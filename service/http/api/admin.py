@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.errors import ServiceError
+from service.feedback.quality import ShadowAgreement
 from service.http.api.deps import DataPlaneDep, require_admin_key
 from service.http.api.guard import guarded_route
 from service.runtime.fleet import FleetMember
@@ -129,8 +130,14 @@ class ShadowResponse(BaseModel):
     window_s: float = Field(description="The sliding window of the figures (by answer time).")
     compared: int = Field(description="Its answers stored beside the served ones.")
     agreement: float | None = Field(description="Share of those equal to the served answer.")
+    labelled: int = Field(description="Of the compared files, those with feedback.")
+    served_accuracy: float | None = Field(
+        description="The served version's accuracy on those same files."
+    )
+    shadow_accuracy: float | None = Field(description="The shadow's accuracy on those files.")
     versions: list[VersionFigures] = Field(
-        description="Accuracy from feedback of the served answers and of the shadow's."
+        description="Accuracy from feedback of all the served answers in the window and of "
+        "all the shadow's (different samples: compare on the same files above)."
     )
 
 
@@ -143,12 +150,11 @@ async def get_shadow(plane: DataPlaneDep) -> ShadowResponse:
     """The shadow version beside the served one: agreement, and accuracy once labelled."""
     shadow, recorder = plane.shadow, plane.recorder
     version = shadow.model.version if shadow is not None else None
-    compared, agreement, figures = 0, None, []
+    pair = ShadowAgreement(version or "", 0, None, 0, None, None)
+    figures = []
     if recorder is not None:
         snap = await asyncio.to_thread(recorder.fresh_snapshot)
-        for s in snap.shadows:
-            if s.version == version:
-                compared, agreement = s.compared, s.agreement
+        pair = next((s for s in snap.shadows if s.version == version), pair)
         figures = [
             VersionFigures(version=q.version, labelled=q.labelled, accuracy=q.accuracy)
             for q in snap.versions
@@ -159,7 +165,10 @@ async def get_shadow(plane: DataPlaneDep) -> ShadowResponse:
         shadow=version,
         rate=shadow.rate if shadow is not None else 0.0,
         window_s=recorder.window_s if recorder is not None else 0.0,
-        compared=compared,
-        agreement=agreement,
+        compared=pair.compared,
+        agreement=pair.agreement,
+        labelled=pair.labelled,
+        served_accuracy=pair.served_accuracy,
+        shadow_accuracy=pair.shadow_accuracy,
         versions=figures,
     )
