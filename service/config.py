@@ -187,6 +187,50 @@ class Settings(BaseSettings):
         "the server's spans. It takes every request off the /v1/predict lane. Off: the "
         "check costs ~4 us per request.",
     )
+    feedback: bool = Field(
+        False,
+        description="Keep every /v1 answer (request id, index, version, answer, confidence, "
+        "kind, time) and take its truth at POST /v1/feedback; live accuracy in /metrics.",
+    )
+    feedback_path: Path = Field(
+        Path("feedback.db"),
+        description="The SQLite file (WAL) the workers of one server share, when "
+        "feedback_url is empty; created with its folder.",
+    )
+    feedback_url: str = Field(
+        "",
+        description="A PostgreSQL URL (postgresql://user:password@host:5432/db) instead of "
+        "SQLite, for replicas that share one store; needs the `postgres` extra (psycopg 3).",
+    )
+    feedback_retention_h: float = Field(
+        168.0, gt=0, description="Answers older than this are pruned; feedback on them is 404."
+    )
+    feedback_max_rows: int = Field(
+        1_000_000, ge=1, description="Answers kept at most; the oldest beyond it are pruned."
+    )
+    feedback_window_h: float = Field(
+        24.0,
+        gt=0,
+        description="The sliding window (by answer time) of the accuracy, rejection and "
+        "calibration figures in /metrics.",
+    )
+    feedback_refresh_s: float = Field(
+        15.0, gt=0, description="How often each worker recomputes those figures from the store."
+    )
+    feedback_queue_requests: int = Field(
+        10_000,
+        ge=1,
+        description="Requests' answers waiting to be written, per worker; beyond it they are "
+        "dropped and counted, never waited for.",
+    )
+    shadow_version: str | None = Field(
+        None,
+        description="A candidate version run beside the served one on sampled requests "
+        "after they are answered; its answers are only compared (needs feedback on).",
+    )
+    shadow_rate: float = Field(
+        0.1, ge=0, le=1, description="Share of /v1 requests the shadow version also reads."
+    )
     drain_timeout_s: float = Field(20.0, ge=0, description="Graceful-shutdown drain bound.")
     reload_timeout_s: float = Field(
         60.0,
@@ -247,6 +291,15 @@ class Settings(BaseSettings):
             )
         if self.max_batch_size > self.max_queue_size:
             raise ValueError("max_queue_size must be at least max_batch_size")
+        if self.feedback_url and not self.feedback_url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("feedback_url must be a postgresql:// URL (empty = SQLite)")
+        if self.feedback_window_h > self.feedback_retention_h:
+            raise ValueError("feedback_window_h cannot exceed feedback_retention_h")
+        if self.shadow_version is not None:
+            if not (self.shadow_version.isascii() and self.shadow_version.isdigit()):
+                raise ValueError("shadow_version must be a version number")
+            if not self.feedback:
+                raise ValueError("shadow_version needs feedback on (MNIST_FEEDBACK=true)")
         return self
 
     def api_key_list(self) -> list[str]:

@@ -76,6 +76,9 @@ def create_app(
     _document_body_models(app)
     app.include_router(ops.router)
     app.include_router(rest.router)
+    from service.http.api import feedback
+
+    app.include_router(feedback.router)
     from service.http.api import v2
 
     app.include_router(v2.router)

@@ -73,6 +73,8 @@ class Runtime:
         self._sampler = asyncio.create_task(_sample_gauges(metrics), name="gauges")
         quota = getattr(self.state, "quota", None)
         self.plane = DataPlane(settings, models, batcher, metrics, quota)
+        if settings.feedback:
+            await self._start_feedback(self.plane)
         self._grpc = await self._start_grpc()
         self._remove_hup = process.on_hangup(loop, lambda: self._hangup(loop))
         # NOTE: with several workers a SIGTERM to the whole group reaches the workers as the
@@ -120,6 +122,11 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sampler
         self.metrics.refresh()
+        if self.plane.shadow is not None:
+            self.plane.shadow.close()
+        if self.plane.recorder is not None:
+            # The answers still queued are written before the process goes.
+            await asyncio.to_thread(self.plane.recorder.stop, timeout_s)
         self.plane.close()
         self.state.dataplane = None
         self._restore_process()
@@ -132,6 +139,33 @@ class Runtime:
         """SIGHUP: read the API keys again, then reload the model."""
         reload_keys(self.settings, self.state)
         _reload(loop, self.models, self.fleet)
+
+    async def _start_feedback(self, plane: DataPlane) -> None:
+        """The recorder (its store opened: a bad path or URL stops the start) and, when
+        MNIST_SHADOW_VERSION names one, the shadow version loaded beside the served one."""
+        from service.feedback.quality import QualityCollector
+        from service.feedback.recorder import Recorder
+
+        recorder = Recorder(self.settings, self.metrics)
+        await asyncio.to_thread(recorder.start)
+        self.metrics.add_collector(QualityCollector(lambda: recorder.snapshot))
+        plane.recorder = recorder
+        version = self.settings.shadow_version
+        if version is None:
+            return
+        from service.serving.shadow import Shadow
+
+        # NOTE: loaded through the repository like any version, but never served: the
+        # repository keeps owning which model answers.
+        candidate = await asyncio.to_thread(self.models.load, version)
+        batcher = plane.batcher
+        plane.shadow = Shadow(
+            candidate, self.settings.shadow_rate, lambda: batcher.idle, recorder, self.metrics
+        )
+        logger.info(
+            "shadow: v%s reads %.0f%% of /v1 requests beside v%s",
+            candidate.version, 100 * self.settings.shadow_rate, self.models.current.version,
+        )  # fmt: skip
 
     async def _start_grpc(self) -> Any:
         """The gRPC front end on this worker's loop, or None when MNIST_GRPC_PORT is 0."""

@@ -16,7 +16,7 @@ import time
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,6 +42,10 @@ from service.vision.reading import Reading, read
 from service.wire.codec import v2 as codec
 from service.wire.schemas.rest import ErrorDetail, ModelsResponse
 from service.wire.schemas.v2 import MetadataModelResponse
+
+if TYPE_CHECKING:
+    from service.feedback.recorder import Recorder
+    from service.serving.shadow import Shadow
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +96,10 @@ class DataPlane:
         self._pool = ThreadPoolExecutor(
             max_workers=settings.preprocess_threads, thread_name_prefix="preprocess"
         )
+        #: Keeps answers for feedback (MNIST_FEEDBACK); None when off.
+        self.recorder: Recorder | None = None
+        #: The candidate version that also reads sampled requests; None when off.
+        self.shadow: Shadow | None = None
 
     @property
     def classifier(self) -> Classifier:
@@ -306,10 +314,15 @@ class DataPlane:
         return probs, used
 
     async def predict_files(
-        self, files: list[NamedFile], client: Hashable = None, one_digit: bool = False
+        self,
+        files: list[NamedFile],
+        client: Hashable = None,
+        one_digit: bool = False,
+        scans: list[Scan | None] | None = None,
     ) -> tuple[list[Reading | ServiceError], Classifier]:
         """One reading per file, in order, or the error of a file that could not be read (in
-        a request of several: see `decode_images`); all glyphs go through one batch."""
+        a request of several: see `decode_images`); all glyphs go through one batch.
+        `scans`, when given, gets each file's scan (None where it failed), for the shadow."""
         started = time.perf_counter()
         quota = self.quota
         if quota is not None and quota.image_keys:
@@ -321,8 +334,9 @@ class DataPlane:
         self.batcher.admission.observe_decode(len(files), sum(spent))
         if self.metrics is not None:
             self.metrics.preprocess_latency.observe(time.perf_counter() - started)
-        scans = [o for o in outcomes if isinstance(o, Scan)]
-        glyphs = [g.pixels for s in scans for g in s.glyphs]
+        if scans is not None:
+            scans.extend(o if isinstance(o, Scan) else None for o in outcomes)
+        glyphs = [g.pixels for o in outcomes if isinstance(o, Scan) for g in o.glyphs]
         model = self.classifier
         rows: list[list[float]] = []
         if glyphs:

@@ -27,6 +27,11 @@ def test_settings_read_mnist_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"device": "tpu"}, "device must be"),
         ({"max_file_bytes": 10, "max_request_bytes": 5}, "cannot exceed"),
         ({"max_batch_size": 64, "max_queue_size": 8}, "at least max_batch_size"),
+        ({"feedback": True, "feedback_url": "mysql://x/y"}, "postgresql:// URL"),
+        ({"feedback_window_h": 48, "feedback_retention_h": 24}, "cannot exceed"),
+        ({"shadow_version": "1"}, "needs feedback on"),
+        ({"feedback": True, "shadow_version": "v1"}, "version number"),
+        ({"shadow_rate": 1.5}, "less than or equal to 1"),
     ],
 )
 def test_settings_reject_inconsistent_values(kwargs: dict, message: str) -> None:
