@@ -33,6 +33,7 @@ from service.http.api.deps import (
 )
 from service.http.api.guard import body_schema, guarded_route, parse_json, read_body, run_guarded
 from service.http.uploads import read_multipart
+from service.runtime import tracing
 from service.serving.dataplane import NamedFile
 from service.serving.model import Classifier
 from service.vision.preprocess import to_png
@@ -194,18 +195,20 @@ async def predict_digits(
     # budget while the body is read here, part by part, with the file limits applied as the
     # bytes arrive.
     client = check_capacity(request)
-    uploads = await read_multipart(
-        request.headers.get("content-type"),
-        request.headers.get("content-length"),
-        request.stream(),
-        plane.upload_limits,
-    )
+    with tracing.span("receive"):
+        uploads = await read_multipart(
+            request.headers.get("content-type"),
+            request.headers.get("content-length"),
+            request.stream(),
+            plane.upload_limits,
+        )
     files = [NamedFile(u.filename, u.data) for u in uploads]
     del uploads
     request.state.images = len(files)
     with cancelled_on_disconnect(request):
         readings, model = await plane.predict_files(files, client, options.one_digit)
-    return _json(render_predictions([f.filename for f in files], readings, model, options))
+    with tracing.span("encode"):
+        return _json(render_predictions([f.filename for f in files], readings, model, options))
 
 
 async def predict_lane(scope: Scope, receive: Receive, send: Send) -> None:
@@ -267,12 +270,13 @@ async def predict_digits_base64(request: Request, plane: DataPlaneDep) -> Respon
             plane.check_file_count(len(images))
 
     client = check_capacity(request)
-    body = await parse_json(
-        await read_body(request),
-        PredictBase64Request,
-        count_images,
-        max_values=4 * plane.settings.max_files + 64,  # a few fields per image
-    )
+    with tracing.span("receive"):
+        body = await parse_json(
+            await read_body(request),
+            PredictBase64Request,
+            count_images,
+            max_values=4 * plane.settings.max_files + 64,  # a few fields per image
+        )
     files = (
         await asyncio.to_thread(_decode_base64, body)
         if len(body.images) > 1
@@ -281,7 +285,8 @@ async def predict_digits_base64(request: Request, plane: DataPlaneDep) -> Respon
     request.state.images = len(files)
     with cancelled_on_disconnect(request):
         readings, model = await plane.predict_files(files, client, body.one_digit)
-    return _json(render_predictions([f.filename for f in files], readings, model, body))
+    with tracing.span("encode"):
+        return _json(render_predictions([f.filename for f in files], readings, model, body))
 
 
 def _decode_base64(body: PredictBase64Request) -> list[NamedFile]:
