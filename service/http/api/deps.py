@@ -158,6 +158,10 @@ class cancelled_on_disconnect:  # noqa: N801 - used like the function it was
         self._timer.cancel()
         if self._watcher is not None:
             self._watcher.cancel()
+            # NOTE: the watcher's CancelledError keeps its frames, whose `self` would keep the
+            # watcher: a reference cycle per watched request, left for the cyclic GC
+            # (cost: docs/benchmarks.md). Without it the task is freed when it ends.
+            self._watcher = None
         if kind is not None and issubclass(kind, asyncio.CancelledError) and self._gone:
             self._task.uncancel()
             raise ClientDisconnect() from None
