@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from service.serving.keys import KeyRing
 
 
 def decode_cost_mib(pixels: int) -> int:
@@ -57,6 +60,14 @@ class Settings(BaseSettings):
         0, ge=0, description="Intra-op threads per worker; 0 = CPUs of the quota / workers."
     )
     optimize: bool = Field(True, description="Freeze and optimise the TorchScript graph.")
+    model_runtime: Literal["auto", "torchscript", "aoti"] = Field(
+        "auto",
+        description=(
+            "What runs the forward: auto = an artifact of the version (AOTInductor .pt2) that "
+            "fits this torch and device and was measured faster than TorchScript, else "
+            "model.pt; torchscript = model.pt; aoti = the .pt2 or refuse the version."
+        ),
+    )
     gil_switch_interval_ms: float = Field(
         0.5, gt=0, le=100, description="Python's GIL switch interval (default 5 ms is slow)."
     )
@@ -158,7 +169,17 @@ class Settings(BaseSettings):
     log_queue_records: int = Field(
         10_000, ge=1, description="Log records waiting for a slow log reader; beyond it dropped."
     )
-    api_keys: str = Field("", description="Comma-separated API keys, or @/path/to/file.")
+    api_keys: str = Field(
+        "",
+        description="Comma-separated API keys, or @/path/to/file (one per line); named "
+        "key-1, key-2, ... in logs and metrics, without limits.",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="TOML or JSON file of named API keys, each with optional limits "
+        "(requests per second and burst, images per minute, concurrent requests; "
+        "docs/operations.md). Re-read on SIGHUP.",
+    )
     admin_key: str = Field("", description="Enables /admin routes when set.")
     cors_origins: str = Field("", description="Comma-separated allowed origins; off when empty.")
     forwarded_allow_ips: str = Field(
@@ -169,8 +190,10 @@ class Settings(BaseSettings):
     )
     opentelemetry: bool = Field(
         False,
-        description="FastAPI's native OpenTelemetry spans and metrics (needs an OTel SDK "
-        "configured). Off: /metrics covers serving, and the check costs ~4 us per request.",
+        description="FastAPI's own OpenTelemetry instrumentation (its route spans and "
+        "metrics, reported to the provider that the OTEL_* variables configure), on top of "
+        "the server's spans. It takes every request off the /v1/predict lane. Off: the "
+        "check costs ~4 us per request.",
     )
     feedback: bool = Field(
         False,
@@ -247,6 +270,15 @@ class Settings(BaseSettings):
                 raise ValueError("set but holds no key; leave it empty to turn API keys off")
         return value
 
+    @field_validator("api_keys_file")
+    @classmethod
+    def _key_file_reads(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            from service.serving.keys import read_key_file
+
+            read_key_file(value)  # fail at start-up, naming the problem
+        return value
+
     @field_validator("admin_key")
     @classmethod
     def _admin_key_not_blank(cls, value: str) -> str:
@@ -282,6 +314,12 @@ class Settings(BaseSettings):
         """Keys from the comma list or, with a leading @, from a file (one per line)."""
         return _parse_api_keys(self.api_keys)
 
+    def key_ring(self) -> KeyRing:
+        """Every configured key, listed and named, read now (start-up and SIGHUP)."""
+        from service.serving.keys import key_ring
+
+        return key_ring(self.api_key_list(), self.api_keys_file)
+
 
 def _parse_api_keys(value: str) -> list[str]:
     raw = value.strip()
@@ -300,6 +338,10 @@ them), the environment variable in the table, a `.env` file in the working direc
 default. An invalid value or an inconsistent combination stops the server at start-up with
 one line naming the setting. [limits.md](limits.md) explains each limit: what it protects,
 why its default, and what a client sees.
+
+Tracing is not a setting here: it is configured by OpenTelemetry's standard environment
+variables (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`, ...)
+and is off while no OTLP endpoint is set; [operations.md](operations.md#tracing) lists them.
 
 Generated from `Settings` by `python -m service.config > docs/configuration.md`; a test
 fails when this file and the code disagree.

@@ -85,6 +85,13 @@ class Metrics:
             registry=r,
         )
         self._log_dropped_seen = 0
+        # NOTE: the key label holds only configured key names and "anonymous" (a request
+        # without a valid key): bounded by the key file, never by what clients send.
+        self.key_requests = Counter(
+            "mnist_key_requests", "Requests by API key name and status (API keys on)",
+            ["key", "status"], registry=r,
+        )  # fmt: skip
+        self._key_children: dict[tuple[str, int], Any] = {}
         self.feedback_answers = Counter(
             "mnist_feedback_answers",
             "Answers handed to the feedback store, by outcome: written, dropped (queue full), "
@@ -116,6 +123,12 @@ class Metrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(elapsed_s)
+
+    def observe_caller(self, key: str, status: int) -> None:
+        child = self._key_children.get((key, status))
+        if child is None:
+            child = self._key_children[(key, status)] = self.key_requests.labels(key, str(status))
+        child.inc()
 
     # BatchObserver protocol
     def observe_batch(self, size: int, queue_wait_s: float, forward_s: float) -> None:

@@ -30,9 +30,11 @@ from service.errors import (
     ServiceError,
 )
 from service.http.uploads import UploadLimits
+from service.runtime import tracing
 from service.runtime.metrics import Metrics
 from service.serving.batching import Batcher
 from service.serving.model import Classifier
+from service.serving.quota import Quota
 from service.serving.repository import ModelLoadError, ModelRepository
 from service.vision.decode import DecodeBudget, ImageLimits, RequestBudget, cheap_to_decode
 from service.vision.preprocess import Scan, scan
@@ -70,8 +72,11 @@ class DataPlane:
         repository: ModelRepository,
         batcher: Batcher,
         metrics: Metrics | None = None,
+        quota: Quota | None = None,
     ) -> None:
         self.settings = settings
+        #: The API keys' limits; only `charge` of images is the data plane's to call.
+        self.quota = quota
         self.repository = repository
         self.batcher = batcher
         self.metrics = metrics
@@ -292,6 +297,9 @@ class DataPlane:
         `normalized`, the model's inputs already (the V2 FP32 tensor), which go to the model
         as they are. `client` keys the batcher's fair share and round-robin lanes.
         """
+        quota = self.quota
+        if not admitted and quota is not None and quota.image_keys:
+            quota.charge(client, len(rows))
         model = self.classifier
         while True:
             x = torch.as_tensor(rows if normalized else model.inputs(rows))
@@ -316,9 +324,12 @@ class DataPlane:
         a request of several: see `decode_images`); all glyphs go through one batch.
         `scans`, when given, gets each file's scan (None where it failed), for the shadow."""
         started = time.perf_counter()
+        quota = self.quota
+        if quota is not None and quota.image_keys:
+            quota.charge(client, len(files))  # a key's images per minute (or a 429)
         # Admission (or a 503) before any decoding: refused work must cost almost nothing.
         spent: list[float] = []
-        with self.batcher.incoming(len(files), client):
+        with self.batcher.incoming(len(files), client), tracing.span("decode"):
             outcomes = await self.decode_images(files, one_digit, per_file=True, spent=spent)
         self.batcher.admission.observe_decode(len(files), sum(spent))
         if self.metrics is not None:
@@ -358,10 +369,11 @@ class DataPlane:
         plan = codec.plan_outputs(req)
         one_digit = codec.one_digit_option(req)
         first = codec.single_input(req)
-        if large:
-            decoded = await asyncio.to_thread(codec.decode_input, first, self.tensor_limits)
-        else:
-            decoded = codec.decode_input(first, self.tensor_limits)
+        with tracing.span("decode"):
+            if large:
+                decoded = await asyncio.to_thread(codec.decode_input, first, self.tensor_limits)
+            else:
+                decoded = codec.decode_input(first, self.tensor_limits)
         probs, model, given = await self._infer_decoded(decoded, client, one_digit)
         return V2Answer(codec.encode_outputs(plan, probs.numpy(), given), model, len(decoded))
 

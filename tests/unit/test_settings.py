@@ -128,3 +128,16 @@ def test_flags_reach_settings_and_are_validated_like_env_vars(tmp_path: Path) ->
         parse_args(["--log-level", "loud"])
     with pytest.raises(ValidationError, match="max_batch_size"):
         Settings(_env_file=None, **parse_args(["--max-batch-size", "many"]))  # type: ignore[call-arg]
+
+
+def test_settings_api_keys_file_is_read_at_start_up(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.toml"
+    keys.write_text('[[keys]]\nname = "app-a"\n')
+    with pytest.raises(ValidationError, match=r"keys\.0\.key: Field required"):
+        Settings(api_keys_file=keys)
+    keys.write_text('[[keys]]\nname = "key-1"\nkey = "k"\n')
+    with pytest.raises(ValueError, match="reuses the names of listed keys"):
+        Settings(api_keys="other", api_keys_file=keys).key_ring()
+    keys.write_text('[[keys]]\nname = "app-a"\nkey = "k"\n')
+    ring = Settings(api_keys="other", api_keys_file=keys).key_ring()
+    assert sorted(ring.names) == ["app-a", "key-1"]

@@ -35,6 +35,7 @@ from service.http.api.deps import (
 )
 from service.http.api.guard import body_schema, guarded_route, parse_json, read_body, run_guarded
 from service.http.uploads import read_multipart
+from service.runtime import tracing
 from service.serving.dataplane import DataPlane, NamedFile
 from service.serving.model import Classifier
 from service.vision.preprocess import Scan, to_png
@@ -202,12 +203,13 @@ async def predict_digits(
     # budget while the body is read here, part by part, with the file limits applied as the
     # bytes arrive.
     client = check_capacity(request)
-    uploads = await read_multipart(
-        request.headers.get("content-type"),
-        request.headers.get("content-length"),
-        request.stream(),
-        plane.upload_limits,
-    )
+    with tracing.span("receive"):
+        uploads = await read_multipart(
+            request.headers.get("content-type"),
+            request.headers.get("content-length"),
+            request.stream(),
+            plane.upload_limits,
+        )
     files = [NamedFile(u.filename, u.data) for u in uploads]
     del uploads
     request.state.images = len(files)
@@ -228,12 +230,14 @@ async def _answer(
     with cancelled_on_disconnect(request):
         readings, model = await plane.predict_files(files, client, options.one_digit, scans)
     request_id: str = request.scope["state"]["request_id"]
-    body = render_predictions([f.filename for f in files], readings, model, options, request_id)
-    if plane.recorder is not None:
-        plane.recorder.record(answers_of(request_id, model.version, readings))
-    if scans is not None and shadow is not None:
-        return _json(body, BackgroundTask(shadow.run, request_id, scans))
-    return _json(body)
+    with tracing.span("encode"):
+        names = [f.filename for f in files]
+        body = render_predictions(names, readings, model, options, request_id)
+        if plane.recorder is not None:
+            plane.recorder.record(answers_of(request_id, model.version, readings))
+        if scans is not None and shadow is not None:
+            return _json(body, BackgroundTask(shadow.run, request_id, scans))
+        return _json(body)
 
 
 def answers_of(
@@ -308,12 +312,13 @@ async def predict_digits_base64(request: Request, plane: DataPlaneDep) -> Respon
             plane.check_file_count(len(images))
 
     client = check_capacity(request)
-    body = await parse_json(
-        await read_body(request),
-        PredictBase64Request,
-        count_images,
-        max_values=4 * plane.settings.max_files + 64,  # a few fields per image
-    )
+    with tracing.span("receive"):
+        body = await parse_json(
+            await read_body(request),
+            PredictBase64Request,
+            count_images,
+            max_values=4 * plane.settings.max_files + 64,  # a few fields per image
+        )
     files = (
         await asyncio.to_thread(_decode_base64, body)
         if len(body.images) > 1
