@@ -20,6 +20,7 @@ from service.errors import (
     ModelNotReady,
     ShuttingDown,
 )
+from service.runtime import tracing
 from service.serving.admission import Admission, AdmissionPolicy
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ class _Item:
     deadline: float
     client: Hashable = None
     counted: bool = True
+    #: The request's trace context while tracing is on (service/runtime/tracing.py).
+    trace: Any = None
 
 
 class _Lanes:
@@ -273,8 +276,10 @@ class Batcher:
         split = self.enabled and n > self.max_batch_size
         chunks = torch.split(pixels, self.max_batch_size) if split else (pixels,)
         items = []
+        trace = tracing.current()
         for chunk in chunks:
-            item = _Item(chunk, loop.create_future(), now, now + self.request_timeout_s, client)
+            deadline = now + self.request_timeout_s
+            item = _Item(chunk, loop.create_future(), now, deadline, client, True, trace)
             items.append(item)
             self._queue.put(item)
             self._queued_images += int(chunk.shape[0])
@@ -316,10 +321,13 @@ class Batcher:
             raise InferenceFailed("inference failed") from None
         finally:
             self._busy = False
-        forward = time.monotonic() - t0
+        t1 = time.monotonic()
+        forward = t1 - t0
         self.admission.observe_forward(int(pixels.shape[0]), forward)
         if self.observer is not None:
             self.observer.observe_batch(int(pixels.shape[0]), 0.0, forward)
+        if tracing.tracer is not None:
+            tracing.record_batch([(tracing.current(), t0)], t0, t1, int(pixels.shape[0]), 1)
         return out, model
 
     # -------------------------------------------------------------- the loop
@@ -386,7 +394,11 @@ class Batcher:
                 continue
             finally:
                 self._busy = False
-            forward = time.monotonic() - t0
+            t1 = time.monotonic()
+            forward = t1 - t0
+            if tracing.tracer is not None:
+                traced = [(item.trace, item.enqueued_at) for item in live]
+                tracing.record_batch(traced, t0, t1, int(x.shape[0]), len(live))
             logger.debug(
                 "batch size=%d queue_wait=%.2fms forward=%.2fms",
                 x.shape[0], queue_wait * 1000, forward * 1000,

@@ -3,8 +3,10 @@
 from mnist_client._bulk import FileResult
 from mnist_client._client import AsyncClient, Client
 from mnist_client._types import (
+    NOT_A_DIGIT,
     ClientError,
     DigitRead,
+    FeedbackResult,
     ModelRef,
     Prediction,
     PredictResult,
@@ -12,14 +14,16 @@ from mnist_client._types import (
 )
 
 #: Semantic versioning: the major version changes only for a break in this API.
-__version__ = "1.0.0"
+__version__ = "1.1.0"
 __all__ = [
     "AsyncClient",
     "Client",
     "ClientError",
     "DigitRead",
+    "FeedbackResult",
     "FileResult",
     "ModelRef",
+    "NOT_A_DIGIT",
     "Prediction",
     "PredictResult",
     "TopK",

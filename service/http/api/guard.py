@@ -21,6 +21,7 @@ from starlette.types import Message
 
 from service.config import Settings
 from service.errors import InvalidInput, Overloaded, PayloadTooLarge
+from service.serving.quota import Quota
 from service.wire.jsonbody import loads_bounded, validated
 
 M = TypeVar("M", bound=BaseModel)
@@ -115,6 +116,24 @@ async def run_guarded(
     """`check` (the API key), the declared length against `max_bytes` and the body budget,
     all before any byte of the body is read; then `handler` with the limited request."""
     await check(request)
+    # A key with request limits (set by the check: service/http/api/deps.py).
+    key = request.scope["state"].get("limited")
+    if key is not None:
+        quota: Quota = request.app.state.quota
+        if quota.enter(key):
+            try:
+                return await _read_and_handle(request, max_bytes, handler, reads_body)
+            finally:
+                quota.leave(key)
+    return await _read_and_handle(request, max_bytes, handler, reads_body)
+
+
+async def _read_and_handle(
+    request: Request,
+    max_bytes: int,
+    handler: Callable[[Request], Coroutine[Any, Any, Response]],
+    reads_body: bool,
+) -> Response:
     limited = _limited(request, max_bytes)
     if limited is request:  # no body
         return await handler(request)
