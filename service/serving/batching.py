@@ -32,7 +32,9 @@ class Predictor(Protocol):
 
 
 class BatchObserver(Protocol):
-    def observe_batch(self, size: int, queue_wait_s: float, forward_s: float) -> None: ...
+    def observe_batch(
+        self, size: int, queue_wait_s: float, forward_s: float, model: Any = None
+    ) -> None: ...
 
 
 @dataclass(eq=False)
@@ -43,6 +45,13 @@ class _Item:
     deadline: float
     client: Hashable = None
     counted: bool = True
+    #: The model the request named (a version of several served); None: the default one,
+    #: asked when its batch forms.
+    model: Predictor | None = None
+    #: Set by the batch loop before the result: this item's wait in the queue, and the
+    #: forward pass of its batch.
+    waited: float = 0.0
+    forward: float = 0.0
 
 
 class _Lanes:
@@ -116,6 +125,8 @@ class Batcher:
     A lone request goes straight to the model; while a forward pass runs, new requests queue
     up and leave together in the next one (up to `max_batch_size` images). The batch waits up
     to `max_batch_wait_ms` for more only while other requests are still being decoded.
+    A batch holds one model: with several versions served, it ends at the first request
+    for another version, which starts the next batch (docs/decisions.md).
 
     With an `InlineWhenIdle` policy, a single image that finds everything idle runs its
     forward pass right on the event loop instead (see that class).
@@ -250,12 +261,20 @@ class Batcher:
             del self._by_client[client]
 
     async def submit(
-        self, pixels: torch.Tensor, client: Hashable = None, admitted: bool = False
+        self,
+        pixels: torch.Tensor,
+        client: Hashable = None,
+        admitted: bool = False,
+        model: Predictor | None = None,
+        timing: list[float] | None = None,
     ) -> tuple[torch.Tensor, Any]:
         """Probabilities for `pixels` ([N,28,28] in [0,1]) and the model that produced them.
 
         `admitted`: the images were announced with `incoming` (which decided admission), so
         they are not weighed again: refusing them now would waste their decoding.
+        `model`: the version the request named (default: the served default, per batch).
+        `timing` gets the seconds the request waited in the queue and spent in forward
+        passes (the statistics extension's queue and compute_infer).
         """
         if not self._accepting:
             raise ShuttingDown()
@@ -267,14 +286,16 @@ class Batcher:
         if not admitted:
             self._admit(n, client)
         if n == 1 and self.inline is not None and await self.inline.claim(self):
-            return self._forward_inline(pixels)
+            return self._forward_inline(pixels, model, timing)
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         split = self.enabled and n > self.max_batch_size
         chunks = torch.split(pixels, self.max_batch_size) if split else (pixels,)
         items = []
         for chunk in chunks:
-            item = _Item(chunk, loop.create_future(), now, now + self.request_timeout_s, client)
+            item = _Item(
+                chunk, loop.create_future(), now, now + self.request_timeout_s, client, model=model
+            )
             items.append(item)
             self._queue.put(item)
             self._queued_images += int(chunk.shape[0])
@@ -292,6 +313,9 @@ class Batcher:
                     item.future.cancel()
                 self._release(item)
         probs = torch.cat([r[0] for r in results]) if len(results) > 1 else results[0][0]
+        if timing is not None:
+            timing.append(sum(item.waited for item in items))
+            timing.append(sum(item.forward for item in items))
         return probs, results[-1][1]
 
     def _expire(self, items: list[_Item]) -> None:
@@ -305,8 +329,10 @@ class Batcher:
 
     # -------------------------------------------------------------- inline forward
 
-    def _forward_inline(self, pixels: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        model = self.current_model()
+    def _forward_inline(
+        self, pixels: torch.Tensor, named: Predictor | None, timing: list[float] | None
+    ) -> tuple[torch.Tensor, Any]:
+        model = named or self.current_model()
         self._busy = True
         t0 = time.monotonic()
         try:
@@ -319,7 +345,9 @@ class Batcher:
         forward = time.monotonic() - t0
         self.admission.observe_forward(int(pixels.shape[0]), forward)
         if self.observer is not None:
-            self.observer.observe_batch(int(pixels.shape[0]), 0.0, forward)
+            self.observer.observe_batch(int(pixels.shape[0]), 0.0, forward, model)
+        if timing is not None:
+            timing += (0.0, forward)
         return out, model
 
     # -------------------------------------------------------------- the loop
@@ -331,9 +359,13 @@ class Batcher:
             self._queued_images -= int(item.rows.shape[0])
             self._forget(item.client, int(item.rows.shape[0]))
 
-    async def _collect(self) -> list[_Item]:
+    async def _collect(self) -> tuple[list[_Item], Predictor]:
+        """A batch of items for one model, and that model (a reload switches the default
+        between batches; the batch keeps the model it was formed for)."""
         assert self._queue is not None
         first = await self._queue.get()
+        current = self.current_model()
+        model = first.model or current
         batch, size = [first], int(first.rows.shape[0])
         limit = self.max_batch_size if self.enabled else size
         started = time.monotonic()
@@ -349,17 +381,17 @@ class Batcher:
                     await asyncio.wait_for(self._arrived.wait(), remaining)
                 continue
             rows = int(item.rows.shape[0])
-            if size + rows > limit:
+            if size + rows > limit or (item.model or current) is not model:
                 self._queue.put_back(item)  # first in the next batch
                 break
             batch.append(item)
             size += rows
-        return batch
+        return batch, model
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self._collect()
+            batch, model = await self._collect()
             now = time.monotonic()
             live: list[_Item] = []
             for item in batch:
@@ -371,7 +403,6 @@ class Batcher:
                 live.append(item)
             if not live:
                 continue
-            model = self.current_model()  # a reload switches it; this batch keeps its model
             x = torch.cat([item.rows for item in live]) if len(live) > 1 else live[0].rows
             queue_wait = now - min(item.enqueued_at for item in live)
             self._busy = True
@@ -393,10 +424,11 @@ class Batcher:
             )  # fmt: skip
             self.admission.observe_forward(int(x.shape[0]), forward)
             if self.observer is not None:
-                self.observer.observe_batch(int(x.shape[0]), queue_wait, forward)
+                self.observer.observe_batch(int(x.shape[0]), queue_wait, forward, model)
             offset = 0
             for item in live:
                 rows = int(item.rows.shape[0])
+                item.waited, item.forward = now - item.enqueued_at, forward
                 if not item.future.done():
                     item.future.set_result((out[offset : offset + rows], model))
                 offset += rows

@@ -229,7 +229,9 @@ class Batches:
     def __init__(self) -> None:
         self.sizes: list[int] = []
 
-    def observe_batch(self, size: int, queue_wait_s: float, forward_s: float) -> None:
+    def observe_batch(
+        self, size: int, queue_wait_s: float, forward_s: float, model: object = None
+    ) -> None:
         self.sizes.append(size)
 
 

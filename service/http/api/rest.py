@@ -194,6 +194,7 @@ async def predict_digits(
     # budget while the body is read here, part by part, with the file limits applied as the
     # bytes arrive.
     client = check_capacity(request)
+    plane.version(options.version)  # a version not served is a 404 before the body is read
     uploads = await read_multipart(
         request.headers.get("content-type"),
         request.headers.get("content-length"),
@@ -204,7 +205,9 @@ async def predict_digits(
     del uploads
     request.state.images = len(files)
     with cancelled_on_disconnect(request):
-        readings, model = await plane.predict_files(files, client, options.one_digit)
+        readings, model = await plane.predict_files(
+            files, client, options.one_digit, options.version
+        )
     return _json(render_predictions([f.filename for f in files], readings, model, options))
 
 
@@ -280,7 +283,7 @@ async def predict_digits_base64(request: Request, plane: DataPlaneDep) -> Respon
     )
     request.state.images = len(files)
     with cancelled_on_disconnect(request):
-        readings, model = await plane.predict_files(files, client, body.one_digit)
+        readings, model = await plane.predict_files(files, client, body.one_digit, body.version)
     return _json(render_predictions([f.filename for f in files], readings, model, body))
 
 
