@@ -48,48 +48,65 @@ class _Item:
     #: The model the request named (a version of several served); None: the default one,
     #: asked when its batch forms.
     model: Predictor | None = None
-    #: Set by the batch loop before the result: this item's wait in the queue, and the
-    #: forward pass of its batch.
-    waited: float = 0.0
+    #: Set by the batch loop before the result: the forward pass of its batch.
     forward: float = 0.0
 
 
+#: `_Lanes.get_nowait` without a model: the next item, whichever model it is for.
+_ANY: Any = object()
+
+
 class _Lanes:
-    """One FIFO lane per client, served round-robin: a client that sends big requests back
-    to back cannot push everybody else's work behind its own."""
+    """One FIFO lane per client (and per model version the client named), served
+    round-robin: a client that sends big requests back to back cannot push everybody
+    else's work behind its own, and a batch for one version takes that version's lanes
+    while the others keep their place."""
 
     def __init__(self) -> None:
-        self._lanes: OrderedDict[Hashable, deque[_Item]] = OrderedDict()
+        self._lanes: OrderedDict[tuple[Any, Hashable], deque[_Item]] = OrderedDict()
         self._nonempty = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self._lanes)
 
     def put(self, item: _Item) -> None:
-        lane = self._lanes.get(item.client)
+        key = (item.model, item.client)
+        lane = self._lanes.get(key)
         if lane is None:
-            lane = self._lanes[item.client] = deque()
+            lane = self._lanes[key] = deque()
         lane.append(item)
         self._nonempty.set()
 
     def put_back(self, item: _Item) -> None:
         """Return an item taken too early: it goes first, its lane first."""
-        lane = self._lanes.get(item.client)
+        key = (item.model, item.client)
+        lane = self._lanes.get(key)
         if lane is None:
-            lane = self._lanes[item.client] = deque()
+            lane = self._lanes[key] = deque()
         lane.appendleft(item)
-        self._lanes.move_to_end(item.client, last=False)
+        self._lanes.move_to_end(key, last=False)
         self._nonempty.set()
 
-    def get_nowait(self) -> _Item | None:
+    def get_nowait(self, model: Any = _ANY, current: Any = None) -> _Item | None:
+        """The next item, round-robin; with `model`, the next one for that model (a lane's
+        named model, or `current` for the lanes that named none)."""
         if not self._lanes:
             return None
-        client, lane = next(iter(self._lanes.items()))
+        if model is _ANY:
+            key, lane = next(iter(self._lanes.items()))
+        else:
+            # NOTE: with one version served the first lane matches: one comparison per item.
+            for key in self._lanes:
+                if (key[0] or current) is model:
+                    break
+            else:
+                return None
+            lane = self._lanes[key]
         item = lane.popleft()
         if lane:
-            self._lanes.move_to_end(client)  # its next item waits for the other lanes' turn
+            self._lanes.move_to_end(key)  # its next item waits for the other lanes' turn
         else:
-            del self._lanes[client]
+            del self._lanes[key]
         return item
 
     async def get(self) -> _Item:
@@ -125,8 +142,9 @@ class Batcher:
     A lone request goes straight to the model; while a forward pass runs, new requests queue
     up and leave together in the next one (up to `max_batch_size` images). The batch waits up
     to `max_batch_wait_ms` for more only while other requests are still being decoded.
-    A batch holds one model: with several versions served, it ends at the first request
-    for another version, which starts the next batch (docs/decisions.md).
+    A batch holds one model: with several versions served, it takes the requests for its
+    first request's version and leaves the others queued, in their order, for the next
+    batch (docs/decisions.md).
 
     With an `InlineWhenIdle` policy, a single image that finds everything idle runs its
     forward pass right on the event loop instead (see that class).
@@ -273,8 +291,8 @@ class Batcher:
         `admitted`: the images were announced with `incoming` (which decided admission), so
         they are not weighed again: refusing them now would waste their decoding.
         `model`: the version the request named (default: the served default, per batch).
-        `timing` gets the seconds the request waited in the queue and spent in forward
-        passes (the statistics extension's queue and compute_infer).
+        `timing` gets the seconds the request spent in the queue and in forward passes
+        (the statistics extension's queue and compute_infer; together, its time in here).
         """
         if not self._accepting:
             raise ShuttingDown()
@@ -314,8 +332,10 @@ class Batcher:
                 self._release(item)
         probs = torch.cat([r[0] for r in results]) if len(results) > 1 else results[0][0]
         if timing is not None:
-            timing.append(sum(item.waited for item in items))
-            timing.append(sum(item.forward for item in items))
+            # The chunks of a split request wait side by side but run one forward after
+            # another: the queue time is the rest of the time in here, so the two add up.
+            forward = sum(item.forward for item in items)
+            timing += (time.monotonic() - now - forward, forward)
         return probs, results[-1][1]
 
     def _expire(self, items: list[_Item]) -> None:
@@ -370,7 +390,7 @@ class Batcher:
         limit = self.max_batch_size if self.enabled else size
         started = time.monotonic()
         while size < limit:
-            item = self._queue.get_nowait()
+            item = self._queue.get_nowait(model, current)
             if item is None:
                 # Wait only for work we know is coming: never when the model would sit idle.
                 remaining = started + self.max_batch_wait_s - time.monotonic()
@@ -381,7 +401,7 @@ class Batcher:
                     await asyncio.wait_for(self._arrived.wait(), remaining)
                 continue
             rows = int(item.rows.shape[0])
-            if size + rows > limit or (item.model or current) is not model:
+            if size + rows > limit:
                 self._queue.put_back(item)  # first in the next batch
                 break
             batch.append(item)
@@ -428,7 +448,7 @@ class Batcher:
             offset = 0
             for item in live:
                 rows = int(item.rows.shape[0])
-                item.waited, item.forward = now - item.enqueued_at, forward
+                item.forward = forward
                 if not item.future.done():
                     item.future.set_result((out[offset : offset + rows], model))
                 offset += rows

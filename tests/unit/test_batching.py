@@ -363,3 +363,37 @@ async def test_batcher_admission_happens_before_decoding() -> None:
             assert b.pending_images == 8
     assert b.pending_images == 0
     await b.stop()
+
+
+async def test_batcher_batches_hold_one_version_and_others_keep_their_place() -> None:
+    default, other = RecordingModel(), RecordingModel()
+    default.gate.clear()  # hold the first forward while requests for both versions queue
+    b = await started(default, max_batch_size=64)
+    blocker = asyncio.create_task(b.submit(rows(1, 99)))
+    await asyncio.sleep(0.05)
+    # Interleaved versions, from two clients: each batch takes every item of its version.
+    named = [None, other, None, other, other, None]
+    tasks = [
+        asyncio.create_task(b.submit(rows(1, i), client=i % 2, model=m))
+        for i, m in enumerate(named)
+    ]
+    await asyncio.sleep(0.05)
+    default.gate.set()
+    results = await asyncio.gather(*tasks)
+    await blocker
+    assert default.sizes == [1, 3], default.sizes
+    assert other.sizes == [3], other.sizes
+    assert [used for _, used in results] == [m or default for m in named]
+    await b.stop()
+
+
+async def test_batcher_timing_adds_up_to_the_time_in_the_batcher() -> None:
+    model = RecordingModel(delay_s=0.02)
+    b = await started(model, max_batch_size=2)
+    timing: list[float] = []
+    await b.submit(rows(5, 0), timing=timing)  # three forwards, one after another
+    queue_s, forward_s = timing
+    assert model.sizes == [2, 2, 1]
+    assert forward_s >= 3 * 0.02
+    assert queue_s >= 0
+    await b.stop()
