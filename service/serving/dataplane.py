@@ -120,8 +120,11 @@ class DataPlane:
         return list(self.repository.served.models.values())
 
     def model_metadata(self, name: str, version: str | None = None) -> MetadataModelResponse:
-        """The V2 $metadata_model_response of a served model (404 for any other)."""
-        return codec.model_metadata(self.get_model(name, version).card)
+        """The V2 $metadata_model_response of a served model (404 for any other): of the
+        default version, listing every served version, or of the one named."""
+        clf = self.get_model(name, version)
+        served = None if version else list(self.repository.served.models)
+        return codec.model_metadata(clf.card, served)
 
     def models_summary(self) -> ModelsResponse:
         """The /v1/models body: the default version's card, every version with its state

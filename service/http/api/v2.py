@@ -36,8 +36,12 @@ from service.wire.schemas.v2 import (
     ServerMetadataResponse,
 )
 
+# NOTE: two routers side by side, each with the /v2 prefix, not one included in the other:
+# FastAPI keeps an included router's routes as they were declared, so a route of a nested
+# router without the prefix would be labelled "/models/{name}/infer" in metrics.
 router = APIRouter(prefix="/v2", tags=["v2"])
 protected = APIRouter(
+    prefix="/v2",
     tags=["v2"],
     dependencies=[Depends(require_api_key)],
     route_class=guarded_route(require_api_key, lambda s: s.max_request_bytes),
@@ -253,6 +257,3 @@ async def _infer(
         media_type="application/octet-stream",
         headers={"Inference-Header-Content-Length": str(len(header))},
     )
-
-
-router.include_router(protected)
