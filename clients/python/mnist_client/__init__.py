@@ -12,7 +12,7 @@ from mnist_client._types import (
 )
 
 #: Semantic versioning: the major version changes only for a break in this API.
-__version__ = "1.0.0"
+__version__ = "1.1.0"
 __all__ = [
     "AsyncClient",
     "Client",
