@@ -11,6 +11,7 @@ import torch
 from service.config import Settings
 from service.errors import InferenceFailed, InferenceTimeout, Overloaded, ShuttingDown
 from service.serving.batching import Batcher, InlineWhenIdle
+from service.serving.model import Classifier
 
 
 class RecordingModel:
@@ -396,4 +397,17 @@ async def test_batcher_timing_adds_up_to_the_time_in_the_batcher() -> None:
     assert model.sizes == [2, 2, 1]
     assert forward_s >= 3 * 0.02
     assert queue_s >= 0
+    await b.stop()
+
+
+async def test_batcher_takes_a_request_naming_a_loaded_classifier(shipped_models) -> None:
+    # The data plane names a real Classifier (a dataclass): the lanes key on it.
+    named = Classifier.load(shipped_models / "mnist-cnn" / "1", torch.device("cpu"))
+    default = RecordingModel()
+    b = await started(default)
+    x = torch.as_tensor(named.inputs(torch.rand(2, 28, 28).numpy()))
+    probs, used = await b.submit(x, model=named)
+    assert used is named
+    assert probs.shape == (2, 10)
+    assert default.sizes == []
     await b.stop()
