@@ -26,7 +26,7 @@ TORCH_SPEC := torch>=2.4,<3
 TORCH_REPORT := $(VENV)/torch-install.json
 TORCH_FROM := import json, sys; r = json.load(open(sys.argv[1])); print(*('torch ' + i['metadata']['version'] + ' from ' + i['download_info']['url'] for i in r['install'] if i['metadata']['name'] == 'torch'))
 
-.PHONY: install install-serve serve test test-fast lint train bench lock image image-test manifests clean
+.PHONY: install install-serve serve test test-fast lint train artifacts bench lock image image-test manifests clean
 
 install: $(DEV_STAMP) $(KSERVE_STAMP) $(CLIENT_STAMP) $(NODE_STAMP)
 
@@ -95,6 +95,12 @@ lint: install
 
 train: install
 	$(PY) -m training $(ARGS)
+
+# The compiled artifacts (AOTInductor model.pt2) of version folders; needs a C++ compiler.
+# Default: the newest shipped version. ARGS="models/mnist-cnn/N ..." for others.
+NEWEST_VERSION = $(shell ls -d models/mnist-cnn/[0-9]* | sort -t/ -k3 -n | tail -1)
+artifacts: install
+	$(PY) -m training artifacts $(or $(ARGS),$(NEWEST_VERSION))
 
 bench: install
 	$(PY) -m bench $(ARGS)

@@ -1,15 +1,18 @@
-"""In-process CPU per request: one 28x28 PNG through `POST /v1/predict`, no sockets.
+"""In-process CPU per request: 28x28 PNGs through `POST /v1/predict`, no sockets.
 
-    python -m bench.request_cpu                  # this checkout
+    python -m bench.request_cpu                  # this checkout, one image per request
     python -m bench.request_cpu --tree DIR       # another checkout's `service` package
+    python -m bench.request_cpu --files 64 --concurrency 1   # 64 images per request
 
 The app is built by `create_app` with its defaults (one worker's app, access log on, to a
 pipe nobody reads quickly: the writer thread still formats and writes every line) and
 called through ASGI, request after request, with the multipart body wrk sends. The figure
 is process CPU time (every thread: event loop, inference, log writer) over the requests:
-it does not move with other load on the machine the way a rate does, so it can be compared
-across runs. HTTP parsing by uvicorn is not included; `python -m bench --baseline` measures
-the whole server.
+it moves much less with other load on the machine than a rate does (a busy machine still
+adds cache misses and slower requests), so run it a few times and compare medians. The
+bench's own thread that drains the log pipe is not counted, and the figure is also given
+per thread (event loop, inference, decode pool, log writer; Linux). HTTP parsing by
+uvicorn is not included; `python -m bench --baseline` measures the whole server.
 """
 
 from __future__ import annotations
@@ -32,20 +35,54 @@ SAMPLE = Path(__file__).resolve().parent.parent / "tests" / "data" / "mnist_test
 BOUNDARY = "mnistbench0b7e3c9a"
 
 
-def bodies() -> list[bytes]:
+def bodies(files: int = 1) -> list[bytes]:
+    """64 multipart bodies of `files` PNG parts each, taking turns over the sample digits."""
     data = np.load(SAMPLE)
-    out = []
+    parts = []
     for i, img in enumerate(data["images"][:64]):
         buf = io.BytesIO()
         Image.fromarray(img).save(buf, format="PNG")
-        out.append(
+        parts.append(
             (
                 f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="files"; '
                 f'filename="d{i:03d}.png"\r\nContent-Type: image/png\r\n\r\n'
             ).encode()
             + buf.getvalue()
-            + f"\r\n--{BOUNDARY}--\r\n".encode()
+            + b"\r\n"
         )
+    end = f"--{BOUNDARY}--\r\n".encode()
+    return [
+        b"".join(parts[(k + j) % len(parts)] for j in range(files)) + end for k in range(len(parts))
+    ]
+
+
+def _thread_cpu() -> dict[int, float]:
+    """CPU seconds of each thread of this process by native id (Linux; else empty)."""
+    out: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _by_thread(before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
+    """CPU seconds spent between two snapshots, by role: the thread name without its number."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    main_id = threading.main_thread().native_id
+    out: dict[str, float] = {}
+    for tid, cpu in after.items():
+        name = "event-loop" if tid == main_id else names.get(tid, "other")
+        role = name.rstrip("0123456789").rstrip("_-") or name
+        out[role] = out.get(role, 0.0) + cpu - before.get(tid, 0.0)
     return out
 
 
@@ -81,21 +118,29 @@ async def one(app: Any, body: bytes) -> int:
     return status
 
 
-async def measure(requests: int, warmup: int, concurrency: int) -> dict[str, float]:
-    from asgi_lifespan import LifespanManager
-
+def _create_app() -> Any:
     from service.config import Settings
-    from service.http.app import create_app
+
+    try:
+        from service.http.app import create_app
+    except ImportError:  # a checkout from before `service/` was grouped by layer
+        from service.app import create_app  # type: ignore[no-redef]
 
     # One worker's app with one torch thread, as each of `make serve`'s workers on 2 CPUs.
-    settings = Settings(workers=1, torch_threads=1)
-    app = create_app(settings)
-    payloads = bodies()
+    return create_app(Settings(workers=1, torch_threads=1))
+
+
+async def measure(requests: int, warmup: int, concurrency: int, files: int = 1) -> dict[str, Any]:
+    from asgi_lifespan import LifespanManager
+
+    app = _create_app()
+    payloads = bodies(files)
     async with LifespanManager(app):
         for i in range(warmup):
             assert await one(app, payloads[i % len(payloads)]) == 200
+        each = max(1, requests // concurrency)
+        threads0 = _thread_cpu()
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        each = requests // concurrency
 
         async def client(k: int) -> None:
             for i in range(each):
@@ -104,10 +149,20 @@ async def measure(requests: int, warmup: int, concurrency: int) -> dict[str, flo
 
         await asyncio.gather(*(client(k) for k in range(concurrency)))
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        threads = _by_thread(threads0, _thread_cpu())
     done = each * concurrency
-    return {"requests": done, "concurrency": concurrency,
+    # The bench's own pipe reader is the log shipper's cost, not the server's.
+    cpu -= threads.pop(_DRAIN, 0.0)
+    return {"requests": done, "concurrency": concurrency, "files": files,
             "cpu_us_per_request": 1e6 * cpu / done,
-            "wall_us_per_request": 1e6 * wall / done}  # fmt: skip
+            "wall_us_per_request": 1e6 * wall / done,
+            "thread_cpu_us_per_request": {
+                k: round(1e6 * v / done, 1)
+                for k, v in sorted(threads.items(), key=lambda kv: -kv[1]) if v > 0
+            }}  # fmt: skip
+
+
+_DRAIN = "bench-log-drain"
 
 
 def _drain(fd: int) -> None:
@@ -127,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         default=64,
         help="requests in flight at once (1: one after another, inline forwards)",
     )
+    p.add_argument("--files", type=int, default=1, help="28x28 PNGs per request")
     args = p.parse_args(argv)
     if args.tree:
         sys.path.insert(0, str(args.tree.resolve()))
@@ -135,13 +191,16 @@ def main(argv: list[str] | None = None) -> int:
     # would read the server's stderr.
     read_end, write_end = os.pipe()
     os.dup2(write_end, 2)
-    threading.Thread(target=_drain, args=(read_end,), daemon=True).start()
+    threading.Thread(target=_drain, args=(read_end,), daemon=True, name=_DRAIN).start()
     import logging.config
 
-    from service.runtime.logging_config import build_log_config
+    try:
+        from service.runtime.logging_config import build_log_config
+    except ImportError:  # a checkout from before `service/` was grouped by layer
+        from service.logging_config import build_log_config  # type: ignore[no-redef]
 
     logging.config.dictConfig(build_log_config("info"))
-    result = asyncio.run(measure(args.requests, args.warmup, args.concurrency))
+    result = asyncio.run(measure(args.requests, args.warmup, args.concurrency, args.files))
     print(json.dumps(result), file=sys.stdout, flush=True)
     return 0
 

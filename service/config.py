@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from service.serving.keys import KeyRing
 
 
 def decode_cost_mib(pixels: int) -> int:
@@ -73,6 +76,14 @@ class Settings(BaseSettings):
         0, ge=0, description="Intra-op threads per worker; 0 = CPUs of the quota / workers."
     )
     optimize: bool = Field(True, description="Freeze and optimise the TorchScript graph.")
+    model_runtime: Literal["auto", "torchscript", "aoti"] = Field(
+        "auto",
+        description=(
+            "What runs the forward: auto = an artifact of the version (AOTInductor .pt2) that "
+            "fits this torch and device and was measured faster than TorchScript, else "
+            "model.pt; torchscript = model.pt; aoti = the .pt2 or refuse the version."
+        ),
+    )
     gil_switch_interval_ms: float = Field(
         0.5, gt=0, le=100, description="Python's GIL switch interval (default 5 ms is slow)."
     )
@@ -174,7 +185,17 @@ class Settings(BaseSettings):
     log_queue_records: int = Field(
         10_000, ge=1, description="Log records waiting for a slow log reader; beyond it dropped."
     )
-    api_keys: str = Field("", description="Comma-separated API keys, or @/path/to/file.")
+    api_keys: str = Field(
+        "",
+        description="Comma-separated API keys, or @/path/to/file (one per line); named "
+        "key-1, key-2, ... in logs and metrics, without limits.",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="TOML or JSON file of named API keys, each with optional limits "
+        "(requests per second and burst, images per minute, concurrent requests; "
+        "docs/operations.md). Re-read on SIGHUP.",
+    )
     admin_key: str = Field("", description="Enables /admin routes when set.")
     cors_origins: str = Field("", description="Comma-separated allowed origins; off when empty.")
     forwarded_allow_ips: str = Field(
@@ -185,8 +206,54 @@ class Settings(BaseSettings):
     )
     opentelemetry: bool = Field(
         False,
-        description="FastAPI's native OpenTelemetry spans and metrics (needs an OTel SDK "
-        "configured). Off: /metrics covers serving, and the check costs ~4 us per request.",
+        description="FastAPI's own OpenTelemetry instrumentation (its route spans and "
+        "metrics, reported to the provider that the OTEL_* variables configure), on top of "
+        "the server's spans. It takes every request off the /v1/predict lane. Off: the "
+        "check costs ~4 us per request.",
+    )
+    feedback: bool = Field(
+        False,
+        description="Keep every /v1 answer (request id, index, version, answer, confidence, "
+        "kind, time) and take its truth at POST /v1/feedback; live accuracy in /metrics.",
+    )
+    feedback_path: Path = Field(
+        Path("feedback.db"),
+        description="The SQLite file (WAL) the workers of one server share, when "
+        "feedback_url is empty; created with its folder.",
+    )
+    feedback_url: str = Field(
+        "",
+        description="A PostgreSQL URL (postgresql://user:password@host:5432/db) instead of "
+        "SQLite, for replicas that share one store; needs the `postgres` extra (psycopg 3).",
+    )
+    feedback_retention_h: float = Field(
+        168.0, gt=0, description="Answers older than this are pruned; feedback on them is 404."
+    )
+    feedback_max_rows: int = Field(
+        1_000_000, ge=1, description="Answers kept at most; the oldest beyond it are pruned."
+    )
+    feedback_window_h: float = Field(
+        24.0,
+        gt=0,
+        description="The sliding window (by answer time) of the accuracy, rejection and "
+        "calibration figures in /metrics.",
+    )
+    feedback_refresh_s: float = Field(
+        15.0, gt=0, description="How often each worker recomputes those figures from the store."
+    )
+    feedback_queue_requests: int = Field(
+        10_000,
+        ge=1,
+        description="Requests' answers waiting to be written, per worker; beyond it they are "
+        "dropped and counted, never waited for.",
+    )
+    shadow_version: str | None = Field(
+        None,
+        description="A candidate version run beside the served one on sampled requests "
+        "after they are answered; its answers are only compared (needs feedback on).",
+    )
+    shadow_rate: float = Field(
+        0.1, ge=0, le=1, description="Share of /v1 requests the shadow version also reads."
     )
     drain_timeout_s: float = Field(20.0, ge=0, description="Graceful-shutdown drain bound.")
     reload_timeout_s: float = Field(
@@ -228,6 +295,15 @@ class Settings(BaseSettings):
                 raise ValueError("set but holds no key; leave it empty to turn API keys off")
         return value
 
+    @field_validator("api_keys_file")
+    @classmethod
+    def _key_file_reads(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            from service.serving.keys import read_key_file
+
+            read_key_file(value)  # fail at start-up, naming the problem
+        return value
+
     @field_validator("admin_key")
     @classmethod
     def _admin_key_not_blank(cls, value: str) -> str:
@@ -248,11 +324,26 @@ class Settings(BaseSettings):
             )
         if self.max_batch_size > self.max_queue_size:
             raise ValueError("max_queue_size must be at least max_batch_size")
+        if self.feedback_url and not self.feedback_url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("feedback_url must be a postgresql:// URL (empty = SQLite)")
+        if self.feedback_window_h > self.feedback_retention_h:
+            raise ValueError("feedback_window_h cannot exceed feedback_retention_h")
+        if self.shadow_version is not None:
+            if not (self.shadow_version.isascii() and self.shadow_version.isdigit()):
+                raise ValueError("shadow_version must be a version number")
+            if not self.feedback:
+                raise ValueError("shadow_version needs feedback on (MNIST_FEEDBACK=true)")
         return self
 
     def api_key_list(self) -> list[str]:
         """Keys from the comma list or, with a leading @, from a file (one per line)."""
         return _parse_api_keys(self.api_keys)
+
+    def key_ring(self) -> KeyRing:
+        """Every configured key, listed and named, read now (start-up and SIGHUP)."""
+        from service.serving.keys import key_ring
+
+        return key_ring(self.api_key_list(), self.api_keys_file)
 
 
 def _parse_api_keys(value: str) -> list[str]:
@@ -272,6 +363,10 @@ them), the environment variable in the table, a `.env` file in the working direc
 default. An invalid value or an inconsistent combination stops the server at start-up with
 one line naming the setting. [limits.md](limits.md) explains each limit: what it protects,
 why its default, and what a client sees.
+
+Tracing is not a setting here: it is configured by OpenTelemetry's standard environment
+variables (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`, ...)
+and is off while no OTLP endpoint is set; [operations.md](operations.md#tracing) lists them.
 
 Generated from `Settings` by `python -m service.config > docs/configuration.md`; a test
 fails when this file and the code disagree.

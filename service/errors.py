@@ -105,6 +105,16 @@ class Overloaded(ServiceError):
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
+class RateLimited(ServiceError):
+    """Over one of the caller's key limits (service/serving/quota.py)."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
 class ShuttingDown(ServiceError):
     status_code = 503
     code = "shutting_down"

@@ -19,10 +19,12 @@ from service.config import Settings
 from service.errors import register_error_handlers
 from service.http.api import docs, ops, rest
 from service.http.api.guard import BodyBudget
-from service.http.middleware import InFlight, RequestContextMiddleware
+from service.http.middleware import InFlight, RequestContextMiddleware, TracingMiddleware
+from service.runtime import tracing
 from service.runtime.fleet import Fleet
 from service.runtime.metrics import Metrics
 from service.runtime.runtime import Runtime
+from service.serving.quota import QUOTA_FILE, Quota
 from service.serving.repository import ModelRepository
 
 
@@ -65,12 +67,18 @@ def create_app(
     app.state.dataplane = None
     app.state.fleet = None
     app.state.shutting_down = False
-    app.state.api_keys = settings.api_key_list()
+    app.state.api_keys = ring = settings.key_ring()
+    # The keys' limits: in the fleet folder, shared by every worker, when there are several.
+    app.state.quota = Quota(shared.folder / QUOTA_FILE if shared else None)
+    app.state.quota.use(ring)
     app.state.body_budget = BodyBudget(settings.max_inflight_body_mib << 20)
     register_error_handlers(app)
     _document_body_models(app)
     app.include_router(ops.router)
     app.include_router(rest.router)
+    from service.http.api import feedback
+
+    app.include_router(feedback.router)
     from service.http.api import v2
 
     app.include_router(v2.router)
@@ -101,10 +109,15 @@ def create_app(
         "metrics": metrics, "access_log": settings.access_log, "in_flight": in_flight,
     }  # fmt: skip
     app.add_middleware(RequestContextMiddleware, **context)
+    # OTEL_* (service/runtime/tracing.py): the server span sits outside the request context.
+    traced = tracing.configure()
     if not settings.cors_origins.strip() and not settings.opentelemetry:
         # CORS (preflights, headers) and FastAPI's telemetry act on every route: with either
         # on, every request takes the full stack.
-        app.add_lane(rest.predict_route, RequestContextMiddleware(rest.predict_lane, **context))
+        lane: ASGIApp = RequestContextMiddleware(rest.predict_lane, **context)
+        app.add_lane(rest.predict_route, TracingMiddleware(lane) if traced else lane)
+    if traced:
+        app.add_middleware(TracingMiddleware)
     return app
 
 

@@ -1,4 +1,5 @@
-"""ASGI middleware: request id, one access-log line, and request metrics per request."""
+"""ASGI middleware: request id, one access-log line, and request metrics per request; the
+server span of a request while tracing is on."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import CLIENT_CLOSED, unhandled_error_response
+from service.runtime import tracing
 from service.runtime.logging_config import QUIET_PATHS
 from service.runtime.metrics import Metrics
 
@@ -130,18 +132,68 @@ class RequestContextMiddleware:
             route = _route_label(scope)
             method = scope["method"]
             self.metrics.observe_request(route, method, status, elapsed)
+            state = scope["state"]
+            # The API key's name (set only when keys are on: service/http/api/deps.py).
+            caller = state.get("caller")
+            if caller is not None:
+                self.metrics.observe_caller(caller, status)
             path = scope["path"]
             if self.access_log and path not in QUIET_PATHS:
-                images: Any = scope["state"].get("images", 0)
+                images: Any = state.get("images", 0)
+                trace = state.get("trace_id", "-")
                 access_logger.info(
-                    '%s "%s %s" %d %.1fms images=%s id=%s',
+                    '%s "%s %s" %d %.1fms images=%s id=%s key=%s trace=%s',
                     _client(scope), method, path, status, elapsed * 1000, images, request_id,
+                    caller or "-", trace,
                     extra={
                         "request_id": request_id, "method": method, "path": path,
                         "status": status, "latency_ms": round(elapsed * 1000, 2),
-                        "images": images, "client": _client(scope),
+                        "images": images, "client": _client(scope), "key": caller,
+                        "trace_id": trace,
                     },
                 )  # fmt: skip
+
+
+class TracingMiddleware:
+    """The server span of each HTTP request, continuing the caller's W3C `traceparent`;
+    outside `RequestContextMiddleware`, which logs the trace id. Installed only while
+    tracing is on (service/runtime/tracing.py).
+
+    NOTE: a few lines of our own rather than opentelemetry-instrumentation-asgi, which adds
+    a span per ASGI send and receive message and would be one more dependency to pin.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        carrier = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in scope["headers"]
+            if name in (b"traceparent", b"tracestate")
+        }
+        method = scope["method"]
+        attributes = {"http.request.method": method, "url.path": scope["path"]}
+        status = 0
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        with tracing.server_span(method, carrier, attributes) as span:
+            scope.setdefault("state", {})["trace_id"] = tracing.trace_id(span)
+            try:
+                await self.app(scope, receive, send_status)
+            finally:
+                route = _route_label(scope)
+                span.update_name(f"{method} {route}")
+                span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", status or CLIENT_CLOSED)
 
 
 _SHUTDOWN_JSON = b'{"error":"server is shutting down","code":"shutting_down"}'

@@ -23,8 +23,10 @@ from service.http.api.deps import check_api_key, client_key_of, presented_key
 from service.http.api.ops import state_readiness
 from service.rpc import inference_pb2 as pb
 from service.rpc import inference_pb2_grpc as pb_grpc
+from service.runtime import tracing
 from service.runtime.metrics import Metrics
 from service.serving.dataplane import DataPlane
+from service.serving.keys import ANONYMOUS, ApiKey, KeyRing
 from service.wire.codec import triton
 from service.wire.codec import v2 as codec
 
@@ -39,6 +41,7 @@ _CODES = {
     404: grpc.StatusCode.NOT_FOUND,
     409: grpc.StatusCode.FAILED_PRECONDITION,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     415: grpc.StatusCode.INVALID_ARGUMENT,
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -51,12 +54,14 @@ R = TypeVar("R")
 
 
 class _Rpc:
-    """What one call reports to its access-log line."""
+    """What one call reports to its access-log line and metrics."""
 
-    __slots__ = ("images",)
+    __slots__ = ("images", "key", "trace_id")
 
     def __init__(self) -> None:
         self.images = 0
+        self.key: ApiKey | None = None
+        self.trace_id = "-"
 
 
 def grpc_code(exc: ServiceError) -> grpc.StatusCode:
@@ -127,17 +132,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         metadata = dict(context.invocation_metadata() or ())
         return presented_key(metadata.get("authorization"), metadata.get("x-api-key"))
 
-    def _authorize(self, context: grpc.aio.ServicerContext) -> None:
-        keys: list[str] = self.state.api_keys
-        if keys:
-            check_api_key(keys, self._presented(context))
+    def _authorize(self, context: grpc.aio.ServicerContext, rpc: _Rpc) -> None:
+        ring: KeyRing = self.state.api_keys
+        if ring:
+            rpc.key = check_api_key(ring, self._presented(context))
 
-    def _client(self, context: grpc.aio.ServicerContext) -> str:
-        """The batcher's fair-share key, as HTTP computes it: the key, else the peer host."""
+    def _client(self, context: grpc.aio.ServicerContext, rpc: _Rpc) -> str:
+        """The batcher's fair-share key, as HTTP computes it: the key's name, else the host."""
         peer = context.peer() or ""  # "ipv4:127.0.0.1:53580", "ipv6:[::1]:53580"
         host = peer.partition(":")[2].rpartition(":")[0].strip("[]") or None
-        keyed = bool(self.state.api_keys)
-        return client_key_of(self._presented(context) if keyed else None, host)
+        return client_key_of(rpc.key.name if rpc.key is not None else None, host)
 
     async def _call(
         self,
@@ -146,17 +150,40 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         handler: Callable[[_Rpc], Awaitable[R]],
         protected: bool = True,
     ) -> R:
-        """Auth, error mapping, metrics and the access log around one RPC."""
+        """Tracing (when on) around `_run`."""
+        if tracing.tracer is None:
+            return await self._run(method, context, handler, protected, _Rpc())
+        carrier = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method}
+        with tracing.server_span(f"{SERVICE}/{method}", carrier, attributes) as span:
+            rpc = _Rpc()
+            rpc.trace_id = tracing.trace_id(span)
+            return await self._run(method, context, handler, protected, rpc)
+
+    async def _run(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext,
+        handler: Callable[[_Rpc], Awaitable[R]],
+        protected: bool,
+        rpc: _Rpc,
+    ) -> R:
+        """Auth, the key's limits, error mapping, metrics and the access log around one RPC."""
         started = time.perf_counter()
-        status, rpc = 200, _Rpc()
+        status, held = 200, False
         try:
             if protected:
-                self._authorize(context)
+                self._authorize(context, rpc)
+                if rpc.key is not None and rpc.key.limits_requests:
+                    held = self.state.quota.enter(rpc.key)
             return await handler(rpc)
         except ServiceError as exc:
             status = exc.status_code
             if status >= 500 and status not in (503, 504):
                 logger.error("gRPC %s failed: %r", method, exc, exc_info=exc)
+            retry = exc.headers.get("Retry-After") if exc.headers else None
+            if retry is not None:
+                context.set_trailing_metadata((("retry-after", retry),))
             await context.abort(grpc_code(exc), exc.message)
             raise  # not reached: abort raises
         except grpc.aio.AbortError:
@@ -167,15 +194,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
             raise
         finally:
+            if held:
+                self.state.quota.leave(rpc.key)
             elapsed = time.perf_counter() - started
             self.metrics.observe_request(f"/{SERVICE}/{method}", "GRPC", status, elapsed)
+            caller = None
+            if protected and self.state.api_keys:
+                caller = rpc.key.name if rpc.key is not None else ANONYMOUS
+                self.metrics.observe_caller(caller, status)
             if self.settings.access_log and method not in ("ServerLive", "ServerReady"):
                 access_logger.info(
-                    '%s "GRPC %s" %d %.1fms images=%s',
-                    context.peer(), method, status, elapsed * 1000, rpc.images,
+                    '%s "GRPC %s" %d %.1fms images=%s key=%s trace=%s',
+                    context.peer(), method, status, elapsed * 1000, rpc.images, caller or "-",
+                    rpc.trace_id,
                     extra={"method": "GRPC", "path": method, "status": status,
                            "latency_ms": round(elapsed * 1000, 2), "images": rpc.images,
-                           "client": context.peer()},
+                           "client": context.peer(), "key": caller, "trace_id": rpc.trace_id},
                 )  # fmt: skip
 
     # ---------------------------------------------------------------- health and metadata
@@ -252,22 +286,24 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def run(rpc: _Rpc) -> pb.ModelInferResponse:
             plane = self._plane()
             plane.get_model(request.model_name, request.model_version or None)  # or a 404
-            client = self._client(context)
+            client = self._client(context, rpc)
             plane.batcher.check_capacity(client)  # before any decoding, as over HTTP
             # Big messages are converted off the loop, as big HTTP bodies are parsed.
             large = request.ByteSize() > codec.OFFLOAD_BYTES
-            req = (
-                await asyncio.to_thread(request_from_proto, request)
-                if large
-                else request_from_proto(request)
-            )
+            with tracing.span("receive"):
+                req = (
+                    await asyncio.to_thread(request_from_proto, request)
+                    if large
+                    else request_from_proto(request)
+                )
             # NOTE: a client deadline cancels this task (grpc.aio), which releases the
             # request's queue slot; the server's own request_timeout_s still applies.
             answer = await plane.infer_v2(req, client, large, request.model_version or None)
             rpc.images = answer.images
-            return response_to_proto(
-                answer.tensors, answer.model.name, answer.model.version, request.id
-            )
+            with tracing.span("encode"):
+                return response_to_proto(
+                    answer.tensors, answer.model.name, answer.model.version, request.id
+                )
 
         return await self._call("ModelInfer", context, run)
 

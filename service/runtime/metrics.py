@@ -15,6 +15,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as prom_mp
+from prometheus_client.registry import Collector
 
 from service.runtime.logging_config import dropped_records
 
@@ -103,6 +104,27 @@ class Metrics:
             registry=r,
         )
         self._log_dropped_seen = 0
+        # NOTE: the key label holds only configured key names and "anonymous" (a request
+        # without a valid key): bounded by the key file, never by what clients send.
+        self.key_requests = Counter(
+            "mnist_key_requests", "Requests by API key name and status (API keys on)",
+            ["key", "status"], registry=r,
+        )  # fmt: skip
+        self._key_children: dict[tuple[str, int], Any] = {}
+        self.feedback_answers = Counter(
+            "mnist_feedback_answers",
+            "Answers handed to the feedback store, by outcome: written, dropped (queue full), "
+            "failed (database error)",
+            ["outcome"],
+            registry=r,
+        )
+        self.shadow_runs = Counter(
+            "mnist_shadow_requests",
+            "Sampled requests for the shadow version, by outcome: run, or shed (busy)",
+            ["outcome"],
+            registry=r,
+        )
+        self._collectors: list[Collector] = []
         self.model_info = Gauge(
             "mnist_model_info", "The served model (value 1)", ["name", "version", "device"],
             registry=r, multiprocess_mode="livemax" if mp else "all",
@@ -149,6 +171,12 @@ class Metrics:
         queue.inc(queue_s)
         compute_infer.inc(infer_s)
 
+    def observe_caller(self, key: str, status: int) -> None:
+        child = self._key_children.get((key, status))
+        if child is None:
+            child = self._key_children[(key, status)] = self.key_requests.labels(key, str(status))
+        child.inc()
+
     # BatchObserver protocol
     def observe_batch(
         self, size: int, queue_wait_s: float, forward_s: float, model: Any = None
@@ -188,10 +216,19 @@ class Metrics:
         self._model_labels = (name, version, device)
         self.model_info.labels(name, version, device).set(1)
 
+    def add_collector(self, collector: Collector) -> None:
+        """A collector whose figures are the same whichever worker is scraped (computed
+        from shared state, not summed over workers): shown by this worker's scrapes."""
+        self._collectors.append(collector)
+        if not multiprocess_dir():
+            self.registry.register(collector)
+
     def render(self) -> tuple[bytes, str]:
         self.refresh()
         if multiprocess_dir():
             registry = CollectorRegistry()
             prom_mp.MultiProcessCollector(registry)
+            for collector in self._collectors:
+                registry.register(collector)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from service.config import Settings
-from service.runtime import process
+from service.runtime import process, tracing
 from service.runtime.fleet import Fleet, FleetMember
 from service.runtime.logging_config import flush_logs
 from service.runtime.metrics import Metrics
@@ -69,9 +69,12 @@ class Runtime:
         await batcher.start()
         metrics.track(in_flight=self._in_flight, queue_depth=lambda: batcher.queued_images)
         self._sampler = asyncio.create_task(_sample_gauges(metrics), name="gauges")
-        self.plane = DataPlane(settings, models, batcher, metrics)
+        quota = getattr(self.state, "quota", None)
+        self.plane = DataPlane(settings, models, batcher, metrics, quota)
+        if settings.feedback:
+            await self._start_feedback(self.plane)
         self._grpc = await self._start_grpc()
-        self._remove_hup = process.on_hangup(loop, lambda: _reload(loop, models, fleet))
+        self._remove_hup = process.on_hangup(loop, lambda: self._hangup(loop))
         # NOTE: with several workers a SIGTERM to the whole group reaches the workers as the
         # parent closes the shared listener (service/runtime/supervisor.py). A worker that
         # closed at once would reset connections still in the backlog and close fresh ones
@@ -118,12 +121,50 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sampler
         self.metrics.refresh()
+        if self.plane.shadow is not None:
+            self.plane.shadow.close()
+        if self.plane.recorder is not None:
+            # The answers still queued are written before the process goes.
+            await asyncio.to_thread(self.plane.recorder.stop, timeout_s)
         self.plane.close()
         self.state.dataplane = None
         self._restore_process()
+        tracing.shutdown()  # sends the spans still buffered
         logger.info("stopped")
         # A worker process ends by re-raising SIGTERM: write the queued lines first.
         flush_logs()
+
+    def _hangup(self, loop: asyncio.AbstractEventLoop) -> None:
+        """SIGHUP: read the API keys again, then reload the model."""
+        reload_keys(self.settings, self.state)
+        _reload(loop, self.models, self.fleet)
+
+    async def _start_feedback(self, plane: DataPlane) -> None:
+        """The recorder (its store opened: a bad path or URL stops the start) and, when
+        MNIST_SHADOW_VERSION names one, the shadow version loaded beside the served one."""
+        from service.feedback.quality import QualityCollector
+        from service.feedback.recorder import Recorder
+
+        recorder = Recorder(self.settings, self.metrics)
+        await asyncio.to_thread(recorder.start)
+        self.metrics.add_collector(QualityCollector(lambda: recorder.snapshot))
+        plane.recorder = recorder
+        version = self.settings.shadow_version
+        if version is None:
+            return
+        from service.serving.shadow import Shadow
+
+        # NOTE: loaded through the repository like any version, but never served: the
+        # repository keeps owning which model answers.
+        candidate = await asyncio.to_thread(self.models.load, version)
+        batcher = plane.batcher
+        plane.shadow = Shadow(
+            candidate, self.settings.shadow_rate, lambda: batcher.idle, recorder, self.metrics
+        )
+        logger.info(
+            "shadow: v%s reads %.0f%% of /v1 requests beside v%s",
+            candidate.version, 100 * self.settings.shadow_rate, self.models.current.version,
+        )  # fmt: skip
 
     async def _start_grpc(self) -> Any:
         """The gRPC front end on this worker's loop, or None when MNIST_GRPC_PORT is 0."""
@@ -151,6 +192,23 @@ class Runtime:
             if settings.inline_when_idle and models.current.device.type == "cpu"
             else None,
         )
+
+
+def reload_keys(settings: Settings, state: Any) -> None:
+    """Swap in the keys configured now; a file that no longer reads keeps the old ones.
+
+    One assignment: a request already checked keeps the key it was checked with, and the
+    next one sees the new ring (nothing is dropped)."""
+    try:
+        ring = settings.key_ring()
+    except ValueError as exc:
+        logger.error("SIGHUP: API keys not reloaded, keeping %d: %s", len(state.api_keys.keys), exc)
+        return
+    quota = getattr(state, "quota", None)
+    if quota is not None:
+        quota.use(ring)
+    state.api_keys = ring
+    logger.info("SIGHUP: %d API keys: %s", len(ring.keys), ", ".join(sorted(ring.names)) or "-")
 
 
 def _reload(

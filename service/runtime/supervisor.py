@@ -24,6 +24,7 @@ from service.config import Settings
 from service.runtime.fleet import FLEET_DIR_ENV, Fleet
 from service.runtime.metrics import multiprocess_dir
 from service.runtime.watch import Watch, describe_exit
+from service.serving.quota import QUOTA_FILE, Quota
 from service.serving.repository import ModelLoadError, ModelRepository
 
 logger = logging.getLogger(__name__)
@@ -75,8 +76,8 @@ class Supervisor(Multiprocess):
 
     And one replacement: SIGHUP no longer restarts the workers one by one. It publishes the
     pinned or newest version in the fleet folder (service/runtime/fleet.py) and relays SIGHUP to
-    every worker, which reloads in place; a worker's SIGUSR1 (after POST /admin/reload)
-    relays the version that worker published.
+    every worker, which re-reads its API keys and reloads in place; a worker's SIGUSR1 (after
+    POST /admin/reload) relays the version that worker published.
     """
 
     def __init__(self, config: Config, sockets: list[socket.socket], settings: Settings) -> None:
@@ -192,7 +193,9 @@ class Supervisor(Multiprocess):
             version = self._repository.plan().default
             self._repository.read_card(self._repository.resolve(version))
         except ModelLoadError as exc:
+            # Still relayed: the workers re-read their API keys, and keep their version.
             logger.warning("SIGHUP: reload refused, the workers keep serving: %s", exc)
+            self._relay()
             return
         generation = self.fleet.publish(version)
         logger.info("SIGHUP: every worker reloads to v%s (generation %d)", version, generation)
@@ -227,6 +230,8 @@ class Supervisor(Multiprocess):
 
     def _forget(self, pid: int) -> None:
         self.fleet.forget(pid)
+        # Its requests in progress no longer count against their keys' concurrency.
+        Quota.forget(self.fleet.folder / QUOTA_FILE, pid)
         if multiprocess_dir() is not None:
             # Removes only the `live*` gauge files (every gauge is one: service/runtime/metrics.py):
             # counters and histograms of a dead worker still count, or totals would go

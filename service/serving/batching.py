@@ -20,6 +20,7 @@ from service.errors import (
     ModelNotReady,
     ShuttingDown,
 )
+from service.runtime import tracing
 from service.serving.admission import Admission, AdmissionPolicy
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class _Item:
     model: Predictor | None = None
     #: Set by the batch loop before the result: the forward pass of its batch.
     forward: float = 0.0
+    #: The request's trace context while tracing is on (service/runtime/tracing.py).
+    trace: Any = None
 
 
 #: `_Lanes.get_nowait` without a model: the next item, whichever model it is for.
@@ -63,14 +66,20 @@ class _Lanes:
     while the others keep their place."""
 
     def __init__(self) -> None:
-        self._lanes: OrderedDict[tuple[Any, Hashable], deque[_Item]] = OrderedDict()
+        # Keyed by (the id of the model an item named, or None; its client): a model need
+        # not be hashable, and the items in a lane keep theirs alive, so the id is unique.
+        self._lanes: OrderedDict[tuple[int | None, Hashable], deque[_Item]] = OrderedDict()
         self._nonempty = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self._lanes)
 
+    @staticmethod
+    def _key(item: _Item) -> tuple[int | None, Hashable]:
+        return (None if item.model is None else id(item.model), item.client)
+
     def put(self, item: _Item) -> None:
-        key = (item.model, item.client)
+        key = self._key(item)
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = deque()
@@ -79,7 +88,7 @@ class _Lanes:
 
     def put_back(self, item: _Item) -> None:
         """Return an item taken too early: it goes first, its lane first."""
-        key = (item.model, item.client)
+        key = self._key(item)
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = deque()
@@ -96,12 +105,11 @@ class _Lanes:
             key, lane = next(iter(self._lanes.items()))
         else:
             # NOTE: with one version served the first lane matches: one comparison per item.
-            for key in self._lanes:
-                if (key[0] or current) is model:
+            for key, lane in self._lanes.items():  # noqa: B007 - used after the loop
+                if (lane[0].model or current) is model:
                     break
             else:
                 return None
-            lane = self._lanes[key]
         item = lane.popleft()
         if lane:
             self._lanes.move_to_end(key)  # its next item waits for the other lanes' turn
@@ -310,9 +318,11 @@ class Batcher:
         split = self.enabled and n > self.max_batch_size
         chunks = torch.split(pixels, self.max_batch_size) if split else (pixels,)
         items = []
+        trace = tracing.current()
         for chunk in chunks:
+            deadline = now + self.request_timeout_s
             item = _Item(
-                chunk, loop.create_future(), now, now + self.request_timeout_s, client, model=model
+                chunk, loop.create_future(), now, deadline, client, model=model, trace=trace
             )
             items.append(item)
             self._queue.put(item)
@@ -362,12 +372,15 @@ class Batcher:
             raise InferenceFailed("inference failed") from None
         finally:
             self._busy = False
-        forward = time.monotonic() - t0
+        t1 = time.monotonic()
+        forward = t1 - t0
         self.admission.observe_forward(int(pixels.shape[0]), forward)
         if self.observer is not None:
             self.observer.observe_batch(int(pixels.shape[0]), 0.0, forward, model)
         if timing is not None:
             timing += (0.0, forward)
+        if tracing.tracer is not None:
+            tracing.record_batch([(tracing.current(), t0)], t0, t1, int(pixels.shape[0]), 1)
         return out, model
 
     # -------------------------------------------------------------- the loop
@@ -437,7 +450,11 @@ class Batcher:
                 continue
             finally:
                 self._busy = False
-            forward = time.monotonic() - t0
+            t1 = time.monotonic()
+            forward = t1 - t0
+            if tracing.tracer is not None:
+                traced = [(item.trace, item.enqueued_at) for item in live]
+                tracing.record_batch(traced, t0, t1, int(x.shape[0]), len(live))
             logger.debug(
                 "batch size=%d queue_wait=%.2fms forward=%.2fms",
                 x.shape[0], queue_wait * 1000, forward * 1000,

@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,8 @@ CARD_FILE = "card.json"
 #: refuses), and short enough to stay a sane number and path component.
 _VERSION = re.compile(r"[0-9]{1,18}")
 MODEL_FILE = "model.pt"
+#: The AOTInductor package beside model.pt (optional; see `Artifact`).
+AOTI_FILE = "model.pt2"
 LABELS = [str(d) for d in range(10)]
 #: The optional 11th output class (index 10) of a model that can answer "not a digit".
 NOT_A_DIGIT = "not_a_digit"
@@ -120,6 +123,68 @@ class Metrics(BaseModel):
     real_dev: dict[str, float | int] = Field(default_factory=dict)
 
 
+class Artifact(BaseModel):
+    """A compiled form of `model.pt` in the same folder, listed in the card's `export`.
+
+    `model.pt` (TorchScript) is what every server version loads; an artifact is an
+    optional faster runtime for one torch release and one device type. It computes what
+    the TorchScript serving method computes (probabilities at the card's temperature, or
+    the raw output for a "probabilities" model) on [N, 28, 28] model inputs, N within
+    `batch`. `images_per_s` and `torchscript_images_per_s` were measured in the same run
+    when it was built, at the batch sizes named by the keys.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+    format: Literal["aoti"]
+    file: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    torch: str
+    device: Literal["cpu", "cuda"]
+    batch: tuple[int, int] = (1, 1)
+    temperature: float | None = None
+    images_per_s: dict[str, float] = Field(default_factory=dict)
+    torchscript_images_per_s: dict[str, float] = Field(default_factory=dict)
+    check_max_abs_diff: float | None = None
+
+    def speedup(self) -> float | None:
+        """Geometric mean over the measured batch sizes of images/s against TorchScript's."""
+        ratios = [
+            rate / self.torchscript_images_per_s[size]
+            for size, rate in self.images_per_s.items()
+            if self.torchscript_images_per_s.get(size, 0) > 0
+        ]
+        if not ratios or min(ratios) <= 0:
+            return None
+        product = 1.0
+        for r in ratios:
+            product *= r
+        return float(product ** (1 / len(ratios)))
+
+
+class CheckSpec(BaseModel):
+    """The inputs on which an artifact must give TorchScript's answers before it serves.
+
+    `count` images made by `check_inputs` from `seed`; each served probability may differ
+    from TorchScript's by at most `atol` (docs/operations.md says why this tolerance).
+    """
+
+    model_config = ConfigDict(extra="ignore")
+    seed: int = 0
+    count: int = Field(64, ge=1, le=4096)
+    atol: float = Field(1e-4, gt=0, le=0.1)
+
+
+def check_inputs(spec: CheckSpec) -> np.ndarray:
+    """[count, 28, 28] float32 pixels in [0, 1]: a blank image, a white one, then sparse
+    bright strokes on dark (uniform noise to the 8th power), reproducible from the seed."""
+    rng = np.random.default_rng(spec.seed)
+    pixels = (rng.random((spec.count, 28, 28)) ** 8).astype(np.float32)
+    pixels[0] = 0.0
+    if spec.count > 1:
+        pixels[1] = 1.0
+    return pixels
+
+
 class ModelCard(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -165,21 +230,54 @@ class ModelCard(BaseModel):
         path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
         return path
 
+    def artifacts(self) -> tuple[list[Artifact], list[str]]:
+        """The artifacts `export.artifacts` lists, and why any entry was skipped.
+
+        Kept in the free-form `export` so that a card listing artifacts still loads in a
+        server that predates them; an entry this server cannot read is skipped, never fatal:
+        model.pt serves instead.
+        """
+        raw = self.export.get("artifacts", [])
+        if not isinstance(raw, list):
+            return [], ["export.artifacts is not a list"]
+        found: list[Artifact] = []
+        skipped: list[str] = []
+        for i, entry in enumerate(raw):
+            try:
+                found.append(Artifact.model_validate(entry))
+            except ValidationError as exc:
+                skipped.append(f"export.artifacts[{i}] is invalid: {exc.errors()[0]['msg']}")
+        return found, skipped
+
+    def check_spec(self) -> CheckSpec:
+        """The check inputs' recipe from `export.check` (defaults when absent or invalid)."""
+        try:
+            return CheckSpec.model_validate(self.export.get("check", {}))
+        except ValidationError:
+            return CheckSpec()
+
+    def verify_artifact(self, version_dir: Path, artifact: Artifact) -> Path:
+        """Check that an artifact's file exists and matches its sha256; return its path."""
+        return _verify_file(Path(version_dir) / artifact.file, artifact.sha256)
+
     def verify(self, version_dir: Path) -> Path:
         """Check that model.pt exists and matches the recorded sha256; return its path."""
-        model_path = Path(version_dir) / MODEL_FILE
-        if not model_path.is_file():
-            raise CardError(f"model file not found: {model_path}")
-        try:
-            digest = sha256_file(model_path)
-        except OSError as exc:
-            raise CardError(f"cannot read model file {model_path}: {exc.strerror or exc}") from exc
-        if digest != self.sha256:
-            raise CardError(
-                f"checksum mismatch for {model_path}: card says {self.sha256[:12]}..., "
-                f"file is {digest[:12]}..."
-            )
-        return model_path
+        return _verify_file(Path(version_dir) / MODEL_FILE, self.sha256)
+
+
+def _verify_file(model_path: Path, sha256: str) -> Path:
+    if not model_path.is_file():
+        raise CardError(f"model file not found: {model_path}")
+    try:
+        digest = sha256_file(model_path)
+    except OSError as exc:
+        raise CardError(f"cannot read model file {model_path}: {exc.strerror or exc}") from exc
+    if digest != sha256:
+        raise CardError(
+            f"checksum mismatch for {model_path}: card says {sha256[:12]}..., "
+            f"file is {digest[:12]}..."
+        )
+    return model_path
 
 
 def sha256_file(path: Path) -> str:

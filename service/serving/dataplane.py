@@ -16,7 +16,7 @@ import time
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,9 +30,11 @@ from service.errors import (
     ServiceError,
 )
 from service.http.uploads import UploadLimits
+from service.runtime import tracing
 from service.runtime.metrics import Metrics
 from service.serving.batching import Batcher
 from service.serving.model import Classifier
+from service.serving.quota import Quota
 from service.serving.repository import ModelLoadError, ModelRepository
 from service.vision.decode import DecodeBudget, ImageLimits, RequestBudget, cheap_to_decode
 from service.vision.preprocess import Scan, scan
@@ -40,6 +42,10 @@ from service.vision.reading import Reading, read
 from service.wire.codec import v2 as codec
 from service.wire.schemas.rest import ErrorDetail, ModelsResponse
 from service.wire.schemas.v2 import MetadataModelResponse
+
+if TYPE_CHECKING:
+    from service.feedback.recorder import Recorder
+    from service.serving.shadow import Shadow
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +72,11 @@ class DataPlane:
         repository: ModelRepository,
         batcher: Batcher,
         metrics: Metrics | None = None,
+        quota: Quota | None = None,
     ) -> None:
         self.settings = settings
+        #: The API keys' limits; only `charge` of images is the data plane's to call.
+        self.quota = quota
         self.repository = repository
         self.batcher = batcher
         self.metrics = metrics
@@ -87,6 +96,10 @@ class DataPlane:
         self._pool = ThreadPoolExecutor(
             max_workers=settings.preprocess_threads, thread_name_prefix="preprocess"
         )
+        #: Keeps answers for feedback (MNIST_FEEDBACK); None when off.
+        self.recorder: Recorder | None = None
+        #: The candidate version that also reads sampled requests; None when off.
+        self.shadow: Shadow | None = None
 
     @property
     def classifier(self) -> Classifier:
@@ -311,6 +324,9 @@ class DataPlane:
         """
         started = time.perf_counter() if started is None else started
         named = self.repository.lookup(version) if version else None
+        quota = self.quota
+        if not admitted and quota is not None and quota.image_keys:
+            quota.charge(client, len(rows))
         model = named or self.classifier
         timing: list[float] = []
         while True:
@@ -334,23 +350,29 @@ class DataPlane:
         files: list[NamedFile],
         client: Hashable = None,
         one_digit: bool = False,
+        scans: list[Scan | None] | None = None,
         version: str | None = None,
     ) -> tuple[list[Reading | ServiceError], Classifier]:
         """One reading per file, in order, or the error of a file that could not be read (in
         a request of several: see `decode_images`); all glyphs go through one batch, on
-        `version` (default: the default version)."""
+        `version` (default: the default version). `scans`, when given, gets each file's
+        scan (None where it failed), for the shadow."""
         started = time.perf_counter()
         named = self.repository.lookup(version) if version else None  # 404 before decoding
+        quota = self.quota
+        if quota is not None and quota.image_keys:
+            quota.charge(client, len(files))  # a key's images per minute (or a 429)
         # Admission (or a 503) before any decoding: refused work must cost almost nothing.
         spent: list[float] = []
-        with self.batcher.incoming(len(files), client):
+        with self.batcher.incoming(len(files), client), tracing.span("decode"):
             outcomes = await self.decode_images(files, one_digit, per_file=True, spent=spent)
         self.batcher.admission.observe_decode(len(files), sum(spent))
         decoded_s = time.perf_counter() - started
         if self.metrics is not None:
             self.metrics.preprocess_latency.observe(decoded_s)
-        scans = [o for o in outcomes if isinstance(o, Scan)]
-        glyphs = [g.pixels for s in scans for g in s.glyphs]
+        if scans is not None:
+            scans.extend(o if isinstance(o, Scan) else None for o in outcomes)
+        glyphs = [g.pixels for o in outcomes if isinstance(o, Scan) for g in o.glyphs]
         model = named or self.classifier
         rows: list[list[float]] = []
         if glyphs:
@@ -392,10 +414,11 @@ class DataPlane:
         plan = codec.plan_outputs(req)
         one_digit = codec.one_digit_option(req)
         first = codec.single_input(req)
-        if large:
-            decoded = await asyncio.to_thread(codec.decode_input, first, self.tensor_limits)
-        else:
-            decoded = codec.decode_input(first, self.tensor_limits)
+        with tracing.span("decode"):
+            if large:
+                decoded = await asyncio.to_thread(codec.decode_input, first, self.tensor_limits)
+            else:
+                decoded = codec.decode_input(first, self.tensor_limits)
         probs, model, given = await self._infer_decoded(
             decoded, client, one_digit, version, started
         )
@@ -422,7 +445,7 @@ class DataPlane:
             )  # fmt: skip
             return probs, model, None
         files = [NamedFile(f"image[{i}]", data) for i, data in enumerate(decoded)]
-        readings, model = await self.predict_files(files, client, one_digit, version)
+        readings, model = await self.predict_files(files, client, one_digit, version=version)
         probs = torch.zeros(len(readings), 10)
         labels = np.full(len(readings), -1, dtype="<i8")
         for i, r in enumerate(readings):

@@ -11,7 +11,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.serving.card import CardError, ModelCard, ModelLoadError, quiet_torchscript
+from service.serving.card import (
+    CardError,
+    ModelCard,
+    ModelLoadError,
+    check_inputs,
+    quiet_torchscript,
+)
+from service.serving.runtimes import (
+    ArtifactError,
+    Runtime,
+    Target,
+    check_against,
+    choose,
+    load_aoti,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -91,11 +105,15 @@ class Classifier:
     device: torch.device
     half: bool
     warmup_ms: float = 0.0
+    #: What runs the forward: "torchscript" (`module`), or the artifact's format ("aoti").
+    runtime: str = "torchscript"
+    #: The artifact's forward when one serves (see service/serving/runtimes.py).
+    artifact_serve: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
     _serve: Callable[[torch.Tensor], torch.Tensor] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         # Bound once: looking a method up on a ScriptModule goes through its __getattr__.
-        self._serve = getattr(self.module, _SERVE)
+        self._serve = self.artifact_serve or getattr(self.module, _SERVE)
 
     @property
     def name(self) -> str:
@@ -124,8 +142,10 @@ class Classifier:
         half: bool = False,
         optimize: bool = True,
         warmup_batch_sizes: tuple[int, ...] = (1, 8, 64),
+        runtime: Runtime = "auto",
     ) -> Classifier:
-        """Validate the card and checksum, load TorchScript on `device`, and warm it up."""
+        """Validate the card and checksum, load TorchScript on `device`, pick the runtime
+        (`_with_artifact`), and warm it up."""
         try:
             card = ModelCard.read(version_dir)
             model_path = card.verify(version_dir)
@@ -159,6 +179,7 @@ class Classifier:
         except Exception as exc:
             raise ModelLoadError(f"cannot prepare {model_path} for serving: {exc}") from exc
         clf = cls(card, serving, device, use_half)
+        clf = clf._with_artifact(version_dir, runtime, warmup_batch_sizes)
         started = time.perf_counter()
         for size in warmup_batch_sizes:
             try:
@@ -173,10 +194,49 @@ class Classifier:
                 )
         clf.warmup_ms = (time.perf_counter() - started) * 1000
         logger.info(
-            "loaded %s v%s from %s on %s (warm-up %.0f ms)",
-            card.name, card.version, version_dir, device, clf.warmup_ms,
+            "loaded %s v%s from %s on %s, served by %s (warm-up %.0f ms)",
+            card.name, card.version, version_dir, device, clf.runtime, clf.warmup_ms,
         )  # fmt: skip
         return clf
+
+    def _with_artifact(
+        self, version_dir: Path, runtime: Runtime, sizes: tuple[int, ...]
+    ) -> Classifier:
+        """This model served by the artifact `runtimes.choose` picks, once it has given
+        TorchScript's answers on the card's check inputs at each warm-up batch size; else
+        this one (TorchScript), with a log line saying why. `runtime="aoti"` turns every
+        reason to fall back into a ModelLoadError."""
+        target = Target(torch.__version__, self.device.type, max(sizes), self.half)
+        choice = choose(self.card, runtime, target)
+        artifact = choice.artifact
+        if artifact is None:
+            if runtime == "aoti":
+                raise ModelLoadError(f"model_runtime is aoti but no artifact fits: {choice.reason}")
+            if runtime == "auto":
+                logger.info("serving TorchScript (model.pt): %s", choice.reason)
+            return self
+        spec = self.card.check_spec()
+        try:
+            path = self.card.verify_artifact(version_dir, artifact)
+            fast = load_aoti(path, self.device, self.classes)
+            candidate = Classifier(
+                self.card, self.module, self.device, self.half, runtime=artifact.format,
+                artifact_serve=fast,
+            )  # fmt: skip
+            diff = check_against(
+                self.predict_pixels, candidate.predict_pixels, check_inputs(spec), sizes,
+                spec.atol,
+            )  # fmt: skip
+        except (ArtifactError, CardError) as exc:
+            if runtime == "aoti":
+                raise ModelLoadError(f"model_runtime is aoti but {artifact.file}: {exc}") from exc
+            logger.warning("%s not used, serving TorchScript (model.pt): %s", artifact.file, exc)
+            return self
+        logger.info(
+            "serving %s: outputs equal TorchScript's within %.2g on %d check inputs",
+            choice.reason, diff, spec.count,
+        )  # fmt: skip
+        return candidate
 
     def inputs(self, pixels: np.ndarray) -> np.ndarray:
         """This model's inputs for [N,28,28] pixels in [0,1] (the card's mean and std)."""

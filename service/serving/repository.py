@@ -248,6 +248,7 @@ class ModelRepository:
             resolve_device(self._settings.device),
             half=self._settings.half_precision,
             optimize=self._settings.optimize,
+            runtime=self._settings.model_runtime,
             warmup_batch_sizes=warmup_sizes(self._settings),
         )
         # NOTE: the intermediate script modules of a load (as loaded, frozen, optimised) sit

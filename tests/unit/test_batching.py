@@ -411,3 +411,18 @@ async def test_batcher_takes_a_request_naming_a_loaded_classifier(shipped_models
     assert probs.shape == (2, 10)
     assert default.sizes == []
     await b.stop()
+
+
+class UnhashableModel(RecordingModel):
+    """As a dataclass with eq=True is (the real Classifier): no hash."""
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+async def test_batcher_takes_named_models_that_cannot_be_hashed() -> None:
+    default, other = RecordingModel(), UnhashableModel()
+    b = await started(default)
+    out, used = await b.submit(rows(2, 1), model=other)
+    assert used is other
+    assert other.sizes == [2]
+    await b.stop()

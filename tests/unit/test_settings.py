@@ -27,6 +27,11 @@ def test_settings_read_mnist_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"device": "tpu"}, "device must be"),
         ({"max_file_bytes": 10, "max_request_bytes": 5}, "cannot exceed"),
         ({"max_batch_size": 64, "max_queue_size": 8}, "at least max_batch_size"),
+        ({"feedback": True, "feedback_url": "mysql://x/y"}, "postgresql:// URL"),
+        ({"feedback_window_h": 48, "feedback_retention_h": 24}, "cannot exceed"),
+        ({"shadow_version": "1"}, "needs feedback on"),
+        ({"feedback": True, "shadow_version": "v1"}, "version number"),
+        ({"shadow_rate": 1.5}, "less than or equal to 1"),
     ],
 )
 def test_settings_reject_inconsistent_values(kwargs: dict, message: str) -> None:
@@ -123,3 +128,16 @@ def test_flags_reach_settings_and_are_validated_like_env_vars(tmp_path: Path) ->
         parse_args(["--log-level", "loud"])
     with pytest.raises(ValidationError, match="max_batch_size"):
         Settings(_env_file=None, **parse_args(["--max-batch-size", "many"]))  # type: ignore[call-arg]
+
+
+def test_settings_api_keys_file_is_read_at_start_up(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.toml"
+    keys.write_text('[[keys]]\nname = "app-a"\n')
+    with pytest.raises(ValidationError, match=r"keys\.0\.key: Field required"):
+        Settings(api_keys_file=keys)
+    keys.write_text('[[keys]]\nname = "key-1"\nkey = "k"\n')
+    with pytest.raises(ValueError, match="reuses the names of listed keys"):
+        Settings(api_keys="other", api_keys_file=keys).key_ring()
+    keys.write_text('[[keys]]\nname = "app-a"\nkey = "k"\n')
+    ring = Settings(api_keys="other", api_keys_file=keys).key_ring()
+    assert sorted(ring.names) == ["app-a", "key-1"]

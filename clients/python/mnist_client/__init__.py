@@ -3,8 +3,10 @@
 from mnist_client._bulk import FileResult
 from mnist_client._client import AsyncClient, Client
 from mnist_client._types import (
+    NOT_A_DIGIT,
     ClientError,
     DigitRead,
+    FeedbackResult,
     ModelRef,
     Prediction,
     PredictResult,
@@ -18,8 +20,10 @@ __all__ = [
     "Client",
     "ClientError",
     "DigitRead",
+    "FeedbackResult",
     "FileResult",
     "ModelRef",
+    "NOT_A_DIGIT",
     "Prediction",
     "PredictResult",
     "TopK",

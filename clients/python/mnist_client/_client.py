@@ -13,7 +13,7 @@ import httpx
 
 from mnist_client._bulk import DEFAULT_LIMITS, FileResult, expand, run_all
 from mnist_client._inputs import ImageLike, to_files
-from mnist_client._types import ClientError, Prediction, PredictResult
+from mnist_client._types import ClientError, FeedbackResult, Prediction, PredictResult
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 #: Statuses worth another try: the server said it is busy (503) or ran out of time (504).
@@ -86,6 +86,12 @@ def _result(response: httpx.Response) -> PredictResult:
     raise _error(response)
 
 
+def _feedback_result(response: httpx.Response) -> FeedbackResult:
+    if response.status_code == 200:
+        return FeedbackResult.from_json(response.json())
+    raise _error(response)
+
+
 def _error(response: httpx.Response) -> ClientError:
     try:
         body: Mapping[str, Any] = response.json()
@@ -133,6 +139,17 @@ class Client(_Base):
         ClientError with code "version_not_served")."""
         files = to_files(images)
         return _result(self._send(files, self._params(top_k, one_digit, version)))
+
+    def feedback(self, request_id: str, truth: int | str, index: int = 0) -> FeedbackResult:
+        """Tell the server what file `index` of answer `request_id` really shows: a digit
+        (0-9), a number as a string of digits, or `NOT_A_DIGIT`. Giving it again replaces
+        it. ClientError 404 ("prediction_not_found") for an unknown or expired answer."""
+        body = {"request_id": request_id, "index": index, "truth": truth}
+        try:
+            response = self._http.post("/v1/feedback", json=body, headers=self._headers())
+        except httpx.TransportError as exc:
+            raise _connection_error(self.url, exc) from exc
+        return _feedback_result(response)
 
     def limits(self) -> dict[str, Any]:
         """The server's request limits (`GET /v1/models`): max_files, max_file_bytes,
@@ -223,6 +240,15 @@ class AsyncClient(_Base):
         ClientError with code "version_not_served")."""
         files = to_files(images)
         return _result(await self._send(files, self._params(top_k, one_digit, version)))
+
+    async def feedback(self, request_id: str, truth: int | str, index: int = 0) -> FeedbackResult:
+        """See `Client.feedback`."""
+        body = {"request_id": request_id, "index": index, "truth": truth}
+        try:
+            response = await self._http.post("/v1/feedback", json=body, headers=self._headers())
+        except httpx.TransportError as exc:
+            raise _connection_error(self.url, exc) from exc
+        return _feedback_result(response)
 
     async def _send(self, files: list[tuple[str, bytes]], params: dict[str, Any]) -> httpx.Response:
         attempt = 0

@@ -114,6 +114,8 @@ class PredictResult:
 
     model: ModelRef
     predictions: list[Prediction] = field(default_factory=list)
+    #: The answer's id, which `Client.feedback` names (None from a server before 1.1).
+    request_id: str | None = None
 
     def __iter__(self) -> Iterator[Prediction]:
         return iter(self.predictions)
@@ -132,4 +134,37 @@ class PredictResult:
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> PredictResult:
         model = ModelRef(str(raw["model"]["name"]), str(raw["model"]["version"]))
-        return cls(model, [Prediction.from_json(p) for p in raw["predictions"]])
+        request_id = raw.get("request_id")
+        return cls(
+            model,
+            [Prediction.from_json(p) for p in raw["predictions"]],
+            str(request_id) if request_id else None,
+        )
+
+
+#: The truth of an upload that shows no digit, as `Client.feedback` takes it.
+NOT_A_DIGIT = "not_a_digit"
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    """What the server kept: the truth, the answer it had given (`version`, `answer`: the
+    digits or "not_a_digit") and whether that answer was right."""
+
+    request_id: str
+    index: int
+    truth: str
+    version: str
+    answer: str
+    correct: bool
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> FeedbackResult:
+        return cls(
+            str(raw["request_id"]),
+            int(raw["index"]),
+            str(raw["truth"]),
+            str(raw["version"]),
+            str(raw["answer"]),
+            bool(raw["correct"]),
+        )

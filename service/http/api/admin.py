@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.errors import ServiceError
+from service.feedback.quality import ShadowAgreement
 from service.http.api.deps import DataPlaneDep, require_admin_key
 from service.http.api.guard import guarded_route
 from service.runtime.fleet import FleetMember
@@ -116,3 +118,60 @@ async def _reload_fleet(fleet: FleetMember, version: str) -> list[WorkerReload]:
             details=[w.model_dump() for w in workers],
         )
     return workers
+
+
+class VersionFigures(BaseModel):
+    version: str
+    labelled: int = Field(description="Its answers in the window with feedback.")
+    accuracy: float | None = Field(description="Share of those that were right.")
+
+
+class ShadowResponse(BaseModel):
+    served: str = Field(description="The version clients get answers from.")
+    shadow: str | None = Field(description="The candidate (MNIST_SHADOW_VERSION); null: none.")
+    rate: float = Field(description="Share of /v1 requests sampled for it (MNIST_SHADOW_RATE).")
+    window_s: float = Field(description="The sliding window of the figures (by answer time).")
+    compared: int = Field(description="Its answers stored beside the served ones.")
+    agreement: float | None = Field(description="Share of those equal to the served answer.")
+    labelled: int = Field(description="Of the compared files, those with feedback.")
+    served_accuracy: float | None = Field(
+        description="The served version's accuracy on those same files."
+    )
+    shadow_accuracy: float | None = Field(description="The shadow's accuracy on those files.")
+    versions: list[VersionFigures] = Field(
+        description="Accuracy from feedback of all the served answers in the window and of "
+        "all the shadow's (different samples: compare on the same files above)."
+    )
+
+
+@router.get(
+    "/shadow",
+    response_model=ShadowResponse,
+    responses={401: {"model": ErrorResponse, "description": "Missing or wrong admin key"}},
+)
+async def get_shadow(plane: DataPlaneDep) -> ShadowResponse:
+    """The shadow version beside the served one: agreement, and accuracy once labelled."""
+    shadow, recorder = plane.shadow, plane.recorder
+    version = shadow.model.version if shadow is not None else None
+    pair = ShadowAgreement(version or "", 0, None, 0, None, None)
+    figures = []
+    if recorder is not None:
+        snap = await asyncio.to_thread(recorder.fresh_snapshot)
+        pair = next((s for s in snap.shadows if s.version == version), pair)
+        figures = [
+            VersionFigures(version=q.version, labelled=q.labelled, accuracy=q.accuracy)
+            for q in snap.versions
+            if q.role == ("shadow" if q.version == version else "served")
+        ]
+    return ShadowResponse(
+        served=plane.classifier.version,
+        shadow=version,
+        rate=shadow.rate if shadow is not None else 0.0,
+        window_s=recorder.window_s if recorder is not None else 0.0,
+        compared=pair.compared,
+        agreement=pair.agreement,
+        labelled=pair.labelled,
+        served_accuracy=pair.served_accuracy,
+        shadow_accuracy=pair.shadow_accuracy,
+        versions=figures,
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 from typing import Annotated
 
@@ -14,6 +13,7 @@ from service.config import Settings
 from service.errors import ModelNotReady, Unauthorized
 from service.runtime.metrics import Metrics
 from service.serving.dataplane import DataPlane
+from service.serving.keys import ANONYMOUS, ApiKey, KeyRing, client_id
 
 
 # NOTE: async on purpose: FastAPI runs plain `def` dependencies in a thread pool, which costs
@@ -46,27 +46,19 @@ def presented_key(authorization: str | None, x_api_key: str | None) -> str | Non
     return x_api_key
 
 
-def matches_any_key(presented: str, keys: list[str]) -> bool:
-    # Compare against every key so the time taken does not reveal which one matched.
-    found = False
-    for key in keys:
-        found |= hmac.compare_digest(presented.encode(), key.encode())
-    return found
-
-
 def client_key(request: Request) -> str:
-    """Who a request counts against for the batcher's fair share: its API key when keys are
-    on (a hash of it, never the key; it was checked before), else its peer address. Without
-    keys a made-up key per request would be a new client each time."""
+    """Who a request counts against for the batcher's fair share: its API key's name when
+    keys are on (it was checked before), else its peer address. Without keys a made-up key
+    per request would be a new client each time."""
     client = request.scope.get("client")
-    presented = _presented_key(request) if request.app.state.api_keys else None
-    return client_key_of(presented, client[0] if client else None)
+    key: ApiKey | None = request.scope.get("state", {}).get("api_key")
+    return client_key_of(key.name if key is not None else None, client[0] if client else None)
 
 
-def client_key_of(presented: str | None, host: str | None) -> str:
+def client_key_of(key_name: str | None, host: str | None) -> str:
     """`client_key` from its parts (shared with the gRPC front end)."""
-    if presented:
-        return "key:" + hashlib.blake2b(presented.encode(), digest_size=8).hexdigest()
+    if key_name:
+        return client_id(key_name)
     return f"addr:{host or '-'}"
 
 
@@ -81,18 +73,32 @@ def check_capacity(request: Request) -> str:
 
 
 async def require_api_key(request: Request) -> None:
-    """401 unless a configured API key is presented (no-op when none are configured)."""
-    keys: list[str] = request.app.state.api_keys
-    if keys:
-        check_api_key(keys, _presented_key(request))
+    """401 unless a configured API key is presented (no-op when none are configured).
+
+    The request's state then names its caller (`caller`: the key's name, "anonymous" before
+    a key is found) for the access log and metrics, and holds the key (`api_key`); a key
+    with request limits is also `limited`, for `run_guarded` to count (service/serving/quota.py).
+    """
+    ring: KeyRing = request.app.state.api_keys
+    if ring:
+        state = request.scope.setdefault("state", {})
+        if "api_key" in state:
+            return  # checked already: the route class runs it before FastAPI's dependency
+        state["caller"] = ANONYMOUS
+        key = check_api_key(ring, _presented_key(request))
+        state["caller"], state["api_key"] = key.name, key
+        if key.limits_requests:
+            state["limited"] = key
 
 
-def check_api_key(keys: list[str], presented: str | None) -> None:
-    """Raise Unauthorized unless `presented` is one of `keys` (HTTP and gRPC)."""
+def check_api_key(ring: KeyRing, presented: str | None) -> ApiKey:
+    """The key `presented` is, or Unauthorized (HTTP and gRPC)."""
     if presented is None:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'")
-    if not matches_any_key(presented, keys):
+    key = ring.identify(presented)
+    if key is None:
         raise Unauthorized("invalid API key")
+    return key
 
 
 async def require_admin_key(request: Request) -> None:
@@ -152,6 +158,10 @@ class cancelled_on_disconnect:  # noqa: N801 - used like the function it was
         self._timer.cancel()
         if self._watcher is not None:
             self._watcher.cancel()
+            # NOTE: the watcher's CancelledError keeps its frames, whose `self` would keep the
+            # watcher: a reference cycle per watched request, left for the cyclic GC
+            # (cost: docs/benchmarks.md). Without it the task is freed when it ends.
+            self._watcher = None
         if kind is not None and issubclass(kind, asyncio.CancelledError) and self._gone:
             self._task.uncancel()
             raise ClientDisconnect() from None

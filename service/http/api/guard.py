@@ -23,6 +23,7 @@ from starlette.types import Message
 
 from service.config import Settings
 from service.errors import InvalidInput, Overloaded, PayloadTooLarge
+from service.serving.quota import Quota
 from service.wire.jsonbody import loads_bounded, validated
 
 #: Unknown names quoted in one error, at most, each cut to `_NAME_CHARS`.
@@ -162,6 +163,24 @@ async def run_guarded(
     await check(request)
     if known_query is not None:
         refuse_unknown_query(request, known_query)
+    # A key with request limits (set by the check: service/http/api/deps.py).
+    key = request.scope["state"].get("limited")
+    if key is not None:
+        quota: Quota = request.app.state.quota
+        if quota.enter(key):
+            try:
+                return await _read_and_handle(request, max_bytes, handler, reads_body)
+            finally:
+                quota.leave(key)
+    return await _read_and_handle(request, max_bytes, handler, reads_body)
+
+
+async def _read_and_handle(
+    request: Request,
+    max_bytes: int,
+    handler: Callable[[Request], Coroutine[Any, Any, Response]],
+    reads_body: bool,
+) -> Response:
     limited = _limited(request, max_bytes)
     if limited is request:  # no body
         return await handler(request)

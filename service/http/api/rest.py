@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
+from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
@@ -24,6 +25,7 @@ from service.errors import (
     describe_validation,
     service_error_response,
 )
+from service.feedback.store import PredictionRow, now, rows_of
 from service.http.api.deps import (
     DataPlaneDep,
     cancelled_on_disconnect,
@@ -41,9 +43,10 @@ from service.http.api.guard import (
     run_guarded,
 )
 from service.http.uploads import read_multipart
-from service.serving.dataplane import NamedFile
+from service.runtime import tracing
+from service.serving.dataplane import DataPlane, NamedFile
 from service.serving.model import Classifier
-from service.vision.preprocess import to_png
+from service.vision.preprocess import Scan, to_png
 from service.vision.reading import DigitRead, Reading
 from service.wire.schemas.rest import (
     DigitInNumber,
@@ -111,8 +114,8 @@ _MULTIPART_BODY = {
 }
 
 
-def _json(content: Any) -> Response:
-    return Response(orjson.dumps(content), media_type="application/json")
+def _json(content: Any, background: BackgroundTask | None = None) -> Response:
+    return Response(orjson.dumps(content), media_type="application/json", background=background)
 
 
 def render_predictions(
@@ -120,9 +123,11 @@ def render_predictions(
     readings: list[Reading | ServiceError],
     model: Classifier,
     options: PredictOptions,
+    request_id: str = "",
 ) -> PredictResponse:
     """The PredictResponse body: one prediction per file, in upload order (kind "error",
-    with the error's code and message, for a file that could not be read)."""
+    with the error's code and message, for a file that could not be read), and the request
+    id that feedback on them names."""
     top_k, return_image = options.top_k, options.return_image
     predictions = []
     for i, (name, reading) in enumerate(zip(filenames, readings, strict=True)):
@@ -152,7 +157,11 @@ def render_predictions(
         if reading.digits:
             item["digits"] = [_digit(d, return_image) for d in reading.digits]
         predictions.append(item)
-    return {"model": {"name": model.name, "version": model.version}, "predictions": predictions}
+    return {
+        "request_id": request_id,
+        "model": {"name": model.name, "version": model.version},
+        "predictions": predictions,
+    }
 
 
 def _failed(index: int, filename: str, exc: ServiceError) -> Prediction:
@@ -211,20 +220,56 @@ async def predict_digits(
     # bytes arrive.
     client = check_capacity(request)
     plane.version(options.version)  # a version not served is a 404 before the body is read
-    uploads = await read_multipart(
-        request.headers.get("content-type"),
-        request.headers.get("content-length"),
-        request.stream(),
-        plane.upload_limits,
-    )
+    with tracing.span("receive"):
+        uploads = await read_multipart(
+            request.headers.get("content-type"),
+            request.headers.get("content-length"),
+            request.stream(),
+            plane.upload_limits,
+        )
     files = [NamedFile(u.filename, u.data) for u in uploads]
     del uploads
     request.state.images = len(files)
+    return await _answer(request, plane, files, client, options)
+
+
+async def _answer(
+    request: Request,
+    plane: DataPlane,
+    files: list[NamedFile],
+    client: str,
+    options: PredictOptions,
+) -> Response:
+    """Read the files and render the answer; keep it for feedback, and hand the scans to the
+    shadow version after the answer is sent (each only when on)."""
+    shadow = plane.shadow
+    scans: list[Scan | None] | None = [] if shadow is not None and shadow.sample() else None
     with cancelled_on_disconnect(request):
         readings, model = await plane.predict_files(
-            files, client, options.one_digit, options.version
+            files, client, options.one_digit, scans, options.version
         )
-    return _json(render_predictions([f.filename for f in files], readings, model, options))
+    request_id: str = request.scope["state"]["request_id"]
+    with tracing.span("encode"):
+        names = [f.filename for f in files]
+        body = render_predictions(names, readings, model, options, request_id)
+        if plane.recorder is not None:
+            plane.recorder.record(answers_of(request_id, model.version, readings))
+        if scans is not None and shadow is not None:
+            return _json(body, BackgroundTask(shadow.run, request_id, scans))
+        return _json(body)
+
+
+def answers_of(
+    request_id: str, version: str, readings: list[Reading | ServiceError]
+) -> list[PredictionRow]:
+    """The served answers of one request as the feedback store keeps them (files that could
+    not be read have no answer to give feedback on)."""
+    answers = [
+        (i, r.kind, r.number, r.confidence)
+        for i, r in enumerate(readings)
+        if not isinstance(r, ServiceError)
+    ]
+    return rows_of(request_id, "served", version, answers, now())
 
 
 async def predict_lane(scope: Scope, receive: Receive, send: Send) -> None:
@@ -290,21 +335,20 @@ async def predict_digits_base64(request: Request, plane: DataPlaneDep) -> Respon
             plane.check_file_count(len(images))
 
     client = check_capacity(request)
-    body = await parse_json(
-        await read_body(request),
-        PredictBase64Request,
-        count_images,
-        max_values=4 * plane.settings.max_files + 64,  # a few fields per image
-    )
+    with tracing.span("receive"):
+        body = await parse_json(
+            await read_body(request),
+            PredictBase64Request,
+            count_images,
+            max_values=4 * plane.settings.max_files + 64,  # a few fields per image
+        )
     files = (
         await asyncio.to_thread(_decode_base64, body)
         if len(body.images) > 1
         else (_decode_base64(body))
     )
     request.state.images = len(files)
-    with cancelled_on_disconnect(request):
-        readings, model = await plane.predict_files(files, client, body.one_digit, body.version)
-    return _json(render_predictions([f.filename for f in files], readings, model, body))
+    return await _answer(request, plane, files, client, body)
 
 
 def _decode_base64(body: PredictBase64Request) -> list[NamedFile]:

@@ -25,6 +25,7 @@ from service.http.api.deps import (
 )
 from service.http.api.guard import guarded_route
 from service.http.api.ops import readiness
+from service.runtime import tracing
 from service.serving.dataplane import DataPlane
 from service.wire.codec import triton
 from service.wire.codec import v2 as codec
@@ -240,16 +241,18 @@ async def _infer(
     plane.get_model(name, version)  # 404 for another model, before the body is read
     client = client_key(request)
     plane.batcher.check_capacity(client)
-    body = await _read_body(request, limit)
-    args = (body, request.headers.get(HEADER_LENGTH), plane.tensor_limits)
-    large = len(body) > OFFLOAD_BYTES
-    req = await asyncio.to_thread(_parse, *args) if large else _parse(*args)
+    with tracing.span("receive"):
+        body = await _read_body(request, limit)
+        args = (body, request.headers.get(HEADER_LENGTH), plane.tensor_limits)
+        large = len(body) > OFFLOAD_BYTES
+        req = await asyncio.to_thread(_parse, *args) if large else _parse(*args)
     with cancelled_on_disconnect(request):
         answer = await plane.infer_v2(req, client, large, version)
     request.state.images = answer.images
-    header, blobs = codec.render_json(
-        answer.tensors, answer.model.name, answer.model.version, req.id
-    )
+    with tracing.span("encode"):
+        header, blobs = codec.render_json(
+            answer.tensors, answer.model.name, answer.model.version, req.id
+        )
     if not blobs:
         return Response(header, media_type="application/json")
     return Response(

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, NotRequired
 
-from pydantic import BaseModel, ConfigDict, Field, with_config
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    with_config,
+)
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 # NOTE: the response bodies below are TypedDicts: the routes build them as plain dicts (no
@@ -121,6 +130,7 @@ class Prediction(TypedDict):
     ConfigDict(
         json_schema_extra={
             "example": {
+                "request_id": "5f0c3a8e9d2b4c7a8e1f6b3d2c9a0e4f",
                 "model": {"name": "mnist-cnn", "version": "1"},
                 "predictions": [
                     {
@@ -140,6 +150,13 @@ class Prediction(TypedDict):
     )
 )  # fmt: skip
 class PredictResponse(TypedDict):
+    request_id: Annotated[
+        str,
+        Field(
+            description="This answer's id (also the X-Request-ID header): POST /v1/feedback "
+            "names it, with a prediction's index, to give the truth."
+        ),
+    ]
     model: ModelRef
     predictions: list[Prediction]
 
@@ -237,3 +254,57 @@ class HealthResponse(TypedDict, total=False):
     live: bool
     ready: bool
     reason: str
+
+
+#: Truth as a number: the digits, rows of a multi-line number joined by newlines.
+_NUMBER = re.compile(r"[0-9]+(\n[0-9]+)*")
+
+
+class FeedbackRequest(BaseModel):
+    """The truth about one answer: which (request id, index) and what the file really shows."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"request_id": "5f0c3a8e9d2b4c7a8e1f6b3d2c9a0e4f", "index": 0, "truth": 7},
+                {"request_id": "5f0c3a8e9d2b4c7a8e1f6b3d2c9a0e4f", "index": 1, "truth": "1204"},
+                {"request_id": "5f0c3a8e9d2b4c7a8e1f6b3d2c9a0e4f", "truth": "not_a_digit"},
+            ]
+        },
+    )
+    request_id: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[\x20-\x7e]+$",
+        description="The answer's request_id (or X-Request-ID header).",
+    )
+    index: int = Field(0, ge=0, description="The prediction's index in that answer.")
+    truth: StrictInt | StrictStr = Field(
+        description='The digit (0-9), a number as a string of digits (rows joined by "\\n"), '
+        'or "not_a_digit".'
+    )
+
+    @field_validator("truth")
+    @classmethod
+    def _known_truth(cls, value: int | str) -> int | str:
+        if isinstance(value, int):
+            if not 0 <= value <= 9:
+                raise ValueError("a digit is 0 to 9; give a number as a string of digits")
+            return value
+        if value != "not_a_digit" and (len(value) > 1024 or not _NUMBER.fullmatch(value)):
+            raise ValueError('must be a digit, a string of digits, or "not_a_digit"')
+        return value
+
+    def truth_text(self) -> str:
+        """The truth as stored: the digits, or "not_a_digit" (the answers' encoding)."""
+        return str(self.truth)
+
+
+class FeedbackResponse(TypedDict):
+    request_id: str
+    index: int
+    truth: str
+    version: Annotated[str, Field(description="The model version that gave the answer.")]
+    answer: Annotated[str, Field(description='What it answered: digits or "not_a_digit".')]
+    correct: bool

@@ -1,0 +1,1 @@
+"""Feedback: every answer kept with its request id, the truth it is given, live quality."""
