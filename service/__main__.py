@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
         repository = ModelRepository(settings)
         try:
-            repository.serve(repository.load())
+            repository.start()
         except ModelLoadError as exc:
             return _fail(str(exc), 1)
         uvicorn.run(create_app(settings, repository), **common)

@@ -52,7 +52,23 @@ class Settings(BaseSettings):
     )
     model_name: str = Field("mnist-cnn", description="Model folder under the repository.")
     model_version: str | None = Field(
-        None, description="Pinned version; newest available when unset."
+        None,
+        description="Pinned default version; newest served when unset. It must be one the "
+        "version policy serves (with the default policy it is the one served).",
+    )
+    version_policy: str | None = Field(
+        None,
+        description="Versions loaded and served at once, as Triton's version_policy: "
+        "`latest:N` (the N newest; with a pinned version, the N newest up to it), `all`, or "
+        "`specific:1,3`. Unset: `latest:1`. Requests pick one with `version`; the newest "
+        "served (or the pinned one) is the default.",
+    )
+    max_model_memory_mib: int = Field(
+        512,
+        ge=1,
+        description="Estimated memory of every version the policy serves, together; over it "
+        "the server does not start (a reload is refused). Each version is estimated from its "
+        "model file (docs/limits.md).",
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     half_precision: bool = Field(False, description="float16 forward on CUDA.")
@@ -256,6 +272,15 @@ class Settings(BaseSettings):
         if value.startswith("cuda:") and value[5:].isdigit():
             return value
         raise ValueError("device must be auto, cpu, cuda or cuda:N")
+
+    @field_validator("version_policy")
+    @classmethod
+    def _policy_syntax(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from service.serving.repository import VersionPolicy
+
+        return str(VersionPolicy.parse(value))  # ValueError names what is wrong
 
     @field_validator("api_keys")
     @classmethod

@@ -82,6 +82,13 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
+class VersionNotServed(ModelNotFound):
+    """A version the version policy does not serve (on disk or not): the same code on /v1,
+    V2 REST and gRPC (NOT_FOUND)."""
+
+    code = "version_not_served"
+
+
 class ModelNotReady(ServiceError):
     status_code = 503
     code = "model_not_ready"

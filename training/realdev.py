@@ -28,11 +28,8 @@ NOT_A_DIGIT = 10
 #: Bitmap sets (many items, one item per origin row) vs real uploads (few, grouped crops).
 BITMAP_SOURCES = ("usps", "optdigits")
 _CROP = re.compile(r"\s*crop (\d+),(\d+),(\d+),(\d+)\s*$")
-_PREPROCESS_MODULES = (
-    "service/vision/preprocess.py",
-    "service/vision/segment.py",
-    "service/vision/decode.py",
-)
+#: The reader's package: its code is part of the preprocessed cache's key.
+_READER_PACKAGE = "service/vision"
 
 
 @dataclass(frozen=True)
@@ -121,8 +118,8 @@ def split(
 def _code_key(manifest: Path) -> str:
     h = hashlib.sha256(manifest.read_bytes())
     repo = Path(__file__).resolve().parent.parent
-    for rel in _PREPROCESS_MODULES:
-        h.update((repo / rel).read_bytes())
+    for path in sorted((repo / _READER_PACKAGE).glob("*.py")):
+        h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 

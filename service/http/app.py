@@ -82,6 +82,7 @@ def create_app(
     from service.http.api import v2
 
     app.include_router(v2.router)
+    app.include_router(v2.protected)
     if settings.admin_key:
         from service.http.api import admin
 

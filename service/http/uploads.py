@@ -24,10 +24,6 @@ from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 # NOTE: `multipart` (Bottle's parser) rather than python-multipart, which FastAPI uses:
 # python-multipart walks part headers byte by byte in Python (measured: docs/decisions.md).
 
-#: Form fields other than `files` are ignored, but only up to this size each, and this many.
-_MAX_OTHER_FIELD = 64 * 1024
-_MAX_OTHER_FIELDS = 16
-
 
 @dataclass
 class Upload:
@@ -50,9 +46,7 @@ class _Collector:
         self.limits = limits
         self.uploads: list[Upload] = []
         self._segment: MultipartSegment | None = None
-        self._wanted = False
         self._chunks: list[bytes] = []
-        self._parts = 0
 
     def event(self, event: MultipartSegment | bytes | None) -> None:
         if isinstance(event, MultipartSegment):
@@ -63,23 +57,20 @@ class _Collector:
             self._data(event)
 
     def _begin(self, segment: MultipartSegment) -> None:
-        self._parts += 1
-        if self._parts > self.limits.max_files + _MAX_OTHER_FIELDS:
-            raise PayloadTooLarge(
-                f"too many form fields: at most {_MAX_OTHER_FIELDS} besides files"
+        # A strict request: a misspelt field name is an error, not a silently empty request
+        # (the options are query parameters; see docs/integration.md).
+        if segment.name != self.limits.field:
+            raise InvalidInput(
+                f"unknown form field: {segment.name[:40]}; send each file as a part named "
+                f"{self.limits.field!r}"
             )
         self._segment, self._chunks = segment, []
-        self._wanted = segment.name == self.limits.field
-        if self._wanted and len(self.uploads) >= self.limits.max_files:
+        if len(self.uploads) >= self.limits.max_files:
             raise PayloadTooLarge(f"too many files: at most {self.limits.max_files} per request")
 
     def _data(self, chunk: bytes) -> None:
         segment = self._segment
         assert segment is not None
-        if not self._wanted:
-            if segment.bytes_received > _MAX_OTHER_FIELD:
-                raise PayloadTooLarge(f"form field {segment.name!r} is too large")
-            return
         if segment.bytes_received > self.limits.max_file_bytes:
             raise PayloadTooLarge(
                 f"file {len(self.uploads)} ({segment.filename or 'unnamed'}) exceeds "
@@ -90,9 +81,8 @@ class _Collector:
     def _end(self) -> None:
         segment = self._segment
         assert segment is not None
-        if self._wanted:
-            index = len(self.uploads)
-            self.uploads.append(Upload(segment.filename or f"file{index}", b"".join(self._chunks)))
+        index = len(self.uploads)
+        self.uploads.append(Upload(segment.filename or f"file{index}", b"".join(self._chunks)))
         self._segment, self._chunks = None, []
 
 

@@ -269,10 +269,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelStatisticsResponse:
         async def run(rpc: _Rpc) -> pb.ModelStatisticsResponse:
             plane = self._plane()
-            clf = plane.classifier
+            models = plane.served_models()
             if request.name:
                 clf = plane.get_model(request.name, request.version or None)
-            stats = triton.model_statistics(clf, self.metrics.registry)
+                models = [clf] if request.version else models
+            stats = triton.model_statistics(models, self.metrics.registry)
             return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
 
         return await self._call("ModelStatistics", context, run)
@@ -297,7 +298,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 )
             # NOTE: a client deadline cancels this task (grpc.aio), which releases the
             # request's queue slot; the server's own request_timeout_s still applies.
-            answer = await plane.infer_v2(req, client, large)
+            answer = await plane.infer_v2(req, client, large, request.model_version or None)
             rpc.images = answer.images
             with tracing.span("encode"):
                 return response_to_proto(

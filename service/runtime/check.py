@@ -1,4 +1,5 @@
-"""`python -m service.runtime.check`: load and warm the configured model, then exit (0 = servable).
+"""`python -m service.runtime.check`: load and warm the versions the policy serves, then exit
+(0 = servable).
 
 The multi-worker supervisor runs this in a child process so that it fails fast with one line
 without importing torch itself.
@@ -23,11 +24,14 @@ def main() -> int:
     from service.serving.repository import ModelLoadError, ModelRepository
 
     try:
-        clf = ModelRepository(settings).load()
+        models = ModelRepository(settings)
+        models.start()  # every version the policy serves, within the memory bound
     except ModelLoadError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 1
-    sys.stdout.write(f"ok: {clf.name} v{clf.version} on {clf.device}\n")
+    clf = models.current
+    served = ", ".join(models.served.models)
+    sys.stdout.write(f"ok: {clf.name} v{clf.version} on {clf.device} (versions {served})\n")
     return 0
 
 

@@ -120,12 +120,12 @@ class FleetMember:
         if desired is not None:
             self.generation = desired.generation
             try:
-                self.repository.serve(self.repository.load(desired.version))
+                self.repository.start(desired.version)
                 return
             except ModelLoadError as exc:
                 self._start_error = str(exc)
                 logger.error("cannot serve the fleet's v%s: %s", desired.version, exc)
-        self.repository.serve(self.repository.load())
+        self.repository.start()
 
     def join(self) -> bool:
         """Report in (the parent relays reloads only to workers that have); True when a

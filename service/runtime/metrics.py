@@ -21,6 +21,8 @@ from service.runtime.logging_config import dropped_records
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+#: The stages of `mnist_model_request_seconds`, named as in Triton's statistics extension.
+STAGES = ("success", "compute_input", "queue", "compute_infer")
 
 
 def multiprocess_dir() -> str | None:
@@ -79,6 +81,23 @@ class Metrics:
         self.images = Counter(
             "mnist_images_predicted", "Images predicted", ["model", "version"], registry=r
         )
+        # The statistics extension's per-version figures (service/wire/codec/triton.py): each
+        # request that reached the model counts once in every stage, so the stages add up.
+        self.model_requests = Counter(
+            "mnist_model_requests", "Requests that reached the model, by version",
+            ["model", "version"], registry=r,
+        )  # fmt: skip
+        self.model_request_seconds = Counter(
+            "mnist_model_request_seconds",
+            "Seconds those requests spent: in all (success), reading their input "
+            "(compute_input), queued (queue), in forward passes (compute_infer)",
+            ["model", "version", "stage"], registry=r,
+        )  # fmt: skip
+        self.model_executions = Counter(
+            "mnist_model_executions", "Forward passes, by version", ["model", "version"],
+            registry=r,
+        )  # fmt: skip
+        self._model_children: dict[tuple[str, str], tuple[Any, ...]] = {}
         self.log_dropped = Counter(
             "mnist_log_records_dropped",
             "Log records dropped because the log reader was not keeping up",
@@ -124,6 +143,34 @@ class Metrics:
         children[0].inc()
         children[1].observe(elapsed_s)
 
+    def _model(self, name: str, version: str) -> tuple[Any, ...]:
+        key = (name, version)
+        children = self._model_children.get(key)
+        if children is None:
+            children = (
+                self.images.labels(name, version),
+                self.model_requests.labels(name, version),
+                *(self.model_request_seconds.labels(name, version, stage) for stage in STAGES),
+                self.model_executions.labels(name, version),
+            )
+            self._model_children[key] = children
+        return children
+
+    def observe_model_request(
+        self, name: str, version: str, images: int, total_s: float, input_s: float,
+        queue_s: float, infer_s: float,
+    ) -> None:  # fmt: skip
+        """One request answered by `version`: its images and the seconds of each stage."""
+        images_c, requests, success, compute_input, queue, compute_infer, _ = self._model(
+            name, version
+        )
+        images_c.inc(images)
+        requests.inc()
+        success.inc(total_s)
+        compute_input.inc(input_s)
+        queue.inc(queue_s)
+        compute_infer.inc(infer_s)
+
     def observe_caller(self, key: str, status: int) -> None:
         child = self._key_children.get((key, status))
         if child is None:
@@ -131,10 +178,15 @@ class Metrics:
         child.inc()
 
     # BatchObserver protocol
-    def observe_batch(self, size: int, queue_wait_s: float, forward_s: float) -> None:
+    def observe_batch(
+        self, size: int, queue_wait_s: float, forward_s: float, model: Any = None
+    ) -> None:
         self.batch_size.observe(size)
         self.queue_wait.observe(queue_wait_s)
         self.inference_latency.observe(forward_s)
+        name, version = getattr(model, "name", None), getattr(model, "version", None)
+        if isinstance(name, str) and isinstance(version, str):
+            self._model(name, version)[-1].inc()
 
     def track(self, in_flight: Callable[[], int], queue_depth: Callable[[], int]) -> None:
         """Sources for the two gauges, read by `refresh` (the lifespan calls it 10 times a

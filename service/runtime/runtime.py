@@ -62,9 +62,7 @@ class Runtime:
         fleet = FleetMember(shared, models, settings.reload_timeout_s) if shared else None
         self.fleet = fleet
         if not models.loaded:
-            await asyncio.to_thread(
-                fleet.load_desired if fleet else lambda: models.serve(models.load())
-            )
+            await asyncio.to_thread(fleet.load_desired if fleet else models.start)
         models.subscribe(lambda m: metrics.set_model(m.name, m.version, str(m.device)))
         # Start: the batcher, the data plane, gRPC, the signal handlers.
         batcher = self.batcher = self._new_batcher()
@@ -96,8 +94,9 @@ class Runtime:
             await self._grpc.refresh()  # SERVING now, not at the watcher's next look
         clf = models.current
         logger.info(
-            "ready: %s v%s on %s (batching=%s, max_batch_size=%d)",
-            clf.name, clf.version, clf.device, settings.batching, settings.max_batch_size,
+            "ready: %s v%s on %s (versions %s, policy %s; batching=%s, max_batch_size=%d)",
+            clf.name, clf.version, clf.device, ", ".join(models.served.models), models.policy,
+            settings.batching, settings.max_batch_size,
         )  # fmt: skip
 
     async def stop(self) -> None:

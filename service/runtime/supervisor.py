@@ -190,8 +190,8 @@ class Supervisor(Multiprocess):
         if self._stopping:
             return
         try:
-            folder = self._repository.resolve()
-            version = self._repository.read_card(folder).version
+            version = self._repository.plan().default
+            self._repository.read_card(self._repository.resolve(version))
         except ModelLoadError as exc:
             # Still relayed: the workers re-read their API keys, and keep their version.
             logger.warning("SIGHUP: reload refused, the workers keep serving: %s", exc)

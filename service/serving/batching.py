@@ -33,7 +33,9 @@ class Predictor(Protocol):
 
 
 class BatchObserver(Protocol):
-    def observe_batch(self, size: int, queue_wait_s: float, forward_s: float) -> None: ...
+    def observe_batch(
+        self, size: int, queue_wait_s: float, forward_s: float, model: Any = None
+    ) -> None: ...
 
 
 @dataclass(eq=False)
@@ -44,46 +46,75 @@ class _Item:
     deadline: float
     client: Hashable = None
     counted: bool = True
+    #: The model the request named (a version of several served); None: the default one,
+    #: asked when its batch forms.
+    model: Predictor | None = None
+    #: Set by the batch loop before the result: the forward pass of its batch.
+    forward: float = 0.0
     #: The request's trace context while tracing is on (service/runtime/tracing.py).
     trace: Any = None
 
 
+#: `_Lanes.get_nowait` without a model: the next item, whichever model it is for.
+_ANY: Any = object()
+
+
 class _Lanes:
-    """One FIFO lane per client, served round-robin: a client that sends big requests back
-    to back cannot push everybody else's work behind its own."""
+    """One FIFO lane per client (and per model version the client named), served
+    round-robin: a client that sends big requests back to back cannot push everybody
+    else's work behind its own, and a batch for one version takes that version's lanes
+    while the others keep their place."""
 
     def __init__(self) -> None:
-        self._lanes: OrderedDict[Hashable, deque[_Item]] = OrderedDict()
+        # Keyed by (the id of the model an item named, or None; its client): a model need
+        # not be hashable, and the items in a lane keep theirs alive, so the id is unique.
+        self._lanes: OrderedDict[tuple[int | None, Hashable], deque[_Item]] = OrderedDict()
         self._nonempty = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self._lanes)
 
+    @staticmethod
+    def _key(item: _Item) -> tuple[int | None, Hashable]:
+        return (None if item.model is None else id(item.model), item.client)
+
     def put(self, item: _Item) -> None:
-        lane = self._lanes.get(item.client)
+        key = self._key(item)
+        lane = self._lanes.get(key)
         if lane is None:
-            lane = self._lanes[item.client] = deque()
+            lane = self._lanes[key] = deque()
         lane.append(item)
         self._nonempty.set()
 
     def put_back(self, item: _Item) -> None:
         """Return an item taken too early: it goes first, its lane first."""
-        lane = self._lanes.get(item.client)
+        key = self._key(item)
+        lane = self._lanes.get(key)
         if lane is None:
-            lane = self._lanes[item.client] = deque()
+            lane = self._lanes[key] = deque()
         lane.appendleft(item)
-        self._lanes.move_to_end(item.client, last=False)
+        self._lanes.move_to_end(key, last=False)
         self._nonempty.set()
 
-    def get_nowait(self) -> _Item | None:
+    def get_nowait(self, model: Any = _ANY, current: Any = None) -> _Item | None:
+        """The next item, round-robin; with `model`, the next one for that model (a lane's
+        named model, or `current` for the lanes that named none)."""
         if not self._lanes:
             return None
-        client, lane = next(iter(self._lanes.items()))
+        if model is _ANY:
+            key, lane = next(iter(self._lanes.items()))
+        else:
+            # NOTE: with one version served the first lane matches: one comparison per item.
+            for key, lane in self._lanes.items():  # noqa: B007 - used after the loop
+                if (lane[0].model or current) is model:
+                    break
+            else:
+                return None
         item = lane.popleft()
         if lane:
-            self._lanes.move_to_end(client)  # its next item waits for the other lanes' turn
+            self._lanes.move_to_end(key)  # its next item waits for the other lanes' turn
         else:
-            del self._lanes[client]
+            del self._lanes[key]
         return item
 
     async def get(self) -> _Item:
@@ -119,6 +150,9 @@ class Batcher:
     A lone request goes straight to the model; while a forward pass runs, new requests queue
     up and leave together in the next one (up to `max_batch_size` images). The batch waits up
     to `max_batch_wait_ms` for more only while other requests are still being decoded.
+    A batch holds one model: with several versions served, it takes the requests for its
+    first request's version and leaves the others queued, in their order, for the next
+    batch (docs/decisions.md).
 
     With an `InlineWhenIdle` policy, a single image that finds everything idle runs its
     forward pass right on the event loop instead (see that class).
@@ -253,12 +287,20 @@ class Batcher:
             del self._by_client[client]
 
     async def submit(
-        self, pixels: torch.Tensor, client: Hashable = None, admitted: bool = False
+        self,
+        pixels: torch.Tensor,
+        client: Hashable = None,
+        admitted: bool = False,
+        model: Predictor | None = None,
+        timing: list[float] | None = None,
     ) -> tuple[torch.Tensor, Any]:
         """Probabilities for `pixels` ([N,28,28] in [0,1]) and the model that produced them.
 
         `admitted`: the images were announced with `incoming` (which decided admission), so
         they are not weighed again: refusing them now would waste their decoding.
+        `model`: the version the request named (default: the served default, per batch).
+        `timing` gets the seconds the request spent in the queue and in forward passes
+        (the statistics extension's queue and compute_infer; together, its time in here).
         """
         if not self._accepting:
             raise ShuttingDown()
@@ -270,7 +312,7 @@ class Batcher:
         if not admitted:
             self._admit(n, client)
         if n == 1 and self.inline is not None and await self.inline.claim(self):
-            return self._forward_inline(pixels)
+            return self._forward_inline(pixels, model, timing)
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         split = self.enabled and n > self.max_batch_size
@@ -279,7 +321,9 @@ class Batcher:
         trace = tracing.current()
         for chunk in chunks:
             deadline = now + self.request_timeout_s
-            item = _Item(chunk, loop.create_future(), now, deadline, client, True, trace)
+            item = _Item(
+                chunk, loop.create_future(), now, deadline, client, model=model, trace=trace
+            )
             items.append(item)
             self._queue.put(item)
             self._queued_images += int(chunk.shape[0])
@@ -297,6 +341,11 @@ class Batcher:
                     item.future.cancel()
                 self._release(item)
         probs = torch.cat([r[0] for r in results]) if len(results) > 1 else results[0][0]
+        if timing is not None:
+            # The chunks of a split request wait side by side but run one forward after
+            # another: the queue time is the rest of the time in here, so the two add up.
+            forward = sum(item.forward for item in items)
+            timing += (time.monotonic() - now - forward, forward)
         return probs, results[-1][1]
 
     def _expire(self, items: list[_Item]) -> None:
@@ -310,8 +359,10 @@ class Batcher:
 
     # -------------------------------------------------------------- inline forward
 
-    def _forward_inline(self, pixels: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        model = self.current_model()
+    def _forward_inline(
+        self, pixels: torch.Tensor, named: Predictor | None, timing: list[float] | None
+    ) -> tuple[torch.Tensor, Any]:
+        model = named or self.current_model()
         self._busy = True
         t0 = time.monotonic()
         try:
@@ -325,7 +376,9 @@ class Batcher:
         forward = t1 - t0
         self.admission.observe_forward(int(pixels.shape[0]), forward)
         if self.observer is not None:
-            self.observer.observe_batch(int(pixels.shape[0]), 0.0, forward)
+            self.observer.observe_batch(int(pixels.shape[0]), 0.0, forward, model)
+        if timing is not None:
+            timing += (0.0, forward)
         if tracing.tracer is not None:
             tracing.record_batch([(tracing.current(), t0)], t0, t1, int(pixels.shape[0]), 1)
         return out, model
@@ -339,14 +392,18 @@ class Batcher:
             self._queued_images -= int(item.rows.shape[0])
             self._forget(item.client, int(item.rows.shape[0]))
 
-    async def _collect(self) -> list[_Item]:
+    async def _collect(self) -> tuple[list[_Item], Predictor]:
+        """A batch of items for one model, and that model (a reload switches the default
+        between batches; the batch keeps the model it was formed for)."""
         assert self._queue is not None
         first = await self._queue.get()
+        current = self.current_model()
+        model = first.model or current
         batch, size = [first], int(first.rows.shape[0])
         limit = self.max_batch_size if self.enabled else size
         started = time.monotonic()
         while size < limit:
-            item = self._queue.get_nowait()
+            item = self._queue.get_nowait(model, current)
             if item is None:
                 # Wait only for work we know is coming: never when the model would sit idle.
                 remaining = started + self.max_batch_wait_s - time.monotonic()
@@ -362,12 +419,12 @@ class Batcher:
                 break
             batch.append(item)
             size += rows
-        return batch
+        return batch, model
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self._collect()
+            batch, model = await self._collect()
             now = time.monotonic()
             live: list[_Item] = []
             for item in batch:
@@ -379,7 +436,6 @@ class Batcher:
                 live.append(item)
             if not live:
                 continue
-            model = self.current_model()  # a reload switches it; this batch keeps its model
             x = torch.cat([item.rows for item in live]) if len(live) > 1 else live[0].rows
             queue_wait = now - min(item.enqueued_at for item in live)
             self._busy = True
@@ -405,10 +461,11 @@ class Batcher:
             )  # fmt: skip
             self.admission.observe_forward(int(x.shape[0]), forward)
             if self.observer is not None:
-                self.observer.observe_batch(int(x.shape[0]), queue_wait, forward)
+                self.observer.observe_batch(int(x.shape[0]), queue_wait, forward, model)
             offset = 0
             for item in live:
                 rows = int(item.rows.shape[0])
+                item.forward = forward
                 if not item.future.done():
                     item.future.set_result((out[offset : offset + rows], model))
                 offset += rows

@@ -116,28 +116,47 @@ class DataPlane:
         return None if self.batcher.alive else "inference loop stopped"
 
     def get_model(self, name: str, version: str | None = None) -> Classifier:
-        """The served classifier if `name` (and `version`, when given) designate it; else 404."""
+        """The served classifier `name` designates, in `version` (default: the default
+        version); else 404 (model_not_found, or version_not_served)."""
         clf = self.classifier
         if name != clf.name:
             raise ModelNotFound(f"unknown model {name!r}; this server serves {clf.name!r}")
-        if version and version != clf.version:
-            on_disk = version in self.available_versions()
-            hint = "available but not loaded" if on_disk else "not found"
-            raise ModelNotFound(
-                f"model {name!r} version {version!r} is {hint}; serving version {clf.version}"
-            )
-        return clf
+        return self.repository.lookup(version)
+
+    def version(self, version: str | None) -> Classifier:
+        """The served model of `version` (the default for None), else 404 version_not_served:
+        how /v1 selects a version, as V2 does by its path."""
+        return self.repository.lookup(version)
+
+    def served_models(self) -> list[Classifier]:
+        """Every version served, oldest first."""
+        return list(self.repository.served.models.values())
 
     def model_metadata(self, name: str, version: str | None = None) -> MetadataModelResponse:
-        """The V2 $metadata_model_response of a served model (404 for any other)."""
-        return codec.model_metadata(self.get_model(name, version).card)
+        """The V2 $metadata_model_response of a served model (404 for any other): of the
+        default version, listing every served version, or of the one named."""
+        clf = self.get_model(name, version)
+        served = None if version else list(self.repository.served.models)
+        return codec.model_metadata(clf.card, served)
 
     def models_summary(self) -> ModelsResponse:
-        """The /v1/models body: the served model's card, the versions on disk, the limits."""
+        """The /v1/models body: the default version's card, every version with its state
+        (ready: served; available: on disk, not in the version policy), the limits."""
         clf = self.classifier
         card = clf.card
         settings = self.settings
+        served = self.repository.served.models
+        available = self.available_versions()
         return {
+            "version_policy": str(self.repository.policy),
+            "versions": [
+                {
+                    "version": v,
+                    "state": "ready" if v in served else "available",
+                    "default": v == clf.version,
+                }
+                for v in sorted({*available, *served}, key=int)
+            ],  # fmt: skip
             "served": {
                 "name": card.name,
                 "version": card.version,
@@ -151,7 +170,7 @@ class DataPlane:
                 "created_at": card.created_at.isoformat(),
                 "sha256": card.sha256,
             },
-            "available_versions": self.available_versions(),
+            "available_versions": available,
             "limits": {
                 "max_files": settings.max_files,
                 "max_file_bytes": settings.max_file_bytes,
@@ -289,28 +308,41 @@ class DataPlane:
         client: Hashable = None,
         admitted: bool = False,
         normalized: bool = False,
+        version: str | None = None,
+        started: float | None = None,
+        input_s: float = 0.0,
     ) -> tuple[torch.Tensor, Classifier]:
         """Probabilities [N,C] for [N,28,28] rows, through the batcher, and the model that
         produced them.
 
         Rows are pixels in [0,1], normalised here with the model's mean and std, or, with
         `normalized`, the model's inputs already (the V2 FP32 tensor), which go to the model
-        as they are. `client` keys the batcher's fair share and round-robin lanes.
+        as they are. `client` keys the batcher's fair share and round-robin lanes. `version`:
+        the served version to use (default: the default one, as of the batch). `started` (a
+        perf_counter time, default now) and `input_s` (the time spent reading the input)
+        go to the model's statistics with the request's queue and forward time.
         """
+        started = time.perf_counter() if started is None else started
+        named = self.repository.lookup(version) if version else None
         quota = self.quota
         if not admitted and quota is not None and quota.image_keys:
             quota.charge(client, len(rows))
-        model = self.classifier
+        model = named or self.classifier
+        timing: list[float] = []
         while True:
             x = torch.as_tensor(rows if normalized else model.inputs(rows))
-            probs, used = await self.batcher.submit(x, client, admitted)
+            timing.clear()
+            probs, used = await self.batcher.submit(x, client, admitted, named, timing)
             # NOTE: a reload between here and the batch may bring a model with other
             # constants: its rows are normalised again for it (rare, and never for FP32).
             if normalized or used is model or _same_inputs(used, model):
                 break
             model = used
         if self.metrics is not None:
-            self.metrics.images.labels(used.name, used.version).inc(len(probs))
+            self.metrics.observe_model_request(
+                used.name, used.version, len(probs),
+                time.perf_counter() - started, input_s, timing[0], timing[1],
+            )  # fmt: skip
         return probs, used
 
     async def predict_files(
@@ -319,11 +351,14 @@ class DataPlane:
         client: Hashable = None,
         one_digit: bool = False,
         scans: list[Scan | None] | None = None,
+        version: str | None = None,
     ) -> tuple[list[Reading | ServiceError], Classifier]:
         """One reading per file, in order, or the error of a file that could not be read (in
-        a request of several: see `decode_images`); all glyphs go through one batch.
-        `scans`, when given, gets each file's scan (None where it failed), for the shadow."""
+        a request of several: see `decode_images`); all glyphs go through one batch, on
+        `version` (default: the default version). `scans`, when given, gets each file's
+        scan (None where it failed), for the shadow."""
         started = time.perf_counter()
+        named = self.repository.lookup(version) if version else None  # 404 before decoding
         quota = self.quota
         if quota is not None and quota.image_keys:
             quota.charge(client, len(files))  # a key's images per minute (or a 429)
@@ -332,17 +367,21 @@ class DataPlane:
         with self.batcher.incoming(len(files), client), tracing.span("decode"):
             outcomes = await self.decode_images(files, one_digit, per_file=True, spent=spent)
         self.batcher.admission.observe_decode(len(files), sum(spent))
+        decoded_s = time.perf_counter() - started
         if self.metrics is not None:
-            self.metrics.preprocess_latency.observe(time.perf_counter() - started)
+            self.metrics.preprocess_latency.observe(decoded_s)
         if scans is not None:
             scans.extend(o if isinstance(o, Scan) else None for o in outcomes)
         glyphs = [g.pixels for o in outcomes if isinstance(o, Scan) for g in o.glyphs]
-        model = self.classifier
+        model = named or self.classifier
         rows: list[list[float]] = []
         if glyphs:
             # A lone glyph goes as a view: np.stack copies.
             pixels = glyphs[0][None] if len(glyphs) == 1 else np.stack(glyphs)
-            probs, model = await self.infer(pixels, client, admitted=True)
+            probs, model = await self.infer(
+                pixels, client, admitted=True, version=version, started=started,
+                input_s=decoded_s,
+            )  # fmt: skip
             rows = probs.tolist()
         threshold = getattr(model.card.output, "reject_threshold", None)
         readings: list[Reading | ServiceError] = []
@@ -359,13 +398,19 @@ class DataPlane:
     # ---------------------------------------------------------------- Open Inference Protocol
 
     async def infer_v2(
-        self, req: codec.V2Request, client: Hashable = None, large: bool = False
+        self,
+        req: codec.V2Request,
+        client: Hashable = None,
+        large: bool = False,
+        version: str | None = None,
     ) -> V2Answer:
         """One V2 inference request, the same steps in the same order for REST and gRPC:
         plan the outputs, read the options, decode the input (on a thread when `large`:
         splitting BYTES and building rows grow with the body and would stall the loop),
         infer, encode the output tensors. The front end parses its wire format into `req`
-        before and renders the tensors after."""
+        before and renders the tensors after. `version`: the version the path (or
+        `model_version`) named."""
+        started = time.perf_counter()
         plan = codec.plan_outputs(req)
         one_digit = codec.one_digit_option(req)
         first = codec.single_input(req)
@@ -374,11 +419,18 @@ class DataPlane:
                 decoded = await asyncio.to_thread(codec.decode_input, first, self.tensor_limits)
             else:
                 decoded = codec.decode_input(first, self.tensor_limits)
-        probs, model, given = await self._infer_decoded(decoded, client, one_digit)
+        probs, model, given = await self._infer_decoded(
+            decoded, client, one_digit, version, started
+        )
         return V2Answer(codec.encode_outputs(plan, probs.numpy(), given), model, len(decoded))
 
     async def _infer_decoded(
-        self, decoded: codec.Rows | list[bytes], client: Hashable, one_digit: bool
+        self,
+        decoded: codec.Rows | list[bytes],
+        client: Hashable,
+        one_digit: bool,
+        version: str | None,
+        started: float,
     ) -> tuple[torch.Tensor, Classifier, dict[str, Any] | None]:
         """Probabilities for a decoded V2 input: tensor rows straight to the model, files read.
 
@@ -387,10 +439,13 @@ class DataPlane:
         that cannot be read has kind "error" and its message in `error` (`code: message`);
         the others are still read."""
         if isinstance(decoded, codec.Rows):
-            probs, model = await self.infer(decoded.values, client, normalized=decoded.normalized)
+            probs, model = await self.infer(
+                decoded.values, client, normalized=decoded.normalized, version=version,
+                started=started, input_s=time.perf_counter() - started,
+            )  # fmt: skip
             return probs, model, None
         files = [NamedFile(f"image[{i}]", data) for i, data in enumerate(decoded)]
-        readings, model = await self.predict_files(files, client, one_digit)
+        readings, model = await self.predict_files(files, client, one_digit, version=version)
         probs = torch.zeros(len(readings), 10)
         labels = np.full(len(readings), -1, dtype="<i8")
         for i, r in enumerate(readings):

@@ -92,7 +92,10 @@ def _serve_source(temperature: float, softmax: bool) -> str:
     return _SERVE_SOURCE.format(result=result)
 
 
-@dataclass
+# NOTE: eq=False: a version is one loaded object, compared and hashed by identity (the
+# batcher keys its lanes by the model a request named; field equality would compare
+# ScriptModules and make it unhashable).
+@dataclass(eq=False)
 class Classifier:
     """A loaded model version. `predict_batch` is synchronous and not thread-safe: the
     batcher calls it from its single inference thread."""

@@ -140,10 +140,33 @@ class RequestBudget:
 _UNLIMITED = DecodeBudget(1 << 62)
 
 
+@dataclass(slots=True)  # not frozen: cheaper to build, on the path of every upload
+class Decoded:
+    """Stage 1 of the reader: everything later stages need from the file, decoded once.
+
+    `gray` is the image in [0, 1] (at most WORK_SIDE a side); `width` x `height` the
+    upload's own size as displayed (EXIF orientation applied), which boxes are given in;
+    `card` the box in `gray` of an opaque rectangle inside a transparent margin (a dark
+    card holding a light digit, whose own border must decide the polarity), else None.
+    """
+
+    gray: np.ndarray
+    width: int
+    height: int
+    card: tuple[int, int, int, int] | None = None
+
+
 def decode_gray(
     data: bytes, limits: ImageLimits, budget: DecodeBudget | RequestBudget = _UNLIMITED
 ) -> np.ndarray:
-    """Image file bytes -> grayscale float32 in [0, 1], at most WORK_SIDE a side.
+    """Image file bytes -> grayscale float32 in [0, 1], at most WORK_SIDE a side."""
+    return decode_upload(data, limits, budget).gray
+
+
+def decode_upload(
+    data: bytes, limits: ImageLimits, budget: DecodeBudget | RequestBudget = _UNLIMITED
+) -> Decoded:
+    """Image file bytes -> `Decoded`: gray levels, the upload's size and its opaque card.
 
     Every limit is checked from the header before pixels are decoded; the image is reduced
     in its own compact mode (1-bit, palette and 8-bit stay bytes) before it becomes float.
@@ -158,15 +181,73 @@ def decode_gray(
         width, height = _png_size(data)
         _check_size(width, height, limits)
         with budget.reserve_image(width, height):
-            return _decode_plain_png(data, mode)
-    img = decode(data, limits)
+            gray, alpha = _decode_plain_png(data, mode)
+        return Decoded(gray, width, height, _card(gray, alpha))
+    img, (width, height) = _open(data, limits)
     with budget.reserve_image(*img.size):
         img = _load(img)
-        return to_gray(_reduce(img))
+        if (width > height) != (img.width > img.height):
+            width, height = height, width  # EXIF turned it a quarter turn
+        small = _reduce(img)
+        gray = to_gray(small)
+        alpha = None
+        if _png_with_alpha(data) and small.mode in ("RGBA", "LA"):
+            alpha = np.asarray(small.getchannel("A"))
+        return Decoded(gray, width, height, _card(gray, alpha))
+
+
+def _png_with_alpha(data: bytes) -> bool:
+    """A PNG of colour type 4 or 6 (grey or RGB with an alpha channel)."""
+    return data.startswith(_PNG) and len(data) > 25 and data[25] in (4, 6)
+
+
+@dataclass(frozen=True)
+class CardRule:
+    """When an opaque rectangle in a transparent margin is a card: alpha over `opaque`
+    (of 255) covering between `min_share` and `max_share` of the image, at least
+    `min_side` px a side and `min_fill` opaque inside, and not one flat colour (gray
+    levels spread over `min_spread`: a flat one is a hard-edged stroke, a drawn 1)."""
+
+    opaque: int = 127
+    min_share: float = 0.05
+    max_share: float = 0.95
+    min_side: int = 8
+    min_fill: float = 0.9
+    min_spread: float = 0.1
+
+
+CARD = CardRule()
+
+
+def _card(gray: np.ndarray, alpha: np.ndarray | None) -> tuple[int, int, int, int] | None:
+    """The box of an opaque card inside a transparent margin (see `CardRule`), else None."""
+    if alpha is None:
+        return None
+    solid = alpha > CARD.opaque
+    ys = np.flatnonzero(solid.any(axis=1))
+    xs = np.flatnonzero(solid.any(axis=0))
+    if ys.size == 0:
+        return None
+    y0, y1, x0, x1 = int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1
+    area = (y1 - y0) * (x1 - x0)
+    if area >= CARD.max_share * solid.size or area < CARD.min_share * solid.size:
+        return None
+    if min(y1 - y0, x1 - x0) < CARD.min_side:
+        return None
+    if float(solid[y0:y1, x0:x1].mean()) < CARD.min_fill:
+        return None  # strokes on a transparent canvas, not an opaque card
+    if float(np.ptp(gray[y0:y1, x0:x1])) < CARD.min_spread:
+        return None  # one flat colour: a hard-edged stroke on a transparent canvas
+    return x0, y0, x1, y1
 
 
 def decode(data: bytes, limits: ImageLimits) -> Image.Image:
     """Open an image file and check every limit from its header; no pixel is decoded yet."""
+    return _open(data, limits)[0]
+
+
+def _open(data: bytes, limits: ImageLimits) -> tuple[Image.Image, tuple[int, int]]:
+    """`decode`, and the size the header gives (a JPEG is then drafted smaller)."""
     img: Image.Image
     _check_bytes(data, limits)
     try:
@@ -181,6 +262,7 @@ def decode(data: bytes, limits: ImageLimits) -> Image.Image:
         raise PayloadTooLarge("image dimensions are too large (decompression bomb)") from exc
     except Exception as exc:  # malformed headers raise many types inside Pillow's plugins
         raise InvalidImage("corrupt image: the header cannot be read") from exc
+    size = img.size
     try:
         if img.format in ("JPEG", "MPO"):
             # libjpeg decodes at a reduced scale: the limits apply to what is decoded.
@@ -191,7 +273,7 @@ def decode(data: bytes, limits: ImageLimits) -> Image.Image:
     _check_size(*img.size, limits)
     if frames > limits.max_frames:
         raise PayloadTooLarge(f"animation has {frames} frames; the limit is {limits.max_frames}")
-    return img
+    return img, size
 
 
 def _load(img: Image.Image) -> Image.Image:
@@ -295,8 +377,9 @@ def _png_size(data: bytes) -> tuple[int, int]:
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
-def _decode_plain_png(data: bytes, mode: str) -> np.ndarray:
-    """Grayscale float32 in [0, 1] of a plain PNG (see `_plain_png`): Pillow's pixels, faster."""
+def _decode_plain_png(data: bytes, mode: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Grayscale float32 in [0, 1] of a plain PNG (see `_plain_png`): Pillow's pixels, faster;
+    and its alpha channel (RGBA) or None."""
     # NOTE: Pillow reads a PNG's chunks in Python, which dominates a small digit's
     # preprocessing; libspng decodes it in C. libspng is written to be fed hostile files
     # (fuzzed in OSS-Fuzz), and our fuzz tests run mutated PNGs through this path.
@@ -305,8 +388,8 @@ def _decode_plain_png(data: bytes, mode: str) -> np.ndarray:
     except Exception as exc:  # bad CRC, truncated or corrupt data
         raise InvalidImage("corrupt or truncated image") from exc
     if mode == "L":
-        return pixels.astype(np.float32) / 255.0  # to_gray's own conversion, without Pillow
-    return to_gray(Image.fromarray(pixels))
+        return pixels.astype(np.float32) / 255.0, None  # to_gray's conversion, without Pillow
+    return to_gray(Image.fromarray(pixels)), pixels[..., 3] if mode == "RGBA" else None
 
 
 _SIGNATURES = (

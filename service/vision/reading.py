@@ -1,5 +1,5 @@
-"""Reading: what one uploaded file says (a digit, a number, or not a digit), decided in one
-place from its scan and the model's probabilities for each of its glyphs."""
+"""Stage 6, read: what one uploaded file says (a digit, a number, or not a digit), decided
+in one place from its scan and the model's probabilities for each of its glyphs."""
 
 from __future__ import annotations
 
@@ -70,19 +70,37 @@ def _rejected(row: list[float], reject_threshold: float | None) -> bool:
     return max(range(len(row)), key=row.__getitem__) == NOT_A_DIGIT
 
 
-def _tall_letter(glyphs: tuple[Glyph, ...], digits: list[DigitRead]) -> bool:
+@dataclass(frozen=True)
+class ReadParams:
+    """The rules of the read stage; a `bool` field turns one off (the ablation)."""
+
+    #: The word rules apply to files of at least this many marks.
+    word_marks: int = 3
+    #: Half the marks or more rejected: the few that pass are letters of a word.
+    mostly_rejected: bool = True
+    #: A rejected mark at least `letter_height` of the digits' median height is a letter
+    #: (a dash, a dot or a comma is far shorter): the file is a word.
+    tall_letter: bool = True
+    letter_height: float = 0.75
+
+
+READ = ReadParams()
+
+
+def _tall_letter(glyphs: tuple[Glyph, ...], digits: list[DigitRead], share: float) -> bool:
     """Whether a mark the model rejected is about as tall as the digits it read."""
     kept = {id(d.glyph) for d in digits}
     heights = sorted(d.box[3] - d.box[1] for d in digits)
     typical = heights[len(heights) // 2]
-    return any(g.box[3] - g.box[1] >= _LETTER_HEIGHT * typical for g in glyphs if id(g) not in kept)
+    return any(g.box[3] - g.box[1] >= share * typical for g in glyphs if id(g) not in kept)
 
 
-#: A rejected mark at least this share of the digits' median height is a letter, not a dash.
-_LETTER_HEIGHT = 0.75
-
-
-def read(scan: Scan, rows: list[list[float]], reject_threshold: float | None = None) -> Reading:
+def read(
+    scan: Scan,
+    rows: list[list[float]],
+    reject_threshold: float | None = None,
+    p: ReadParams = READ,
+) -> Reading:
     """The reading of one file from its scan and one probability row per glyph.
 
     Glyphs the model calls "not a digit" (a dash, a letter) drop out of a number. A file
@@ -106,13 +124,14 @@ def read(scan: Scan, rows: list[list[float]], reject_threshold: float | None = N
         reason = "the model reads it as not a digit"
         return Reading("not_a_digit", reason=reason)
     rejected = len(scan.glyphs) - len(digits)
-    if len(scan.glyphs) >= 3 and rejected >= len(digits):
+    many = len(scan.glyphs) >= p.word_marks
+    if p.mostly_rejected and many and rejected >= len(digits):
         # A dash or a slash drops out of a number; when half the marks or more of three or
         # more are not digits, the few that pass are letters of a word or parts of a
         # drawing that happen to look like digits. (Two marks are often one digit broken
         # in two, a small bitmap's thin stroke: the piece that reads as a digit stands.)
         return Reading("not_a_digit", reason="most of its marks are not digits")
-    if len(scan.glyphs) >= 3 and rejected and _tall_letter(scan.glyphs, digits):
+    if p.tall_letter and many and rejected and _tall_letter(scan.glyphs, digits, p.letter_height):
         # "hello" keeps l, l and o, which read as 1, 1 and 0: a mark as tall as the digits
         # that is not one is a letter (a dash, a dot or a comma is far shorter).
         return Reading("not_a_digit", reason="letters among its marks: a word, not a number")

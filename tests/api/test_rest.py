@@ -145,7 +145,10 @@ def test_predict_no_files_and_wrong_content_type(client: TestClient) -> None:
     )
     assert (r.status_code, r.json()) == (
         400,
-        {"error": "no files: send one or more parts named 'files'", "code": "invalid_input"},
+        {
+            "error": "unknown form field: other; send each file as a part named 'files'",
+            "code": "invalid_input",
+        },
     )
     r = client.post("/v1/predict", json={"files": []})
     assert r.status_code == 415

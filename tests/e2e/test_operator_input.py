@@ -124,6 +124,7 @@ def test_operator_reload_of_the_served_version_loads_nothing(served) -> None:
         "previous_version": "1",
         "reloaded": False,
         "message": "already serving v1",
+        "versions": ["1"],
     }
     served.wait_for_log("reload: already serving mnist-cnn v1")
 

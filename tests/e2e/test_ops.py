@@ -190,6 +190,7 @@ def test_ops_hot_reload_under_load_with_zero_failures(secured, mnist_sample) -> 
             "previous_version": "1",
             "reloaded": True,
             "message": "now serving v2",
+            "versions": ["2"],
         }
         time.sleep(0.5)
         # A broken version is refused with its reason; v2 keeps serving.

@@ -11,6 +11,7 @@ import torch
 from service.config import Settings
 from service.errors import InferenceFailed, InferenceTimeout, Overloaded, ShuttingDown
 from service.serving.batching import Batcher, InlineWhenIdle
+from service.serving.model import Classifier
 
 
 class RecordingModel:
@@ -229,7 +230,9 @@ class Batches:
     def __init__(self) -> None:
         self.sizes: list[int] = []
 
-    def observe_batch(self, size: int, queue_wait_s: float, forward_s: float) -> None:
+    def observe_batch(
+        self, size: int, queue_wait_s: float, forward_s: float, model: object = None
+    ) -> None:
         self.sizes.append(size)
 
 
@@ -360,4 +363,66 @@ async def test_batcher_admission_happens_before_decoding() -> None:
         with b.incoming(4, client="b"):
             assert b.pending_images == 8
     assert b.pending_images == 0
+    await b.stop()
+
+
+async def test_batcher_batches_hold_one_version_and_others_keep_their_place() -> None:
+    default, other = RecordingModel(), RecordingModel()
+    default.gate.clear()  # hold the first forward while requests for both versions queue
+    b = await started(default, max_batch_size=64)
+    blocker = asyncio.create_task(b.submit(rows(1, 99)))
+    await asyncio.sleep(0.05)
+    # Interleaved versions, from two clients: each batch takes every item of its version.
+    named = [None, other, None, other, other, None]
+    tasks = [
+        asyncio.create_task(b.submit(rows(1, i), client=i % 2, model=m))
+        for i, m in enumerate(named)
+    ]
+    await asyncio.sleep(0.05)
+    default.gate.set()
+    results = await asyncio.gather(*tasks)
+    await blocker
+    assert default.sizes == [1, 3], default.sizes
+    assert other.sizes == [3], other.sizes
+    assert [used for _, used in results] == [m or default for m in named]
+    await b.stop()
+
+
+async def test_batcher_timing_adds_up_to_the_time_in_the_batcher() -> None:
+    model = RecordingModel(delay_s=0.02)
+    b = await started(model, max_batch_size=2)
+    timing: list[float] = []
+    await b.submit(rows(5, 0), timing=timing)  # three forwards, one after another
+    queue_s, forward_s = timing
+    assert model.sizes == [2, 2, 1]
+    assert forward_s >= 3 * 0.02
+    assert queue_s >= 0
+    await b.stop()
+
+
+async def test_batcher_takes_a_request_naming_a_loaded_classifier(shipped_models) -> None:
+    # The data plane names a real Classifier (a dataclass): the lanes key on it.
+    named = Classifier.load(shipped_models / "mnist-cnn" / "1", torch.device("cpu"))
+    default = RecordingModel()
+    b = await started(default)
+    x = torch.as_tensor(named.inputs(torch.rand(2, 28, 28).numpy()))
+    probs, used = await b.submit(x, model=named)
+    assert used is named
+    assert probs.shape == (2, 10)
+    assert default.sizes == []
+    await b.stop()
+
+
+class UnhashableModel(RecordingModel):
+    """As a dataclass with eq=True is (the real Classifier): no hash."""
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+async def test_batcher_takes_named_models_that_cannot_be_hashed() -> None:
+    default, other = RecordingModel(), UnhashableModel()
+    b = await started(default)
+    out, used = await b.submit(rows(2, 1), model=other)
+    assert used is other
+    assert other.sizes == [2]
     await b.stop()

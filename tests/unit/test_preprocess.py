@@ -301,7 +301,7 @@ def test_plain_pngs_decode_to_the_same_pixels_as_pillow(
     pixels, mode, optimize = case
     data = encode(Image.fromarray(pixels), "PNG", optimize=optimize)
     assert _plain_png(data) == mode
-    fast = _decode_plain_png(data, mode)
+    fast = _decode_plain_png(data, mode)[0]
     assert fast.dtype == np.float32
     np.testing.assert_array_equal(fast, _pillow_gray(data))
 

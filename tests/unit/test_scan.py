@@ -379,7 +379,7 @@ def test_scan_a_line_under_a_number_running_past_it_is_removed(mnist_sample) -> 
 
 def test_find_digits_on_single_pixel_specks_finds_none() -> None:
     # Areas of one pixel each pass no size test: no group is left (this raised before).
-    from service.vision.segment import find_digits
+    from service.vision.glyphs import find_digits
 
     mask = np.zeros((40, 40), dtype=bool)
     mask[5:35:6, 5:35:6] = True

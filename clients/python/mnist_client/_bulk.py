@@ -20,7 +20,9 @@ PART_OVERHEAD_BYTES = 512
 #: Where /v1/models cannot be read (an older server): the server's documented defaults.
 DEFAULT_LIMITS = {"max_files": 64, "max_file_bytes": 10 << 20, "max_request_bytes": 32 << 20}
 #: The request as a whole was refused: no other chunk would fare better.
-FATAL_CODES = frozenset({"unauthorized", "connection_error", "timeout", "not_found"})
+FATAL_CODES = frozenset(
+    {"unauthorized", "connection_error", "timeout", "not_found", "version_not_served"}
+)
 
 
 @dataclass(frozen=True)

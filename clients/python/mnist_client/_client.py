@@ -53,10 +53,12 @@ class _Base:
         return min(delay, self.max_wait_s)
 
     @staticmethod
-    def _params(top_k: int | None, one_digit: bool) -> dict[str, Any]:
+    def _params(top_k: int | None, one_digit: bool, version: str | int | None) -> dict[str, Any]:
         params: dict[str, Any] = {"top_k": top_k} if top_k else {}
         if one_digit:
             params["one_digit"] = "true"
+        if version is not None:
+            params["version"] = str(version)
         return params
 
     @staticmethod
@@ -124,13 +126,19 @@ class Client(_Base):
         self._http.close()
 
     def predict(
-        self, *images: ImageLike, top_k: int | None = None, one_digit: bool = False
+        self,
+        *images: ImageLike,
+        top_k: int | None = None,
+        one_digit: bool = False,
+        version: str | int | None = None,
     ) -> PredictResult:
         """One prediction per image (paths, bytes, open files, PIL images or arrays): a digit,
         a number or not a digit (see `Prediction.kind`). `one_digit=True` reads each image as
-        exactly one digit (a form cell), never as a number."""
+        exactly one digit (a form cell), never as a number. `version`: the model version to
+        answer with, one the server serves (default: its default version; another is a
+        ClientError with code "version_not_served")."""
         files = to_files(images)
-        return _result(self._send(files, self._params(top_k, one_digit)))
+        return _result(self._send(files, self._params(top_k, one_digit, version)))
 
     def feedback(self, request_id: str, truth: int | str, index: int = 0) -> FeedbackResult:
         """Tell the server what file `index` of answer `request_id` really shows: a digit
@@ -164,14 +172,16 @@ class Client(_Base):
         top_k: int | None = None,
         one_digit: bool = False,
         concurrency: int = 4,
+        version: str | int | None = None,
     ) -> Iterator[FileResult]:
         """One `FileResult` per file, in order, as they arrive: folders are expanded (their
         image files, or those matching `glob`; `recursive` for subfolders), the files are
         sent in requests cut to the server's limits, `concurrency` at a time, each retried
         as `predict` is. A file that cannot be read is a result of kind "error"; a refusal
-        of every request (a wrong key, no server) raises ClientError."""
+        of every request (a wrong key, no server, a version not served) raises
+        ClientError. `version` as for `predict`."""
         files = expand(paths, recursive, glob)
-        params = self._params(top_k, one_digit)
+        params = self._params(top_k, one_digit, version)
 
         def send(chunk: list[tuple[str, bytes]]) -> list[Prediction]:
             return _result(self._send(chunk, params)).predictions
@@ -217,13 +227,19 @@ class AsyncClient(_Base):
         await self._http.aclose()
 
     async def predict(
-        self, *images: ImageLike, top_k: int | None = None, one_digit: bool = False
+        self,
+        *images: ImageLike,
+        top_k: int | None = None,
+        one_digit: bool = False,
+        version: str | int | None = None,
     ) -> PredictResult:
         """One prediction per image (paths, bytes, open files, PIL images or arrays): a digit,
         a number or not a digit (see `Prediction.kind`). `one_digit=True` reads each image as
-        exactly one digit (a form cell), never as a number."""
+        exactly one digit (a form cell), never as a number. `version`: the model version to
+        answer with, one the server serves (default: its default version; another is a
+        ClientError with code "version_not_served")."""
         files = to_files(images)
-        return _result(await self._send(files, self._params(top_k, one_digit)))
+        return _result(await self._send(files, self._params(top_k, one_digit, version)))
 
     async def feedback(self, request_id: str, truth: int | str, index: int = 0) -> FeedbackResult:
         """See `Client.feedback`."""

@@ -46,6 +46,11 @@ def _predict_parser(prog: str) -> argparse.ArgumentParser:
                         help="also show the K most likely digits (1-10)")  # fmt: skip
     parser.add_argument("--one-digit", action="store_true",
                         help="read each image as exactly one digit (a form cell)")  # fmt: skip
+    parser.add_argument(
+        "--model-version",
+        metavar="V",
+        help="model version to answer with (default: the server's default)",
+    )
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     parser.add_argument("--retries", type=int, default=2,
@@ -77,8 +82,9 @@ def predict(
         with Client(args.url, api_key=args.api_key, timeout_s=args.timeout,
                     retries=args.retries) as client:  # fmt: skip
             results = client.predict_many(
-                paths, top_k=args.top_k, one_digit=args.one_digit, concurrency=args.concurrency
-            )
+                paths, top_k=args.top_k, one_digit=args.one_digit, concurrency=args.concurrency,
+                version=args.model_version,
+            )  # fmt: skip
             for result in results:
                 writer.write(result)
                 counts[result.prediction.kind] += 1

@@ -37,7 +37,8 @@ class ReloadRequest(BaseModel):
         None,
         pattern=r"^[0-9]+$",
         max_length=18,
-        description="Default: the pinned version, else the newest.",
+        description="The default version after the reload (the version policy applies "
+        "with it pinned). Default: the pinned version, else the newest.",
     )
 
 
@@ -60,6 +61,7 @@ class ReloadResponse(BaseModel):
     previous_version: str
     reloaded: bool = Field(description="False when that version was already being served.")
     message: str
+    versions: list[str] = Field(description="Every version served now (the version policy).")
     workers: list[WorkerReload] = Field(description="Every worker process, once it serves it.")
 
 
@@ -91,6 +93,7 @@ async def reload_model(
         previous_version=done.previous.version,
         reloaded=reloaded,
         message=f"now serving v{new.version}" if reloaded else f"already serving v{new.version}",
+        versions=list(done.versions) or [new.version],
         workers=workers,
     )
 

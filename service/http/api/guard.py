@@ -12,10 +12,12 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
+from urllib.parse import unquote_plus
 
 from fastapi import Request
+from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 from starlette.types import Message
 
@@ -23,6 +25,10 @@ from service.config import Settings
 from service.errors import InvalidInput, Overloaded, PayloadTooLarge
 from service.serving.quota import Quota
 from service.wire.jsonbody import loads_bounded, validated
+
+#: Unknown names quoted in one error, at most, each cut to `_NAME_CHARS`.
+_NAMES_SHOWN = 5
+_NAME_CHARS = 40
 
 M = TypeVar("M", bound=BaseModel)
 Check = Callable[[Request], Awaitable[None]]
@@ -89,21 +95,58 @@ def body_budget(request: Request) -> BodyBudget:
     return budget
 
 
-def guarded_route(check: Check, limit: Limit) -> type[APIRoute]:
-    """An APIRoute class that runs `check` and the body limit before the route's handler."""
+def guarded_route(check: Check, limit: Limit, strict: bool = False) -> type[APIRoute]:
+    """An APIRoute class that runs `check` and the body limit before the route's handler;
+    `strict`: and refuses query parameters the route does not take (`query_names`)."""
 
     class GuardedRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
             handler = super().get_route_handler()
             reads_body = self.body_field is not None
+            known = query_names(self) if strict else None
 
             async def guarded(request: Request) -> Response:
                 max_bytes = limit(request.app.state.settings)
-                return await run_guarded(request, check, max_bytes, handler, reads_body)
+                return await run_guarded(request, check, max_bytes, handler, reads_body, known)
 
             return guarded
 
     return GuardedRoute
+
+
+def query_names(route: APIRoute) -> frozenset[str]:
+    """The query parameters `route` takes: those FastAPI solves for it and those its OpenAPI
+    entry declares (for a route that reads its query itself), so the document and the check
+    cannot disagree."""
+    names: set[str] = set()
+    pending: list[Dependant] = [route.dependant]
+    while pending:
+        dependant = pending.pop()
+        names.update(p.alias for p in dependant.query_params)
+        pending.extend(dependant.dependencies)
+    declared = (route.openapi_extra or {}).get("parameters", [])
+    names.update(p["name"] for p in declared if p.get("in") == "query")
+    return frozenset(names)
+
+
+def refuse_unknown_query(request: Request, known: frozenset[str]) -> None:
+    """400 naming the query parameters not in `known`: a misspelt option must not be
+    silently ignored. A request without a query costs one lookup."""
+    raw: bytes = request.scope["query_string"]
+    if not raw:
+        return
+    # NOTE: the names alone, from the raw string: parsing the whole query here would be done
+    # twice per request (the route parses its values); the names decode as Starlette's do.
+    names = (part.partition(b"=")[0] for part in raw.split(b"&") if part)
+    decoded = (
+        unquote_plus(n.decode("latin-1")) if b"%" in n or b"+" in n else n.decode("latin-1")
+        for n in names
+    )
+    unknown = [k for k in dict.fromkeys(decoded) if k not in known]
+    if unknown:
+        shown = ", ".join(k[:_NAME_CHARS] for k in unknown[:_NAMES_SHOWN])
+        plural = "s" if len(unknown) > 1 else ""
+        raise InvalidInput(f"unknown query parameter{plural}: {shown}")
 
 
 async def run_guarded(
@@ -112,10 +155,14 @@ async def run_guarded(
     max_bytes: int,
     handler: Callable[[Request], Coroutine[Any, Any, Response]],
     reads_body: bool = False,
+    known_query: frozenset[str] | None = None,
 ) -> Response:
-    """`check` (the API key), the declared length against `max_bytes` and the body budget,
-    all before any byte of the body is read; then `handler` with the limited request."""
+    """`check` (the API key), the query against `known_query` (when given), the declared
+    length against `max_bytes` and the body budget, all before any byte of the body is
+    read; then `handler` with the limited request."""
     await check(request)
+    if known_query is not None:
+        refuse_unknown_query(request, known_query)
     # A key with request limits (set by the check: service/http/api/deps.py).
     key = request.scope["state"].get("limited")
     if key is not None:
@@ -242,4 +289,16 @@ def _parse(
     raw = loads_bounded(body, max_values)
     if check is not None:
         check(raw)
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        unknown = [
+            ".".join(str(p) for p in e["loc"])
+            for e in exc.errors()
+            if e["type"] == "extra_forbidden"
+        ]
+        if unknown:
+            shown = ", ".join(u[:_NAME_CHARS] for u in unknown[:_NAMES_SHOWN])
+            plural = "s" if len(unknown) > 1 else ""
+            raise InvalidInput(f"unknown body field{plural}: {shown}") from None
     return validated(model, raw, "invalid request: ", "body")

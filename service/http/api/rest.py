@@ -33,7 +33,15 @@ from service.http.api.deps import (
     get_dataplane,
     require_api_key,
 )
-from service.http.api.guard import body_schema, guarded_route, parse_json, read_body, run_guarded
+from service.http.api.guard import (
+    Limit,
+    body_schema,
+    guarded_route,
+    parse_json,
+    query_names,
+    read_body,
+    run_guarded,
+)
 from service.http.uploads import read_multipart
 from service.runtime import tracing
 from service.serving.dataplane import DataPlane, NamedFile
@@ -50,11 +58,18 @@ from service.wire.schemas.rest import (
     PredictResponse,
 )
 
+
+def _v1_route(limit: Limit) -> type[APIRoute]:
+    """Every /v1 route: the API key and the body limit before the body, and strict: a query
+    parameter the route does not take is a 400 naming it (not silently ignored)."""
+    return guarded_route(require_api_key, limit, strict=True)
+
+
 router = APIRouter(
     prefix="/v1",
     tags=["v1"],
     dependencies=[Depends(require_api_key)],
-    route_class=guarded_route(require_api_key, lambda s: _base64_body_limit(s)),
+    route_class=_v1_route(lambda s: _base64_body_limit(s)),
 )
 
 
@@ -65,8 +80,9 @@ def _base64_body_limit(settings: Settings) -> int:
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {
-        400: "Invalid input: bad image, bad field or bad JSON",
+        400: "Invalid input: bad image, bad or unknown field or parameter, bad JSON",
         401: "Missing or wrong API key",
+        404: "The version asked for is not served (version_not_served)",
         413: "Too many files, too many bytes, or too many pixels",
         415: "Not an image (or not multipart/form-data)",
         503: "Model not ready, shutting down, or queue full (see Retry-After)",
@@ -168,7 +184,7 @@ _DEFAULT_OPTIONS = PredictOptions()
 
 
 async def predict_options(request: Request) -> PredictOptions:
-    """The query as `PredictOptions` (unknown parameters are ignored, as FastAPI does).
+    """The query as `PredictOptions` (the route class has refused unknown parameters).
 
     NOTE: FastAPI's own query-model parameter cost a large share of a single-image
     request's CPU, query or not (measured: docs/decisions.md); most requests send none.
@@ -203,6 +219,7 @@ async def predict_digits(
     # budget while the body is read here, part by part, with the file limits applied as the
     # bytes arrive.
     client = check_capacity(request)
+    plane.version(options.version)  # a version not served is a 404 before the body is read
     with tracing.span("receive"):
         uploads = await read_multipart(
             request.headers.get("content-type"),
@@ -228,7 +245,9 @@ async def _answer(
     shadow = plane.shadow
     scans: list[Scan | None] | None = [] if shadow is not None and shadow.sample() else None
     with cancelled_on_disconnect(request):
-        readings, model = await plane.predict_files(files, client, options.one_digit, scans)
+        readings, model = await plane.predict_files(
+            files, client, options.one_digit, scans, options.version
+        )
     request_id: str = request.scope["state"]["request_id"]
     with tracing.span("encode"):
         names = [f.filename for f in files]
@@ -262,7 +281,9 @@ async def predict_lane(scope: Scope, receive: Receive, send: Send) -> None:
     request = Request(scope, receive)
     try:
         max_bytes = request.app.state.settings.max_request_bytes
-        response = await run_guarded(request, require_api_key, max_bytes, _predict_resolved)
+        response = await run_guarded(
+            request, require_api_key, max_bytes, _predict_resolved, known_query=PREDICT_QUERY
+        )
     except ServiceError as exc:
         response = service_error_response(request, exc)
     except ClientDisconnect:
@@ -282,22 +303,24 @@ router.add_api_route(
     predict_digits,
     methods=["POST"],
     response_model=PredictResponse,
-    responses=_errors(400, 401, 413, 415, 503, 504),
+    responses=_errors(400, 401, 404, 413, 415, 503, 504),
     openapi_extra={**_MULTIPART_BODY, "parameters": _query_parameters(PredictOptions)},
     summary="Predict digits from uploaded image files",
     # The multipart body is capped at max_request_bytes, not at the base64 routes' 4/3 of it.
-    route_class_override=guarded_route(require_api_key, lambda s: s.max_request_bytes),
+    route_class_override=_v1_route(lambda s: s.max_request_bytes),
 )
 #: The route `predict_lane` stands in for (its label in metrics, its OpenAPI entry).
 predict_route = next(
     r for r in router.routes if isinstance(r, APIRoute) and r.path == "/v1/predict"
 )
+#: Its query parameters, which the lane checks as the route class does.
+PREDICT_QUERY = query_names(predict_route)
 
 
 @router.post(
     "/predict/base64",
     response_model=PredictResponse,
-    responses=_errors(400, 401, 413, 415, 503, 504),
+    responses=_errors(400, 401, 404, 413, 415, 503, 504),
     summary="Predict digits from base64-encoded images in JSON",
     openapi_extra=body_schema(PredictBase64Request),
 )
@@ -345,7 +368,7 @@ def _decode_base64(body: PredictBase64Request) -> list[NamedFile]:
     return files
 
 
-@router.get("/models", response_model=ModelsResponse, responses=_errors(401, 503))
+@router.get("/models", response_model=ModelsResponse, responses=_errors(400, 401, 503))
 async def list_models(plane: DataPlaneDep) -> Response:
     """The served model with its card summary, the versions available, and the limits."""
     return _json(plane.models_summary())

@@ -37,8 +37,12 @@ from service.wire.schemas.v2 import (
     ServerMetadataResponse,
 )
 
+# NOTE: two routers side by side, each with the /v2 prefix, not one included in the other:
+# FastAPI keeps an included router's routes as they were declared, so a route of a nested
+# router without the prefix would be labelled "/models/{name}/infer" in metrics.
 router = APIRouter(prefix="/v2", tags=["v2"])
 protected = APIRouter(
+    prefix="/v2",
     tags=["v2"],
     dependencies=[Depends(require_api_key)],
     route_class=guarded_route(require_api_key, lambda s: s.max_request_bytes),
@@ -49,7 +53,11 @@ _DTYPES = {"FP32": np.float32, "UINT8": np.uint8, "FP64": np.float64, "FP16": np
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": InferenceErrorResponse, "description": "Invalid inference request"},
     401: {"model": InferenceErrorResponse, "description": "Missing or wrong API key"},
-    404: {"model": InferenceErrorResponse, "description": "Unknown model or version"},
+    404: {
+        "model": InferenceErrorResponse,
+        "description": "Unknown model (model_not_found) or a version not served "
+        "(version_not_served)",
+    },
     413: {"model": InferenceErrorResponse, "description": "Too many bytes or images"},
     503: {"model": InferenceErrorResponse, "description": "Not ready"},
 }
@@ -71,17 +79,18 @@ async def get_server_metadata() -> ServerMetadataResponse:
 # `/models/{name}` so that it is not taken for a model called "stats".
 @protected.get("/models/stats", response_model=dict[str, Any], responses=_ERRORS)
 async def get_all_model_statistics(plane: DataPlaneDep, metrics: MetricsDep) -> Response:
-    """Triton statistics extension: every served model, this worker process."""
-    return JSONResponse(triton.model_statistics(plane.classifier, metrics.registry))
+    """Triton statistics extension: every served model version, this worker process."""
+    return JSONResponse(triton.model_statistics(plane.served_models(), metrics.registry))
 
 
 @protected.get("/models/{name}/stats", response_model=dict[str, Any], responses=_ERRORS)
 async def get_model_statistics(
     name: ModelName, plane: DataPlaneDep, metrics: MetricsDep
 ) -> Response:
-    """Triton statistics extension: inference counts and durations, this worker process."""
-    clf = plane.get_model(name)
-    return JSONResponse(triton.model_statistics(clf, metrics.registry))
+    """Triton statistics extension: inference counts and durations of every served version,
+    this worker process."""
+    plane.get_model(name)
+    return JSONResponse(triton.model_statistics(plane.served_models(), metrics.registry))
 
 
 @protected.get(
@@ -92,7 +101,7 @@ async def get_model_version_statistics(
 ) -> Response:
     """Triton statistics extension for one model version."""
     clf = plane.get_model(name, version)
-    return JSONResponse(triton.model_statistics(clf, metrics.registry))
+    return JSONResponse(triton.model_statistics([clf], metrics.registry))
 
 
 @protected.get("/models/{name}/config", response_model=dict[str, Any], responses=_ERRORS)
@@ -238,7 +247,7 @@ async def _infer(
         large = len(body) > OFFLOAD_BYTES
         req = await asyncio.to_thread(_parse, *args) if large else _parse(*args)
     with cancelled_on_disconnect(request):
-        answer = await plane.infer_v2(req, client, large)
+        answer = await plane.infer_v2(req, client, large, version)
     request.state.images = answer.images
     with tracing.span("encode"):
         header, blobs = codec.render_json(
@@ -251,6 +260,3 @@ async def _infer(
         media_type="application/octet-stream",
         headers={"Inference-Header-Content-Length": str(len(header))},
     )
-
-
-router.include_router(protected)

@@ -41,38 +41,48 @@ def model_config(clf: Classifier, settings: Settings) -> dict[str, Any]:
     }
 
 
-def _duration(registry: CollectorRegistry, histogram: str) -> dict[str, int]:
-    count = registry.get_sample_value(f"{histogram}_count") or 0.0
-    total = registry.get_sample_value(f"{histogram}_sum") or 0.0
-    return {"count": int(count), "ns": int(total * 1e9)}
+def _seconds(registry: CollectorRegistry, labels: dict[str, str], stage: str) -> int:
+    total = registry.get_sample_value(
+        "mnist_model_request_seconds_total", {**labels, "stage": stage}
+    )
+    return int((total or 0.0) * 1e9)
 
 
-def model_statistics(clf: Classifier, registry: CollectorRegistry) -> dict[str, Any]:
-    """Triton ModelStatistics of this worker process, read from its Prometheus collectors.
+def model_statistics(models: list[Classifier], registry: CollectorRegistry) -> dict[str, Any]:
+    """Triton ModelStatistics of this worker process for `models` (versions), read from its
+    Prometheus collectors.
 
-    inference_count counts images and execution_count forward passes, as in Triton;
-    `success` is the forward passes and their time (requests are counted in /metrics);
-    last_inference is not tracked and stays 0.
+    inference_count counts images and execution_count forward passes, as in Triton. The
+    durations count requests that reached the model, each once per stage, so every count
+    equals `success`'s and each stage's time is part of its request's: success (the whole
+    request in the data plane), compute_input (reading its files or tensor), queue (waiting
+    for a forward pass), compute_infer (its forward passes). Requests that failed are in
+    /metrics (`fail` stays 0), last_inference is not tracked and stays 0.
     """
-    labels = {"model": clf.name, "version": clf.version}
-    images = registry.get_sample_value("mnist_images_predicted_total", labels) or 0.0
-    forward = _duration(registry, "mnist_inference_seconds")
-    return {
-        "model_stats": [
+    stats = []
+    for clf in models:
+        labels = {"model": clf.name, "version": clf.version}
+        get = registry.get_sample_value
+        count = int(get("mnist_model_requests_total", labels) or 0.0)
+        stage = {
+            s: {"count": count, "ns": _seconds(registry, labels, s)}
+            for s in ("success", "compute_input", "queue", "compute_infer")  # metrics.STAGES
+        }
+        stats.append(
             {
                 "name": clf.name,
                 "version": clf.version,
-                "inference_count": int(images),
-                "execution_count": forward["count"],
+                "inference_count": int(get("mnist_images_predicted_total", labels) or 0.0),
+                "execution_count": int(get("mnist_model_executions_total", labels) or 0.0),
                 "inference_stats": {
-                    "success": forward,
+                    "success": stage["success"],
                     "fail": {"count": 0, "ns": 0},
-                    "queue": _duration(registry, "mnist_queue_wait_seconds"),
-                    "compute_input": _duration(registry, "mnist_preprocess_seconds"),
-                    "compute_infer": forward,
+                    "queue": stage["queue"],
+                    "compute_input": stage["compute_input"],
+                    "compute_infer": stage["compute_infer"],
                     "compute_output": {"count": 0, "ns": 0},
                 },
                 "batch_stats": [],
             }
-        ]
-    }
+        )
+    return {"model_stats": stats}

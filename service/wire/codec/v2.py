@@ -478,12 +478,13 @@ def tensor_bytes(t: OutputTensor) -> bytes:
 # ---------------------------------------------------------------------------- models
 
 
-def model_metadata(card: ModelCard) -> MetadataModelResponse:
-    """$metadata_model_response built from the model card."""
+def model_metadata(card: ModelCard, versions: list[str] | None = None) -> MetadataModelResponse:
+    """$metadata_model_response built from the model card; `versions`: those served (default:
+    the card's)."""
     digit_labels = card.output.labels[:10]  # the tensor outputs never hold not_a_digit
     return {
         "name": card.name,
-        "versions": [card.version],
+        "versions": versions or [card.version],
         "platform": card.platform,
         "inputs": [
             {"name": "input", "datatype": "FP32", "shape": [-1, 1, 28, 28],

@@ -182,6 +182,12 @@ class PredictOptions(BaseModel):
     return_image: bool = Field(
         False, description="Include the 28x28 image the model saw, as a base64 PNG."
     )
+    version: str | None = Field(
+        None,
+        pattern=r"^[0-9]{1,18}$",
+        description="The model version to answer with, one of those served (GET /v1/models); "
+        "default: the default version. Another is a 404 version_not_served.",
+    )
 
 
 class PredictBase64Request(PredictOptions):
@@ -226,8 +232,19 @@ class Batching(TypedDict):
     max_queue_size: int
 
 
+class VersionState(TypedDict):
+    version: str
+    state: Annotated[
+        Literal["ready", "available"],
+        Field(description="ready: loaded and served; available: on disk, not in the policy."),
+    ]
+    default: Annotated[bool, Field(description="Answers requests that name no version.")]
+
+
 class ModelsResponse(TypedDict):
-    served: ModelSummary
+    version_policy: Annotated[str, Field(description="latest:N, all or specific:V,...")]
+    versions: list[VersionState]
+    served: Annotated[ModelSummary, Field(description="The default version.")]
     available_versions: list[str]
     limits: Limits
     batching: Batching
