@@ -14,15 +14,16 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 from service.config import Settings
 from service.errors import NotFound, ServiceError
 from service.feedback.quality import QualitySnapshot, snapshot_of
-from service.feedback.store import FeedbackStore, PredictionRow, Served, now
+from service.feedback.store import FeedbackStore, PredictionRow, Served, now, rows_of
 from service.runtime.metrics import Metrics
+from service.vision.reading import Reading
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -104,6 +105,18 @@ class Recorder:
             self._queue.put_nowait(rows)
         except queue.Full:
             self._count("dropped", len(rows))
+
+    def record_readings(
+        self, request_id: str, role: str, version: str, readings: Sequence[object]
+    ) -> None:
+        """Queue one request's readings by `role` ("served" or "shadow"); an entry that is
+        not a Reading (a file that could not be read) has no answer to give feedback on."""
+        answers = [
+            (i, r.kind, r.number, r.confidence)
+            for i, r in enumerate(readings)
+            if isinstance(r, Reading)
+        ]
+        self.record(rows_of(request_id, role, version, answers, now()))
 
     # ---------------------------------------------------------------- feedback
 

@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from service.feedback.recorder import Recorder
-from service.feedback.store import now, rows_of
 from service.runtime.metrics import Metrics
 from service.serving.model import Classifier
 from service.vision.preprocess import Scan
@@ -68,10 +67,7 @@ class Shadow:
         finally:
             self._running = False
         self._count("run")
-        answers = [
-            (i, r.kind, r.number, r.confidence) for i, r in enumerate(readings) if r is not None
-        ]
-        self._recorder.record(rows_of(request_id, "shadow", self.model.version, answers, now()))
+        self._recorder.record_readings(request_id, "shadow", self.model.version, readings)
 
     def _read(self, scans: list[Scan | None]) -> list[Reading | None]:
         glyphs = [g.pixels for s in scans if s is not None for g in s.glyphs]

@@ -25,7 +25,6 @@ from service.errors import (
     describe_validation,
     service_error_response,
 )
-from service.feedback.store import PredictionRow, now, rows_of
 from service.http.api.deps import (
     DataPlaneDep,
     cancelled_on_disconnect,
@@ -253,23 +252,10 @@ async def _answer(
         names = [f.filename for f in files]
         body = render_predictions(names, readings, model, options, request_id)
         if plane.recorder is not None:
-            plane.recorder.record(answers_of(request_id, model.version, readings))
+            plane.recorder.record_readings(request_id, "served", model.version, readings)
         if scans is not None and shadow is not None:
             return _json(body, BackgroundTask(shadow.run, request_id, scans))
         return _json(body)
-
-
-def answers_of(
-    request_id: str, version: str, readings: list[Reading | ServiceError]
-) -> list[PredictionRow]:
-    """The served answers of one request as the feedback store keeps them (files that could
-    not be read have no answer to give feedback on)."""
-    answers = [
-        (i, r.kind, r.number, r.confidence)
-        for i, r in enumerate(readings)
-        if not isinstance(r, ServiceError)
-    ]
-    return rows_of(request_id, "served", version, answers, now())
 
 
 async def predict_lane(scope: Scope, receive: Receive, send: Send) -> None:
