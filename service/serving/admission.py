@@ -10,8 +10,10 @@ Work-conserving by design. A request is refused (503 `overloaded`) only when
 
 A lone client (one address behind a proxy, a load balancer, a test harness) can therefore
 use the whole queue. The wait is estimated from measured costs: seconds per image of
-preprocessing and of the forward pass, each a moving average, so the bound follows the
-machine and the model rather than a fixed image count.
+preprocessing and of the forward pass, each averaged over the last images (weighted by
+images, not by requests), so the bound follows the machine and the model rather than a
+fixed image count, and one slow outlier (a 12-megapixel photo, a stalled thread) cannot
+make the worker refuse the small uploads behind it.
 """
 
 from __future__ import annotations
@@ -32,8 +34,11 @@ class AdmissionPolicy:
     max_wait_s: float
     #: Share of the limit kept free for other clients while they are waiting.
     headroom: float = 0.25
-    #: Weight of the newest measurement in the moving averages.
-    smoothing: float = 0.1
+    #: Images the cost averages span: older measurements fade as newer images arrive.
+    horizon_images: int = 1024
+    #: Images measured before the averages are trusted (the first decodes and the first
+    #: forward at a new batch size are slow once); until then only `max_images` applies.
+    min_images: int = 32
     #: Retry-After bounds, in seconds.
     min_retry_s: int = 1
     max_retry_s: int = 30
@@ -44,17 +49,32 @@ class AdmissionPolicy:
         return cls(max_images=max_images, max_wait_s=0.8 * deadline_s)
 
 
-class _Average:
-    """An exponentially weighted mean that takes its first value as it comes."""
+class _CostPerImage:
+    """Seconds per image over roughly the last `horizon` images.
 
-    __slots__ = ("value", "_alpha")
+    Weighted by images: a request of one image moves the mean by one image's worth, so a
+    single huge upload (seconds of decoding) shifts it by a fraction, where a mean of
+    per-request samples let it set the worker's limit for the next few dozen requests.
+    """
 
-    def __init__(self, alpha: float) -> None:
-        self.value = 0.0
-        self._alpha = alpha
+    __slots__ = ("_seconds", "_images", "_horizon", "_seen", "_min")
 
-    def add(self, sample: float) -> None:
-        self.value = sample if not self.value else self.value + self._alpha * (sample - self.value)
+    def __init__(self, horizon: int, min_images: int) -> None:
+        self._seconds = 0.0
+        self._images = 0.0
+        self._horizon = horizon
+        self._seen = 0
+        self._min = min_images
+
+    def add(self, images: int, seconds: float) -> None:
+        keep = max(0.0, 1.0 - images / self._horizon)
+        self._seconds = self._seconds * keep + seconds
+        self._images = self._images * keep + images
+        self._seen += images
+
+    @property
+    def value(self) -> float:
+        return self._seconds / self._images if self._seen >= self._min else 0.0
 
 
 class Admission:
@@ -62,18 +82,18 @@ class Admission:
 
     def __init__(self, policy: AdmissionPolicy) -> None:
         self.policy = policy
-        self._decode = _Average(policy.smoothing)
-        self._forward = _Average(policy.smoothing)
+        self._decode = _CostPerImage(policy.horizon_images, policy.min_images)
+        self._forward = _CostPerImage(policy.horizon_images, policy.min_images)
 
     # ------------------------------------------------------------------ measurements
 
     def observe_forward(self, images: int, seconds: float) -> None:
         if images > 0:
-            self._forward.add(seconds / images)
+            self._forward.add(images, seconds)
 
     def observe_decode(self, images: int, seconds: float) -> None:
         if images > 0:
-            self._decode.add(seconds / images)
+            self._decode.add(images, seconds)
 
     @property
     def seconds_per_image(self) -> float:

@@ -35,18 +35,46 @@ def test_the_limit_is_what_fits_the_deadline() -> None:
     assert info.value.headers["Retry-After"] == "1"
 
 
+def test_one_huge_upload_does_not_make_the_worker_refuse_small_ones() -> None:
+    # Seen in CI: a few big photos, each seconds of decoding, made a per-request mean say
+    # 10 ms an image, and the worker refused a 1,024-image burst of 28x28 PNGs it could do.
+    a = admission(max_images=100_000, max_wait_s=8.0)
+    for _ in range(64):
+        a.observe_decode(16, 16 * 0.0002)  # 0.2 ms a small image
+        a.observe_forward(16, 16 * 0.0001)
+    before = a.limit()
+    a.observe_decode(1, 3.0)  # one photo that took seconds
+    a.check(64, "a", 1024, Counter(a=1024))
+    for _ in range(4 * 64):  # four times the images the averages span: it has faded
+        a.observe_decode(16, 16 * 0.0002)
+    assert a.limit() >= before / 2
+    # A worker that really became slow (every image costs more) is judged by it, quickly.
+    for _ in range(64):
+        a.observe_forward(16, 16 * 0.01)
+    assert a.limit() < before / 10
+
+
 def test_retry_after_grows_with_the_work_ahead() -> None:
     a = admission(max_images=100_000, max_wait_s=0.5)
-    a.observe_forward(1, 0.01)  # 10 ms per image: 50 images fit
+    a.observe_forward(100, 1.0)  # 10 ms per image: 50 images fit
     with pytest.raises(Overloaded) as info:
         a.check(64, "b", 450, Counter(a=450))
     assert info.value.headers["Retry-After"] == str(5)  # (450 + 64 - 50) x 10 ms, rounded up
     assert a.retry_after(100_000) == 30  # bounded
 
 
+def test_the_first_images_measured_do_not_set_the_limit_alone() -> None:
+    a = admission(max_images=1000, max_wait_s=1.0)
+    a.observe_decode(1, 0.5)  # the first decode in a process: imports, caches
+    a.observe_forward(12, 0.2)  # the first forward at a batch size warm-up did not run
+    assert a.limit() == 1000
+    a.observe_forward(64, 64 * 0.01)
+    assert a.limit() < 1000
+
+
 def test_an_idle_worker_admits_even_a_request_over_the_limit() -> None:
     a = admission(max_wait_s=0.01)
-    a.observe_forward(1, 0.01)
+    a.observe_forward(100, 1.0)
     a.check(64, "a", 0, Counter())  # refusing it would leave the model idle
 
 
