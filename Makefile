@@ -96,7 +96,8 @@ lint: install
 train: install
 	$(PY) -m training $(ARGS)
 
-# The compiled artifacts (AOTInductor model.pt2) of version folders; needs a C++ compiler.
+# The compiled artifacts (ONNX model.onnx, AOTInductor model.pt2; the latter needs a C++
+# compiler) of version folders.
 # Default: the newest shipped version. ARGS="models/mnist-cnn/N ..." for others.
 NEWEST_VERSION = $(shell ls -d models/mnist-cnn/[0-9]* | sort -t/ -k3 -n | tail -1)
 artifacts: install

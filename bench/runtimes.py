@@ -7,9 +7,9 @@ Each runtime forwards zeros at batch 1, 8 and 64 on one intra-op thread; rounds 
 (every runtime at every batch size, then again) and the table gives each cell's median of
 thread CPU time, so that other load on a shared machine moves it less than a wall-clock rate.
 Runtimes: TorchScript as loaded (`optimize=False`), TorchScript as served (frozen, oneDNN),
-and the version's AOTInductor package as served. `--variants` also compiles (a compiler is
-needed) a package with a static batch of 64 (smaller batches padded to it) and one with
-AVX2 kernels, for comparison.
+the version's ONNX graph under ONNX Runtime and its AOTInductor package, as served.
+`--variants` also compiles (a compiler is needed) a package with a static batch of 64
+(smaller batches padded to it) and one with AVX2 kernels, for comparison.
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             folder, cpu, optimize=False, runtime="torchscript"
         ).predict_batch,
         "TorchScript as served": Classifier.load(folder, cpu, runtime="torchscript").predict_batch,
+        "ONNX Runtime, model.onnx": Classifier.load(folder, cpu, runtime="onnx").predict_batch,
         "AOTInductor .pt2 (dynamic batch)": Classifier.load(
             folder, cpu, runtime="aoti"
         ).predict_batch,
@@ -98,12 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "| runtime | "
         + " | ".join(f"batch {b} img/s" for b in sizes)
-        + " | batch 64 vs served TS |"
+        + " | batch 1 / 64 vs served TS |"
     )
     print("|---|" + "---:|" * (len(sizes) + 1))
     for name, per in rates.items():
         cells = " | ".join(f"{per[b]:,.0f}" for b in sizes)
-        print(f"| {name} | {cells} | {per['64'] / served['64']:.2f}x |")
+        ratios = f"{per['1'] / served['1']:.2f}x / {per['64'] / served['64']:.2f}x"
+        print(f"| {name} | {cells} | {ratios} |")
     return 0
 
 

@@ -76,12 +76,13 @@ class Settings(BaseSettings):
         0, ge=0, description="Intra-op threads per worker; 0 = CPUs of the quota / workers."
     )
     optimize: bool = Field(True, description="Freeze and optimise the TorchScript graph.")
-    model_runtime: Literal["auto", "torchscript", "aoti"] = Field(
+    model_runtime: Literal["auto", "torchscript", "aoti", "onnx"] = Field(
         "auto",
         description=(
-            "What runs the forward: auto = an artifact of the version (AOTInductor .pt2) that "
-            "fits this torch and device and was measured faster than TorchScript, else "
-            "model.pt; torchscript = model.pt; aoti = the .pt2 or refuse the version."
+            "What runs the forward: auto = the artifact of the version (ONNX model.onnx, "
+            "AOTInductor model.pt2) that fits this server and was measured fastest, if faster "
+            "than TorchScript, else model.pt; torchscript = model.pt; aoti or onnx = that "
+            "artifact or refuse the version."
         ),
     )
     gil_switch_interval_ms: float = Field(

@@ -29,6 +29,7 @@ _VERSION = re.compile(r"[0-9]{1,18}")
 MODEL_FILE = "model.pt"
 #: The AOTInductor package beside model.pt (optional; see `Artifact`).
 AOTI_FILE = "model.pt2"
+ONNX_FILE = "model.onnx"
 LABELS = [str(d) for d in range(10)]
 #: The optional 11th output class (index 10) of a model that can answer "not a digit".
 NOT_A_DIGIT = "not_a_digit"
@@ -135,7 +136,7 @@ class Artifact(BaseModel):
     """
 
     model_config = ConfigDict(extra="ignore")
-    format: Literal["aoti"]
+    format: Literal["aoti", "onnx"]
     file: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     torch: str

@@ -19,12 +19,13 @@ from service.serving.card import (
     quiet_torchscript,
 )
 from service.serving.runtimes import (
+    ARTIFACT_RUNTIMES,
     ArtifactError,
     Runtime,
     Target,
     check_against,
     choose,
-    load_aoti,
+    load_artifact,
 )
 
 logger = logging.getLogger(__name__)
@@ -204,21 +205,23 @@ class Classifier:
     ) -> Classifier:
         """This model served by the artifact `runtimes.choose` picks, once it has given
         TorchScript's answers on the card's check inputs at each warm-up batch size; else
-        this one (TorchScript), with a log line saying why. `runtime="aoti"` turns every
-        reason to fall back into a ModelLoadError."""
+        this one (TorchScript), with a log line saying why. `runtime="aoti"` or `"onnx"`
+        turns every reason to fall back into a ModelLoadError."""
         target = Target(torch.__version__, self.device.type, max(sizes), self.half)
         choice = choose(self.card, runtime, target)
         artifact = choice.artifact
         if artifact is None:
-            if runtime == "aoti":
-                raise ModelLoadError(f"model_runtime is aoti but no artifact fits: {choice.reason}")
+            if runtime in ARTIFACT_RUNTIMES:
+                raise ModelLoadError(
+                    f"model_runtime is {runtime} but no artifact fits: {choice.reason}"
+                )
             if runtime == "auto":
                 logger.info("serving TorchScript (model.pt): %s", choice.reason)
             return self
         spec = self.card.check_spec()
         try:
             path = self.card.verify_artifact(version_dir, artifact)
-            fast = load_aoti(path, self.device, self.classes)
+            fast = load_artifact(artifact, path, self.device, self.classes)
             candidate = Classifier(
                 self.card, self.module, self.device, self.half, runtime=artifact.format,
                 artifact_serve=fast,
@@ -228,8 +231,10 @@ class Classifier:
                 spec.atol,
             )  # fmt: skip
         except (ArtifactError, CardError) as exc:
-            if runtime == "aoti":
-                raise ModelLoadError(f"model_runtime is aoti but {artifact.file}: {exc}") from exc
+            if runtime in ARTIFACT_RUNTIMES:
+                raise ModelLoadError(
+                    f"model_runtime is {runtime} but {artifact.file}: {exc}"
+                ) from exc
             logger.warning("%s not used, serving TorchScript (model.pt): %s", artifact.file, exc)
             return self
         logger.info(

@@ -1,10 +1,11 @@
 """Which runtime serves a model version: TorchScript, or a compiled artifact beside it.
 
 `model.pt` (TorchScript) always loads: it is the reference and the fallback. An artifact the
-card lists (an AOTInductor `.pt2` package) serves instead when it was built for this torch
-release and device, covers the server's batch sizes, and gives TorchScript's answers on the
-card's check inputs. `choose` is the policy (pure, no torch); `load_aoti` and `check_against`
-do the loading and the check for `Classifier.load`.
+card lists (an ONNX graph run by ONNX Runtime, or an AOTInductor `.pt2` package) serves
+instead when it fits this server (torch release for a package, device, batch sizes) and
+gives TorchScript's answers on the card's check inputs. `choose` is the policy (pure, no
+torch); `load_artifact` and `check_against` do the loading and the check for
+`Classifier.load`.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-Runtime = Literal["auto", "torchscript", "aoti"]
-RUNTIMES: tuple[Runtime, ...] = ("auto", "torchscript", "aoti")
+Runtime = Literal["auto", "torchscript", "aoti", "onnx"]
+RUNTIMES: tuple[Runtime, ...] = ("auto", "torchscript", "aoti", "onnx")
+#: The runtimes that serve an artifact (the others: TorchScript, or the policy's pick).
+ARTIFACT_RUNTIMES: tuple[Runtime, ...] = ("aoti", "onnx")
 
 
 #: `auto` serves an artifact only when it was measured at least this much faster than
@@ -63,8 +66,11 @@ def torch_release(version: str) -> str:
 
 
 def mismatch(artifact: Artifact, target: Target) -> str | None:
-    """Why `artifact` cannot serve on `target`, or None when it can."""
-    if torch_release(artifact.torch) != torch_release(target.torch_version):
+    """Why `artifact` cannot serve on `target`, or None when it can. An ONNX graph does
+    not depend on the torch release that exported it; a compiled package does."""
+    if artifact.format == "aoti" and torch_release(artifact.torch) != torch_release(
+        target.torch_version
+    ):
         return f"built for torch {artifact.torch}, this server runs {target.torch_version}"
     if artifact.device != target.device_type:
         return f"built for {artifact.device}, this server runs on {target.device_type}"
@@ -79,9 +85,9 @@ def mismatch(artifact: Artifact, target: Target) -> str | None:
 def choose(card: ModelCard, requested: Runtime, target: Target) -> Choice:
     """The artifact to try for `requested` on `target`.
 
-    `torchscript`: none. `aoti`: a matching AOTInductor package (the caller refuses the
-    model if there is none). `auto`: the matching artifact measured fastest against
-    TorchScript when it was built (geometric mean over batch sizes), if by at least
+    `torchscript`: none. `aoti` or `onnx`: a matching artifact of that format (the caller
+    refuses the model if there is none). `auto`: the matching artifact measured fastest
+    against TorchScript when it was built (geometric mean over batch sizes), if by at least
     AUTO_MIN_SPEEDUP.
     """
     if requested == "torchscript":
@@ -89,6 +95,8 @@ def choose(card: ModelCard, requested: Runtime, target: Target) -> Choice:
     artifacts, reasons = card.artifacts()
     usable: list[tuple[float, Artifact]] = []
     for artifact in artifacts:
+        if requested != "auto" and artifact.format != requested:
+            continue
         why = mismatch(artifact, target)
         if why is not None:
             reasons.append(f"{artifact.file}: {why}")
@@ -103,7 +111,8 @@ def choose(card: ModelCard, requested: Runtime, target: Target) -> Choice:
             continue
         usable.append((speedup or 0.0, artifact))
     if not usable:
-        return Choice(None, "; ".join(reasons) or "the card lists no artifact")
+        listed = "the card lists no artifact" + ("" if requested == "auto" else f" of {requested}")
+        return Choice(None, "; ".join(reasons) or listed)
     speedup, best = max(usable, key=lambda pair: pair[0])
     return Choice(best, f"{best.file} ({best.format}, {speedup:.2f}x TorchScript when built)")
 
@@ -180,6 +189,60 @@ def load_aoti(
         return outputs[0]
 
     return serve
+
+
+def load_onnx(
+    path: Path, device: torch.device, classes: int, threads: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The graph's forward under ONNX Runtime: [N, 28, 28] model inputs -> [N, classes].
+
+    One session, run on the calling thread alone (`threads` intra-op threads, one when the
+    server gives each worker one core), with every graph optimisation; the run releases the
+    GIL, as TorchScript's forward does. CPU only: the CUDA provider is not installed.
+    """
+    if device.type != "cpu":
+        raise ArtifactError(f"{path.name} runs on CPU only, this server runs on {device.type}")
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ArtifactError(f"{path.name} needs onnxruntime, which is not installed") from exc
+    import torch
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: its warnings are about unused initialisers
+    try:
+        session = onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+        (entry,), (exit_,) = session.get_inputs(), session.get_outputs()
+    except ValueError as exc:
+        raise ArtifactError(f"{path.name} must have one input and one output: {exc}") from exc
+    except Exception as exc:
+        raise ArtifactError(f"cannot load {path.name}: {exc}") from exc
+    run, names, feed = session.run, [exit_.name], entry.name
+
+    def serve(inputs: torch.Tensor) -> torch.Tensor:
+        if inputs.shape[0] == 0:
+            return inputs.new_zeros(0, classes)
+        array = inputs.detach().contiguous().numpy()
+        return torch.from_numpy(run(names, {feed: array})[0])
+
+    return serve
+
+
+def load_artifact(
+    artifact: Artifact, path: Path, device: torch.device, classes: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The forward of `artifact` (at `path`) by its format."""
+    if artifact.format == "onnx":
+        import torch
+
+        return load_onnx(path, device, classes, torch.get_num_threads())
+    return load_aoti(path, device, classes)
 
 
 def check_against(

@@ -1,5 +1,6 @@
-"""A real server serving from the shipped AOTInductor package, with no compiler on its PATH,
-answers exactly as one serving TorchScript; a broken package falls back to TorchScript."""
+"""A real server serving from the shipped ONNX graph or AOTInductor package, with no compiler
+on its PATH, answers exactly as one serving TorchScript; a broken package falls back to
+TorchScript."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import httpx
 import numpy as np
 import pytest
 
-from service.serving.card import AOTI_FILE, ModelCard, sha256_file
+from service.serving.card import AOTI_FILE, ONNX_FILE, ModelCard, sha256_file
 from tests.conftest import SHIPPED_MODELS, png_bytes
 from tests.support.server import ServerProcess
 
-VERSION = "4"  # the newest shipped version, built with its model.pt2
+VERSION = "4"  # the newest shipped version, built with its model.pt2 and model.onnx
 
 
 def _answers(server: ServerProcess, images: np.ndarray) -> list[dict[str, object]]:
@@ -34,20 +35,23 @@ def _no_compiler_env(repository: Path) -> dict[str, str]:
     }
 
 
-def test_e2e_aoti_package_serves_torchscript_answers_without_a_compiler(
-    tmp_path: Path, mnist_sample: tuple[np.ndarray, np.ndarray]
+@pytest.mark.parametrize("runtime", ["aoti", "onnx", "auto"])
+def test_e2e_artifact_serves_torchscript_answers_without_a_compiler(
+    tmp_path: Path, mnist_sample: tuple[np.ndarray, np.ndarray], runtime: str
 ) -> None:
     assert shutil.which("g++", path=str(Path(sys.executable).parent)) is None
     images, labels = mnist_sample
     images = images[:48]
-    aoti = ServerProcess(env={**_no_compiler_env(SHIPPED_MODELS), "MNIST_MODEL_RUNTIME": "aoti"})
-    aoti.start(tmp_path)
+    env = {**_no_compiler_env(SHIPPED_MODELS), "MNIST_MODEL_RUNTIME": runtime}
+    fast_server = ServerProcess(env=env)
+    fast_server.start(tmp_path)
     try:
-        log = aoti.wait_for_log("served by aoti")
+        # auto: the ONNX graph, measured fastest when the artifacts were built.
+        log = fast_server.wait_for_log(f"served by {'onnx' if runtime == 'auto' else runtime}")
         assert "outputs equal TorchScript's" in log
-        fast = _answers(aoti, images)
+        fast = _answers(fast_server, images)
     finally:
-        assert aoti.stop() == 0, aoti.log()
+        assert fast_server.stop() == 0, fast_server.log()
     env = {**_no_compiler_env(SHIPPED_MODELS), "MNIST_MODEL_RUNTIME": "torchscript"}
     ts = ServerProcess(env=env)
     ts.start(tmp_path)
@@ -73,7 +77,8 @@ def test_e2e_corrupt_package_falls_back_to_torchscript(
     artifacts = card.export["artifacts"]
     assert isinstance(artifacts, list)
     # The checksum matches the broken bytes, and the card claims a big speed-up, so that
-    # `auto` really tries the package.
+    # `auto` really tries the package; the ONNX graph is gone.
+    (folder / ONNX_FILE).unlink()
     artifacts[0] = {
         **artifacts[0],
         "sha256": sha256_file(folder / AOTI_FILE),

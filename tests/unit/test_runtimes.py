@@ -1,7 +1,8 @@
 """Runtime choice: which artifact serves a version, and every reason to fall back to TorchScript.
 
 The policy tests use the shipped v4 card with its artifact list edited; the loading tests use
-the shipped v4 `model.pt2` itself, corrupted, mismatched or mislabelled in a copy.
+the shipped v4 `model.pt2` and `model.onnx` themselves, corrupted, mismatched or mislabelled
+in a copy.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.serving.card import AOTI_FILE, ModelCard, check_inputs, sha256_file
+from service.serving.card import AOTI_FILE, ONNX_FILE, ModelCard, check_inputs, sha256_file
 from service.serving.model import Classifier, ModelLoadError
 from service.serving.runtimes import (
     AUTO_MIN_SPEEDUP,
@@ -87,6 +89,23 @@ def test_choose_auto_needs_the_documented_margin(shipped_models: Path) -> None:
     assert choose(_card(shipped_models, entry), "aoti", CPU).artifact is not None
 
 
+def test_choose_by_name_takes_only_that_format(shipped_models: Path) -> None:
+    onnx = _entry(format="onnx", file=ONNX_FILE, torch="2.3.0")  # the exporter's torch
+    card = _card(shipped_models, _entry(), onnx)
+    named = choose(card, "onnx", CPU).artifact
+    assert named is not None
+    assert named.file == ONNX_FILE  # an ONNX graph does not depend on the torch release
+    picked = choose(card, "aoti", CPU).artifact
+    assert picked is not None
+    assert picked.file == AOTI_FILE
+    assert "no artifact of onnx" in choose(_card(shipped_models, _entry()), "onnx", CPU).reason
+    # auto: the fastest of the two when built.
+    faster = _entry(format="onnx", file=ONNX_FILE, images_per_s={"1": 8000.0, "64": 30000.0})
+    best = choose(_card(shipped_models, _entry(), faster), "auto", CPU).artifact
+    assert best is not None
+    assert best.file == ONNX_FILE
+
+
 def test_choose_torchscript_ignores_artifacts(shipped_models: Path) -> None:
     choice = choose(_card(shipped_models, _entry()), "torchscript", CPU)
     assert choice.artifact is None
@@ -133,37 +152,53 @@ def test_shipped_card_still_reads_in_a_server_before_artifacts(shipped_models: P
         "output", "metrics", "training", "dataset", "parameters", "mflops", "export", "sha256",
     }  # fmt: skip
     assert set(raw) <= fields_before_artifacts
-    assert raw["export"]["artifacts"][0]["file"] == AOTI_FILE
+    assert {a["file"] for a in raw["export"]["artifacts"]} == {AOTI_FILE, ONNX_FILE}
 
 
 # ------------------------------------------------------------------------ loading and fallback
 
 
+FILES = {"aoti": AOTI_FILE, "onnx": ONNX_FILE}
+
+
+@pytest.fixture(params=sorted(FILES))
+def fmt(request: pytest.FixtureRequest) -> str:
+    """The artifact format under test."""
+    name: str = request.param
+    return name
+
+
 @pytest.fixture
-def version(tmp_path: Path, shipped_models: Path) -> Path:
-    """A copy of the shipped version with a package, its card claiming it is fast (so that
-    `auto` tries it)."""
+def version(tmp_path: Path, shipped_models: Path, fmt: str) -> Path:
+    """A copy of the shipped version whose card claims the artifact of `fmt` is the fast
+    one (so that `auto` tries it) and the other one no faster than TorchScript."""
     folder = tmp_path / "mnist-cnn" / SHIPPED_AOTI_VERSION
     shutil.copytree(shipped_models / "mnist-cnn" / SHIPPED_AOTI_VERSION, folder)
-    _edit_entry(folder, images_per_s={"64": 2e4}, torchscript_images_per_s={"64": 1e4})
+    for name, file in FILES.items():
+        fast = 2e4 if name == fmt else 1e4
+        _edit_entry(folder, file, images_per_s={"64": fast}, torchscript_images_per_s={"64": 1e4})
     return folder
 
 
-def _edit_entry(folder: Path, **changes: Any) -> None:
+def _edit_entry(folder: Path, file: str, **changes: Any) -> None:
     card = ModelCard.read(folder)
     artifacts = card.export["artifacts"]
     assert isinstance(artifacts, list)
-    artifacts[0] = {**artifacts[0], **changes}
+    (at,) = [i for i, a in enumerate(artifacts) if isinstance(a, dict) and a["file"] == file]
+    artifacts[at] = {**artifacts[at], **changes}
     card.write(folder)
 
 
-def test_load_serves_the_package_with_torchscript_answers(
-    version: Path, mnist_sample: tuple[np.ndarray, np.ndarray], caplog: pytest.LogCaptureFixture
+def test_load_serves_the_artifact_with_torchscript_answers(
+    version: Path,
+    fmt: str,
+    mnist_sample: tuple[np.ndarray, np.ndarray],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.INFO, logger="service.serving.model"):
         fast = Classifier.load(version, torch.device("cpu"))
-    assert fast.runtime == "aoti"
-    assert "served by aoti" in caplog.text
+    assert fast.runtime == fmt
+    assert f"served by {fmt}" in caplog.text
     reference = Classifier.load(version, torch.device("cpu"), runtime="torchscript")
     assert reference.runtime == "torchscript"
     pixels = mnist_sample[0].astype(np.float32) / 255
@@ -173,12 +208,12 @@ def test_load_serves_the_package_with_torchscript_answers(
     assert fast.predict_batch(np.zeros((0, 28, 28), np.float32)).shape == (0, 11)
 
 
-def _corrupt(folder: Path) -> None:
-    (folder / AOTI_FILE).write_bytes(b"PK\x03\x04 not a package")
-    _edit_entry(folder, sha256=sha256_file(folder / AOTI_FILE))  # checksum right, bytes wrong
+def _corrupt(folder: Path, file: str) -> None:
+    (folder / file).write_bytes(b"PK\x03\x04 not a package")
+    _edit_entry(folder, file, sha256=sha256_file(folder / file))  # checksum right, bytes wrong
 
 
-def _mismatch(folder: Path) -> None:
+def _mismatch(folder: Path, file: str) -> None:
     # A package that loads and runs but computes something else: the card's temperature
     # moved after it was built, and TorchScript's serving method follows the card.
     card = ModelCard.read(folder)
@@ -186,33 +221,39 @@ def _mismatch(folder: Path) -> None:
     card.write(folder)
 
 
-def _tampered(folder: Path) -> None:
-    with open(folder / AOTI_FILE, "ab") as fh:
+def _tampered(folder: Path, file: str) -> None:
+    with open(folder / file, "ab") as fh:
         fh.write(b"\0")
 
 
-def _other_torch(folder: Path) -> None:
-    _edit_entry(folder, torch="2.3.1")
+def _other_torch(folder: Path, file: str) -> None:
+    _edit_entry(folder, file, torch="2.3.1")
 
 
-def _missing(folder: Path) -> None:
-    (folder / AOTI_FILE).unlink()
+def _on_cuda(folder: Path, file: str) -> None:
+    _edit_entry(folder, file, device="cuda")
+
+
+def _missing(folder: Path, file: str) -> None:
+    (folder / file).unlink()
 
 
 @pytest.mark.parametrize(
     ("damage", "reason"),
     [
-        (_corrupt, "cannot load model.pt2"),
+        (_corrupt, "cannot load {file}"),
         (_mismatch, "outputs differ from TorchScript's"),
         (_tampered, "checksum mismatch"),
-        (_other_torch, "built for torch 2.3.1"),
+        (_on_cuda, "built for cuda, this server runs on cpu"),
         (_missing, "model file not found"),
     ],
 )
 def test_load_falls_back_to_torchscript_with_a_log_line(
-    version: Path, damage: Any, reason: str, caplog: pytest.LogCaptureFixture
+    version: Path, fmt: str, damage: Any, reason: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    damage(version)
+    file = FILES[fmt]
+    damage(version, file)
+    reason = reason.format(file=file)
     with caplog.at_level(logging.INFO, logger="service.serving.model"):
         clf = Classifier.load(version, torch.device("cpu"))
     assert clf.runtime == "torchscript"
@@ -222,5 +263,29 @@ def test_load_falls_back_to_torchscript_with_a_log_line(
     probs = clf.predict_pixels(check_inputs(ModelCard.read(version).check_spec()))
     torch.testing.assert_close(probs.sum(1), torch.ones(len(probs)))
     # Asked for by name, the same damage refuses the version instead.
-    with pytest.raises(ModelLoadError, match="model_runtime is aoti"):
-        Classifier.load(version, torch.device("cpu"), runtime="aoti")
+    with pytest.raises(ModelLoadError, match=f"model_runtime is {fmt}"):
+        Classifier.load(version, torch.device("cpu"), runtime=fmt)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fmt", ["onnx"])
+def test_an_onnx_graph_without_onnxruntime_falls_back(
+    version: Path, fmt: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` fails
+    with caplog.at_level(logging.INFO, logger="service.serving.model"):
+        clf = Classifier.load(version, torch.device("cpu"))
+    assert clf.runtime == "torchscript"
+    assert "model.onnx needs onnxruntime, which is not installed" in caplog.text
+
+
+def test_a_package_for_another_torch_falls_back_but_an_onnx_graph_serves(
+    version: Path, fmt: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    _other_torch(version, FILES[fmt])
+    with caplog.at_level(logging.INFO, logger="service.serving.model"):
+        clf = Classifier.load(version, torch.device("cpu"))
+    if fmt == "aoti":
+        assert clf.runtime == "torchscript"
+        assert "built for torch 2.3.1" in caplog.text
+    else:
+        assert clf.runtime == "onnx"
