@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -132,16 +132,17 @@ class _Incoming:
     NOTE: a class, not @contextmanager: a generator per request costs more than the rest
     of the admission (docs/decisions.md)."""
 
-    __slots__ = ("_batcher", "_images", "_client")
+    __slots__ = ("_batcher", "_images", "_client", "_big_bytes")
 
-    def __init__(self, batcher: Batcher, images: int, client: Hashable) -> None:
+    def __init__(self, batcher: Batcher, images: int, client: Hashable, big_bytes: int) -> None:
         self._batcher, self._images, self._client = batcher, images, client
+        self._big_bytes = big_bytes
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, *exc: object) -> None:
-        self._batcher._announced(self._images, self._client)
+        self._batcher._announced(self._images, self._client, self._big_bytes)
 
 
 class Batcher:
@@ -191,6 +192,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._queued_images = 0
         self._incoming = 0
+        self._incoming_big_bytes = 0  # of the big files among them (Admission.big_bytes)
         #: Images each client has announced or queued, for the per-client share.
         self._by_client: Counter[Hashable] = Counter()
         self._arrived = asyncio.Event()
@@ -234,8 +236,12 @@ class Batcher:
         must cost far less than the work it turns away."""
         self._admit(1, client)
 
-    def _admit(self, images: int, client: Hashable) -> None:
-        self.admission.check(images, client, self.pending_images, self._by_client)
+    def _admit(self, images: int, client: Hashable, big_bytes: int = 0) -> None:
+        self.admission.check(
+            images, client, self.pending_images, self._by_client,
+            decoding=self._incoming, pending_big_bytes=self._incoming_big_bytes,
+            big_bytes=big_bytes,
+        )  # fmt: skip
 
     def stop_accepting(self) -> None:
         self._accepting = False
@@ -263,19 +269,25 @@ class Batcher:
 
     # -------------------------------------------------------------- clients
 
-    def incoming(self, images: int = 1, client: Hashable = None) -> _Incoming:
+    def incoming(
+        self, images: int = 1, client: Hashable = None, sizes: Sequence[int] = ()
+    ) -> _Incoming:
         """Admit work that is about to be decoded (or refuse it with 503 before any decoding),
-        and announce it, so a forming batch can wait for it. A context manager: the
-        announcement ends with the block."""
+        and announce it, so a forming batch can wait for it. `sizes`: the files' bytes, when
+        known (big files are costed by their size). A context manager: the announcement
+        ends with the block."""
         if not self._accepting:
             raise ShuttingDown()
-        self._admit(images, client)
+        big_bytes = self.admission.big_bytes(sizes)
+        self._admit(images, client, big_bytes)
         self._incoming += images
+        self._incoming_big_bytes += big_bytes
         self._by_client[client] += images
-        return _Incoming(self, images, client)
+        return _Incoming(self, images, client, big_bytes)
 
-    def _announced(self, images: int, client: Hashable) -> None:
+    def _announced(self, images: int, client: Hashable, big_bytes: int = 0) -> None:
         self._incoming -= images
+        self._incoming_big_bytes -= big_bytes
         self._forget(client, images)
         self._arrived.set()
 

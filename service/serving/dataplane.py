@@ -212,7 +212,7 @@ class DataPlane:
         abandoned: threading.Event,
         budget: RequestBudget,
         one_digit: bool = False,
-        spent: list[float] | None = None,
+        spent: list[tuple[int, float]] | None = None,
     ) -> list[Scan | ServiceError]:
         out: list[Scan | ServiceError] = []
         # CPU time of this thread, not wall time: threads decoding side by side slow each
@@ -222,8 +222,10 @@ class DataPlane:
             if abandoned.is_set():
                 break  # the request was cancelled (client gone, deadline): stop spending CPU
             out.append(self._decode_one(data, one_digit, budget))
-        if spent is not None:
-            spent.append(time.thread_time() - started)
+            if spent is not None:
+                done = time.thread_time()
+                spent.append((len(data), done - started))  # list.append: thread-safe
+                started = done
         return out
 
     async def decode_images(
@@ -231,16 +233,16 @@ class DataPlane:
         files: list[NamedFile],
         one_digit: bool = False,
         per_file: bool = False,
-        spent: list[float] | None = None,
+        spent: list[tuple[int, float]] | None = None,
     ) -> list[Scan | ServiceError]:
         """Each file's scan, or one ServiceError naming every file that could not be decoded.
 
         With `per_file`, a file the client got wrong (a 4xx error) takes its error's place
         in a request of several files, and the others are still read; one file alone, or a
         failure of the server's (5xx), still fails the request. A decodable file with
-        nothing to read is a scan without glyphs, not an error. `spent` gets the CPU seconds
-        each decoding thread worked (not the time the request waited for the threads: that
-        wait is what admission estimates, not a cost).
+        nothing to read is a scan without glyphs, not an error. `spent` gets each decoded
+        file's size and the CPU seconds its decoding took (not the time the request waited
+        for the threads: that wait is what admission estimates, not a cost).
         """
         outcomes: list[Scan | ServiceError]
         if len(files) == 1 and cheap_to_decode(files[0].data):
@@ -249,7 +251,7 @@ class DataPlane:
             started = time.perf_counter()  # on the loop, alone: wall time is its CPU time
             outcomes = [self._decode_one(files[0].data, one_digit)]
             if spent is not None:
-                spent.append(time.perf_counter() - started)
+                spent.append((len(files[0].data), time.perf_counter() - started))
         else:
             # One pool task per thread, each decoding a contiguous slice of the files: a task
             # per file costs more in scheduling than a small file's decode.
@@ -363,10 +365,11 @@ class DataPlane:
         if quota is not None and quota.image_keys:
             quota.charge(client, len(files))  # a key's images per minute (or a 429)
         # Admission (or a 503) before any decoding: refused work must cost almost nothing.
-        spent: list[float] = []
-        with self.batcher.incoming(len(files), client), tracing.span("decode"):
+        spent: list[tuple[int, float]] = []
+        sizes = [len(f.data) for f in files]
+        with self.batcher.incoming(len(files), client, sizes), tracing.span("decode"):
             outcomes = await self.decode_images(files, one_digit, per_file=True, spent=spent)
-        self.batcher.admission.observe_decode(len(files), sum(spent))
+        self.batcher.admission.observe_decode(spent)
         decoded_s = time.perf_counter() - started
         if self.metrics is not None:
             self.metrics.preprocess_latency.observe(decoded_s)

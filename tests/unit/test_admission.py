@@ -24,7 +24,7 @@ def test_before_any_measurement_only_the_memory_bound_applies() -> None:
 
 def test_the_limit_is_what_fits_the_deadline() -> None:
     a = admission(max_wait_s=1.0)
-    a.observe_decode(100, 0.1)  # 1 ms per image
+    a.observe_decode([(300, 0.001)] * 100)  # 1 ms per image
     a.observe_forward(100, 0.1)  # 1 ms per image
     assert a.seconds_per_image == pytest.approx(0.002)
     assert a.limit() == 500  # 1 s / 2 ms
@@ -35,19 +35,24 @@ def test_the_limit_is_what_fits_the_deadline() -> None:
     assert info.value.headers["Retry-After"] == "1"
 
 
-def test_one_huge_upload_does_not_make_the_worker_refuse_small_ones() -> None:
-    # Seen in CI: a few big photos, each seconds of decoding, made a per-request mean say
-    # 10 ms an image, and the worker refused a 1,024-image burst of 28x28 PNGs it could do.
+def test_big_photos_do_not_make_the_worker_refuse_small_uploads() -> None:
+    # Seen in CI: a few big photos, each a large share of a second of decoding, made a mean
+    # per image say 10-25 ms, and the worker refused a 1,024-image burst of 28x28 PNGs.
     a = admission(max_images=100_000, max_wait_s=8.0)
     for _ in range(64):
-        a.observe_decode(16, 16 * 0.0002)  # 0.2 ms a small image
+        a.observe_decode([(300, 0.0002)] * 16)  # 0.2 ms a small image
         a.observe_forward(16, 16 * 0.0001)
     before = a.limit()
-    a.observe_decode(1, 3.0)  # one photo that took seconds
+    a.observe_decode([(3_000_000, 0.3)] * 8)  # eight 3 MB photos, 0.3 s each
+    assert a.limit() == before  # small images are costed by small images
     a.check(64, "a", 1024, Counter(a=1024))
-    for _ in range(4 * 64):  # four times the images the averages span: it has faded
-        a.observe_decode(16, 16 * 0.0002)
-    assert a.limit() >= before / 2
+    # A photo still to decode is costed by its bytes: 40 of them (12 s of work) are refused.
+    photos = 40 * 3_000_000
+    with pytest.raises(Overloaded, match="at capacity") as info:
+        a.check(1, "a", 40, Counter(a=40), pending_big_bytes=photos, big_bytes=3_000_000)
+    assert info.value.headers["Retry-After"] == "5"  # (41 x 0.3 s - 8 s), rounded up
+    # Decoded and queued, the same 40 images cost only their forward.
+    a.check(1, "a", 40, Counter(a=40), decoding=0)
     # A worker that really became slow (every image costs more) is judged by it, quickly.
     for _ in range(64):
         a.observe_forward(16, 16 * 0.01)
@@ -65,7 +70,7 @@ def test_retry_after_grows_with_the_work_ahead() -> None:
 
 def test_the_first_images_measured_do_not_set_the_limit_alone() -> None:
     a = admission(max_images=1000, max_wait_s=1.0)
-    a.observe_decode(1, 0.5)  # the first decode in a process: imports, caches
+    a.observe_decode([(300, 0.5)])  # the first decode in a process: imports, caches
     a.observe_forward(12, 0.2)  # the first forward at a batch size warm-up did not run
     assert a.limit() == 1000
     a.observe_forward(64, 64 * 0.01)
