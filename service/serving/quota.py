@@ -54,7 +54,13 @@ INSERT INTO busy (name, pid, n)
 SELECT :name, :pid, 1 WHERE (SELECT coalesce(sum(n), 0) FROM busy WHERE name = :name) < :max
 ON CONFLICT (name, pid) DO UPDATE SET n = n + 1
 """
-_LEAVE = "UPDATE busy SET n = n - 1 WHERE name = :name AND pid = :pid AND n > 0"
+_LEAVE = "UPDATE busy SET n = max(0, n - :n) WHERE name = :name AND pid = :pid"
+#: What SQLite answers when another worker holds the write lock past `lock_timeout_s`.
+_BUSY = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    return exc.sqlite_errorcode & 0xFF in _BUSY  # the primary code of an extended one
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,8 @@ class Quota:
         self._pid = os.getpid()
         #: Keys with an images-per-minute limit, by client id (`charge` looks them up).
         self.image_keys: dict[str, ApiKey] = {}
+        #: Slots to give back, by key name, that found the write lock taken (`_settle`).
+        self._owed: dict[str, int] = {}
 
     def use(self, ring: KeyRing) -> None:
         """Follow the keys now configured (start-up and every reload)."""
@@ -92,6 +100,7 @@ class Quota:
         # Opened on first use, in the worker (never inherited across a fork).
         if self._db is None or self._pid != os.getpid():
             self._pid = os.getpid()
+            self._owed = {}
             target = str(self.path) if self.path is not None else ":memory:"
             db = sqlite3.connect(
                 target, timeout=self.policy.lock_timeout_s, isolation_level=None,
@@ -108,27 +117,55 @@ class Quota:
     def enter(self, key: ApiKey) -> bool:
         """Count a request of `key` in, or raise RateLimited. True when `leave` is owed."""
         db = self._conn()
+        if self._owed:
+            self._settle(db)
         held = False
-        if key.concurrent is not None:
-            params = {"name": key.name, "pid": self._pid, "max": key.concurrent}
-            if db.execute(_ENTER, params).rowcount == 0:
-                raise RateLimited(
-                    f"key {key.name!r} has {key.concurrent} requests in progress, its limit; "
-                    "retry when one has finished",
-                    retry_after_s=self.policy.min_retry_s,
-                )
-            held = True
-        if key.requests_per_second is not None:
-            try:
+        try:
+            if key.concurrent is not None:
+                params = {"name": key.name, "pid": self._pid, "max": key.concurrent}
+                if db.execute(_ENTER, params).rowcount == 0:
+                    raise RateLimited(
+                        f"key {key.name!r} has {key.concurrent} requests in progress, its "
+                        "limit; retry when one has finished",
+                        retry_after_s=self.policy.min_retry_s,
+                    )
+                held = True
+            if key.requests_per_second is not None:
                 self._take(db, key, "requests", key.requests_per_second, key.request_burst, 1)
-            except RateLimited:
-                if held:
-                    self.leave(key)
-                raise
+        except (RateLimited, sqlite3.OperationalError) as exc:
+            if held:
+                self.leave(key)
+            if isinstance(exc, sqlite3.OperationalError):
+                raise self._refused_busy(key, exc) from None
+            raise
         return held
 
     def leave(self, key: ApiKey) -> None:
-        self._conn().execute(_LEAVE, {"name": key.name, "pid": self._pid})
+        """Give back the slot `enter` took. Never raises for a busy database: the slot is
+        owed and given back by this worker's next call, so a moment of lock contention
+        cannot keep it counted (and the key refused) for good."""
+        self._owed[key.name] = self._owed.get(key.name, 0) + 1
+        self._settle(self._conn())
+
+    def _settle(self, db: sqlite3.Connection) -> None:
+        for name, count in list(self._owed.items()):
+            try:
+                db.execute(_LEAVE, {"name": name, "pid": self._pid, "n": count})
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc):
+                    raise
+                return  # still locked: the rest wait for the next call too
+            del self._owed[name]
+
+    def _refused_busy(self, key: ApiKey, exc: sqlite3.OperationalError) -> RateLimited:
+        """A check that could not get the write lock in time: a 429 to retry, not a 500."""
+        if not _busy(exc):
+            raise exc
+        return RateLimited(
+            f"key {key.name!r}'s limits could not be checked, the server is busy; retry "
+            "after the Retry-After seconds",
+            retry_after_s=self.policy.min_retry_s,
+        )
 
     def take_images(self, key: ApiKey, images: int) -> None:
         """Charge `images` to the key's images-per-minute bucket, or raise."""
@@ -140,7 +177,10 @@ class Quota:
                 f"{images} images in one request exceed key {key.name!r}'s limit of "
                 f"{per_minute} per minute"
             )
-        self._take(self._conn(), key, "images", per_minute / 60, per_minute, images)
+        try:
+            self._take(self._conn(), key, "images", per_minute / 60, per_minute, images)
+        except sqlite3.OperationalError as exc:
+            raise self._refused_busy(key, exc) from None
 
     def _take(
         self, db: sqlite3.Connection, key: ApiKey, kind: str, rate: float, burst: int, cost: int

@@ -3,14 +3,16 @@ key file's parsing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from service.errors import PayloadTooLarge, RateLimited
 from service.serving.keys import ApiKey, KeyRing, client_id, key_ring, read_key_file
-from service.serving.quota import Quota
+from service.serving.quota import Quota, QuotaPolicy
 
 
 @pytest.fixture
@@ -59,6 +61,30 @@ def test_a_request_refused_by_rate_does_not_hold_a_concurrency_slot(workers) -> 
         a.enter(key)
     other = ApiKey(name="app", key="k", concurrent=1)  # the same name, rate limit dropped
     assert a.enter(other)  # the slot was given back
+
+
+def test_a_busy_database_is_a_429_and_never_keeps_a_slot(tmp_path: Path) -> None:
+    path = tmp_path / "quota.sqlite"
+    policy = QuotaPolicy(lock_timeout_s=0.01)  # give up on the lock at once: no waiting here
+    a, b = Quota(path, policy), Quota(path, policy)
+    key = ApiKey(name="app", key="k", concurrent=1)
+    images = ApiKey(name="pics", key="p", images_per_minute=6)
+    assert a.enter(key)
+    with pytest.raises(RateLimited, match="1 requests in progress"):
+        b.enter(key)
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")  # another worker holds the write lock
+        a.leave(key)  # the slot cannot be given back now: owed, not lost, and no 500
+        with pytest.raises(RateLimited, match="server is busy") as refused:
+            b.enter(key)
+        assert refused.value.headers == {"Retry-After": "1"}
+        with pytest.raises(RateLimited, match="server is busy"):
+            b.take_images(images, 1)
+        other.execute("ROLLBACK")
+    # The worker that owed the slot gives it back first thing, then takes it again.
+    assert a.enter(key)
+    a.leave(key)
+    assert b.enter(key)
 
 
 def test_images_per_minute(workers) -> None:
