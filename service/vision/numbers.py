@@ -3,17 +3,20 @@ scores of them make best.
 
 Geometry (stage 4) cuts a row into glyphs by its gaps and one split rule; where digits
 touch, overlap or break, that guess is often wrong. This stage over-segments each row into
-primitive pieces (geometry's glyphs, each also cut at narrow necks of its ink) and offers
-every run of 1 to `max_span` consecutive pieces as a candidate glyph. The data plane scores
-all of them in the batch it already forms; the read stage (`choose`) takes the cheapest
-path through each row: a candidate read as a digit costs -log P(digit) plus a cost for an
-implausible width or height, one dropped as "not a digit" a fixed cost plus
--log P(not a digit). Geometry's own reading is always one of the paths.
+primitive pieces (geometry's glyphs, the wide ones also cut at narrow necks of their ink and
+near even cuts) and offers every run of 1 to `max_span` consecutive, close pieces as a
+candidate glyph. The data plane scores all of them in the batch it already forms; the read
+stage (`choose`) takes the cheapest path through each row: a candidate read as a digit costs
+-log P(digit) plus a cost per digit, per glyph of geometry's it joins and for an
+implausible width or height; one dropped as "not a digit" (only where geometry's glyphs
+begin and end) a cost per glyph plus -log P(not a digit). Geometry's own reading is always
+one of the paths.
 
 `over_segment(rows, p)` returns the extra candidates (`Part`s in the page's pixels) and the
 `Lattice` that says which pieces each candidate covers, or None where geometry's reading
-stands alone: one glyph no wider than a digit (a plain digit costs nothing more), or more
-candidates than `max_candidates` (the work per image is bounded).
+stands alone: one glyph no wider than geometry leaves one (a plain digit costs nothing
+more), nothing beyond geometry's glyphs to choose from, or more candidates than
+`max_candidates` (the work per image is bounded).
 """
 
 from __future__ import annotations
@@ -194,7 +197,7 @@ def _cut(g: Part, index: int, row_h: float, p: NumberParams) -> list[_Piece]:
     smooth = np.convolve(column, np.ones(3) / 3, mode="same")
     options = []
     for c in range(margin, w - margin + 1):
-        if c >= w or column[c] == 0:
+        if column[c] == 0:
             continue
         local = smooth[c] <= smooth[max(c - 1, 0)] and smooth[c] <= smooth[min(c + 1, w - 1)]
         neck = runs[c] == 1 and column[c] <= p.neck_stroke * stroke
