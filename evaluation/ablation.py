@@ -93,6 +93,9 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("glyphs.fragments", "cut fragments at the edges kept", _off("glyphs", "cut_fragments")),
     Variant("glyphs.connected", "every row and far blob kept", _off("glyphs", "keep_connected")),
     Variant("glyphs.split", "touching digits not split", _off("glyphs", "split")),
+    Variant(
+        "numbers.lattice", "numbers by geometry alone: no candidates", _off("numbers", "lattice")
+    ),
     Variant("normalise.level", "strokes not levelled to full ink", _off("normalise", "level")),
     Variant("normalise.widen", "thin strokes not widened", _off("normalise", "widen")),
     Variant(
@@ -157,13 +160,13 @@ class Counts:
 
 def _predict(clf: Classifier, scans: list[Scan | None]) -> list[list[list[float]]]:
     """The model's probability rows for every glyph of every scan, in batches."""
-    pixels = [g.pixels for s in scans if s is not None for g in s.glyphs]
+    pixels = [g.pixels for s in scans if s is not None for g in s.inputs]
     rows: list[list[float]] = []
     for start in range(0, len(pixels), _BATCH):
         rows += clf.predict_pixels(np.stack(pixels[start : start + _BATCH])).tolist()
     out, at = [], 0
     for s in scans:
-        n = len(s.glyphs) if s is not None else 0
+        n = len(s.inputs) if s is not None else 0
         out.append(rows[at : at + n])
         at += n
     return out

@@ -356,8 +356,8 @@ class DataPlane:
         version: str | None = None,
     ) -> tuple[list[Reading | ServiceError], Classifier]:
         """One reading per file, in order, or the error of a file that could not be read (in
-        a request of several: see `decode_images`); all glyphs go through one batch, on
-        `version` (default: the default version). `scans`, when given, gets each file's
+        a request of several: see `decode_images`); all glyphs and candidates go through one
+        batch, on `version` (default: the default version). `scans`, when given, gets each file's
         scan (None where it failed), for the shadow."""
         started = time.perf_counter()
         named = self.repository.lookup(version) if version else None  # 404 before decoding
@@ -375,7 +375,7 @@ class DataPlane:
             self.metrics.preprocess_latency.observe(decoded_s)
         if scans is not None:
             scans.extend(o if isinstance(o, Scan) else None for o in outcomes)
-        glyphs = [g.pixels for o in outcomes if isinstance(o, Scan) for g in o.glyphs]
+        glyphs = [g.pixels for o in outcomes if isinstance(o, Scan) for g in o.inputs]
         model = named or self.classifier
         rows: list[list[float]] = []
         if glyphs:
@@ -393,7 +393,7 @@ class DataPlane:
             if isinstance(o, ServiceError):
                 readings.append(o)
                 continue
-            end = start + len(o.glyphs)
+            end = start + len(o.inputs)
             readings.append(read(o, rows[start:end], threshold))
             start = end
         return readings, model

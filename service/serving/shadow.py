@@ -70,7 +70,7 @@ class Shadow:
         self._recorder.record_readings(request_id, "shadow", self.model.version, readings)
 
     def _read(self, scans: list[Scan | None]) -> list[Reading | None]:
-        glyphs = [g.pixels for s in scans if s is not None for g in s.glyphs]
+        glyphs = [g.pixels for s in scans if s is not None for g in s.inputs]
         rows: list[list[float]] = []
         if glyphs:
             rows = self.model.predict_pixels(np.stack(glyphs)).tolist()
@@ -80,7 +80,7 @@ class Shadow:
             if s is None:
                 out.append(None)
                 continue
-            end = start + len(s.glyphs)
+            end = start + len(s.inputs)
             out.append(read(s, rows[start:end], self.model.reject_threshold))
             start = end
         return out

@@ -7,10 +7,12 @@ through named stages, each one module with its thresholds in a frozen dataclass:
 2. ink (`service.vision.ink`): polarity, lighting, stroke threshold, blank and noise;
 3. page (`service.vision.page`): skew, rulings, frames, cells, grid lines taken out;
 4. glyphs (`service.vision.glyphs`): components grouped into digits and rows, splits;
-5. normalise (`service.vision.normalise`): each glyph in MNIST's geometry;
+   then numbers (`service.vision.numbers`): candidate glyphs from over-segmented rows;
+5. normalise (`service.vision.normalise`): each glyph (and candidate) in MNIST's geometry;
 6. read (`service.vision.reading`): digit, number or not a digit, from the model's rows.
 
-`scan` runs 1-5 (the model runs between 5 and 6, batched by the data plane); a 28x28
+`scan` runs 1-5 (the model runs between 5 and 6 on every input of the scan, batched by the
+data plane); a 28x28
 image already in MNIST's form stops after stage 2. A `BoxMap` carries every change of
 geometry, so boxes come back in the upload's pixels.
 """
@@ -32,9 +34,10 @@ from service.vision.decode import (
     RequestBudget,
     decode_upload,
 )
-from service.vision.glyphs import GLYPHS, GlyphParams, find_glyphs
+from service.vision.glyphs import GLYPHS, GlyphParams, Part, find_glyphs
 from service.vision.ink import INK, MNIST_SIZE, InkParams, find_ink
 from service.vision.normalise import BOX, NORMALISE, NormaliseParams, to_mnist
+from service.vision.numbers import NUMBERS, Lattice, NumberParams, over_segment
 from service.vision.page import PAGE, PageParams, clear_page
 
 __all__ = ["BOX", "MNIST_SIZE", "READER", "Glyph", "ImageLimits", "Reader", "Scan", "normalize",
@@ -56,6 +59,15 @@ class Scan:
 
     glyphs: tuple[Glyph, ...]
     reason: str | None = None  # set exactly when `glyphs` is empty
+    #: Candidate glyphs beyond geometry's, and the lattice the read stage chooses from
+    #: (`service.vision.numbers`); none for a plain digit.
+    candidates: tuple[Glyph, ...] = ()
+    lattice: Lattice | None = None
+
+    @property
+    def inputs(self) -> tuple[Glyph, ...]:
+        """What the model scores for this scan: its glyphs, then its candidates."""
+        return self.glyphs + self.candidates if self.candidates else self.glyphs
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,7 @@ class Reader:
     page: PageParams = field(default=PAGE)
     glyphs: GlyphParams = field(default=GLYPHS)
     normalise: NormaliseParams = field(default=NORMALISE)
+    numbers: NumberParams = field(default=NUMBERS)
 
 
 READER = Reader()
@@ -121,17 +134,17 @@ def read_gray(
     if not rows:
         return Scan((), "nearly blank: only lines or specks")
     boxes = boxes.then(Scale(ink.sx, ink.sy), Shift(ink.pad, ink.pad), *filter(None, [page.turn]))
-    return Scan(
-        tuple(
-            Glyph(
-                to_mnist(page.ink, part, ink.threshold, reader.normalise),
-                boxes.to_upload(part.box),
-                row,
-            )
-            for row, parts in enumerate(rows)
-            for part in parts
-        )  # fmt: skip
-    )
+
+    def glyph(part: Part, row: int) -> Glyph:
+        pixels = to_mnist(page.ink, part, ink.threshold, reader.normalise)
+        return Glyph(pixels, boxes.to_upload(part.box), row)
+
+    glyphs = tuple(glyph(part, row) for row, parts in enumerate(rows) for part in parts)
+    lattice = None if one_digit else over_segment(rows, reader.numbers)
+    if lattice is None:
+        return Scan(glyphs)
+    extra, spans = lattice
+    return Scan(glyphs, candidates=tuple(glyph(part, row) for row, part in extra), lattice=spans)
 
 
 def normalize(gray: np.ndarray) -> np.ndarray:

@@ -3,15 +3,15 @@ in one place from its scan and the model's probabilities for each of its glyphs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
+from service.vision.numbers import NOT_A_DIGIT, NUMBERS, NumberParams, Pick, choose
 from service.vision.preprocess import Glyph, Scan
 
 Kind = Literal["digit", "number", "not_a_digit"]
 
-#: The model's class for "not a digit", when it has one (an 11-class model).
-NOT_A_DIGIT = 10
+__all__ = ["NOT_A_DIGIT", "READ", "DigitRead", "Kind", "ReadParams", "Reading", "read"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,8 @@ class ReadParams:
     #: (a dash, a dot or a comma is far shorter): the file is a word.
     tall_letter: bool = True
     letter_height: float = 0.75
+    #: The costs of choosing a number's digits among its candidates (`service.vision.numbers`).
+    numbers: NumberParams = field(default=NUMBERS)
 
 
 READ = ReadParams()
@@ -95,43 +97,65 @@ def _tall_letter(glyphs: tuple[Glyph, ...], digits: list[DigitRead], share: floa
     return any(g.box[3] - g.box[1] >= share * typical for g in glyphs if id(g) not in kept)
 
 
+def _digit(glyph: Glyph, row: list[float]) -> DigitRead:
+    # The answer is a digit: its probabilities are the ten digit columns, renormalised
+    # (the served confidence, calibrated on real digits; docs/accuracy.md).
+    total = sum(row[:10]) or 1.0
+    digit_row = [p / total for p in row[:10]]
+    digit = max(range(10), key=digit_row.__getitem__)  # first maximum, as torch.argmax
+    return DigitRead(digit, digit_row[digit], glyph.box, glyph.row, digit_row, glyph)
+
+
+def _marks(
+    scan: Scan, rows: list[list[float]], reject_threshold: float | None, p: ReadParams
+) -> tuple[list[Pick], list[DigitRead]]:
+    """The file's marks and the digits among them: geometry's glyphs, or with a lattice
+    the candidates on its cheapest path."""
+    refused = [_rejected(row, reject_threshold) for row in rows]
+    if scan.lattice is None:
+        picked = [Pick(i, not refused[i]) for i in range(len(scan.glyphs))]
+    else:
+        picked = choose(scan.lattice, rows, refused, p.numbers)
+    inputs = scan.inputs
+    return picked, [_digit(inputs[m.index], rows[m.index]) for m in picked if m.digit]
+
+
 def read(
     scan: Scan,
     rows: list[list[float]],
     reject_threshold: float | None = None,
     p: ReadParams = READ,
 ) -> Reading:
-    """The reading of one file from its scan and one probability row per glyph.
+    """The reading of one file from its scan and one probability row per input (its glyphs,
+    then its candidates).
 
-    Glyphs the model calls "not a digit" (a dash, a letter) drop out of a number. A file
+    The file's marks are its glyphs, or where the scan has a lattice of candidates (a
+    number), the candidates on the lattice's cheapest path (`service.vision.numbers`).
+    Marks the model calls "not a digit" (a dash, a letter) drop out of a number. A file
     left with no digit is "not_a_digit", and so is one of three or more marks where such
-    glyphs are half or more, or where one is as tall as the digits (a letter: a word).
+    marks are half or more, or where one is as tall as the digits (a letter: a word).
     With one digit it is a "digit", with more a "number".
     """
     if not scan.glyphs:
         return Reading("not_a_digit", reason=scan.reason or "nothing to read")
-    digits = []
-    for glyph, row in zip(scan.glyphs, rows, strict=True):
-        if _rejected(row, reject_threshold):
-            continue
-        # The answer is a digit: its probabilities are the ten digit columns, renormalised
-        # (the served confidence, calibrated on real digits; docs/accuracy.md).
-        total = sum(row[:10]) or 1.0
-        digit_row = [p / total for p in row[:10]]
-        digit = max(range(10), key=digit_row.__getitem__)  # first maximum, as torch.argmax
-        digits.append(DigitRead(digit, digit_row[digit], glyph.box, glyph.row, digit_row, glyph))
+    if len(rows) != len(scan.inputs):
+        raise ValueError(f"{len(rows)} probability rows for {len(scan.inputs)} inputs")
+    marks, digits = _marks(scan, rows, reject_threshold, p)
     if not digits:
         reason = "the model reads it as not a digit"
         return Reading("not_a_digit", reason=reason)
-    rejected = len(scan.glyphs) - len(digits)
-    many = len(scan.glyphs) >= p.word_marks
+    # Marks are counted in geometry's glyphs: a dropped candidate that joins three weighs
+    # as much as three dropped glyphs (with geometry alone, every mark is one glyph).
+    rejected = sum(m.glyphs for m in marks if not m.digit)
+    many = sum(m.glyphs for m in marks) >= p.word_marks
     if p.mostly_rejected and many and rejected >= len(digits):
         # A dash or a slash drops out of a number; when half the marks or more of three or
         # more are not digits, the few that pass are letters of a word or parts of a
         # drawing that happen to look like digits. (Two marks are often one digit broken
         # in two, a small bitmap's thin stroke: the piece that reads as a digit stands.)
         return Reading("not_a_digit", reason="most of its marks are not digits")
-    if p.tall_letter and many and rejected and _tall_letter(scan.glyphs, digits, p.letter_height):
+    glyphs = tuple(scan.inputs[m.index] for m in marks)
+    if p.tall_letter and many and rejected and _tall_letter(glyphs, digits, p.letter_height):
         # "hello" keeps l, l and o, which read as 1, 1 and 0: a mark as tall as the digits
         # that is not one is a letter (a dash, a dot or a comma is far shorter).
         return Reading("not_a_digit", reason="letters among its marks: a word, not a number")
