@@ -7,6 +7,7 @@ import logging
 import logging.config
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,26 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
 def _fail(message: str, code: int = 2) -> int:
     sys.stderr.write(f"error: {message}\n")
     return code
+
+
+def _grpc_port_taken(settings: Settings) -> str | None:
+    """Why the gRPC port cannot be used, or None. The workers bind it with SO_REUSEPORT to
+    share it, which would also share it silently with another server already on it: a
+    plain bind first fails as that server's would."""
+    if not settings.grpc_port:
+        return None
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As gRPC binds: TIME_WAIT left by a server that just stopped does not count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((settings.host, settings.grpc_port))
+        except OSError as exc:
+            return (
+                f"cannot use the gRPC port {settings.host}:{settings.grpc_port} "
+                f"({exc.strerror or exc}); set MNIST_GRPC_PORT to a free port, or 0 for none"
+            )
+    return None
 
 
 def uvicorn_options(settings: Settings, log_config: dict[str, Any]) -> dict[str, Any]:
@@ -140,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
                 "or set PROMETHEUS_MULTIPROC_DIR to a writable directory",
                 1,
             )
+    taken = _grpc_port_taken(settings)
+    if taken:
+        return _fail(taken)
     from service.runtime.supervisor import Supervisor
 
     # What uvicorn.run does for workers > 1, with our supervisor in place of uvicorn's.

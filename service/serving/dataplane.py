@@ -367,9 +367,13 @@ class DataPlane:
         # Admission (or a 503) before any decoding: refused work must cost almost nothing.
         spent: list[tuple[int, float]] = []
         sizes = [len(f.data) for f in files]
-        with self.batcher.incoming(len(files), client, sizes), tracing.span("decode"):
-            outcomes = await self.decode_images(files, one_digit, per_file=True, spent=spent)
-        self.batcher.admission.observe_decode(spent)
+        try:
+            with self.batcher.incoming(len(files), client, sizes), tracing.span("decode"):
+                outcomes = await self.decode_images(files, one_digit, per_file=True, spent=spent)
+        finally:
+            # Also when the deadline or a hang-up cut it short: the slowest decodes are the
+            # ones admission most needs to have seen.
+            self.batcher.admission.observe_decode(spent)
         decoded_s = time.perf_counter() - started
         if self.metrics is not None:
             self.metrics.preprocess_latency.observe(decoded_s)

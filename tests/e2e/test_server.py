@@ -226,6 +226,23 @@ def test_e2e_invalid_setting_is_one_line(tmp_path: Path) -> None:
     assert done.stderr.strip().startswith("error: invalid setting max_batch_size")
 
 
+def test_e2e_workers_refuse_a_grpc_port_another_server_listens_on() -> None:
+    # The other server's workers listen with SO_REUSEPORT, as ours do: without the check the
+    # kernel would quietly spread gRPC connections over both servers.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        done = run_to_exit({"MNIST_WORKERS": "2", "MNIST_GRPC_PORT": str(port)})
+    assert done.returncode == 2, done.stderr
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: cannot use the gRPC port 127.0.0.1:{port} (Address already in use)")
+    )
+
+
 def _slow_multipart(files: list[tuple[str, bytes]], seconds: float):
     """A multipart body streamed in small chunks over about `seconds` (a slow uploader)."""
     boundary = "slowupload42"
