@@ -94,13 +94,11 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("page.cells", "rows of form cells kept", _off("page", "cells")),
     Variant("page.lone_lines", "underlines kept", _off("page", "lone_lines")),
     Variant("page.mend", "strokes crossing lines not mended", _off("page", "mend")),
-    Variant("page.fringe", "frame lines not grown over their edges", _off("page", "fringe")),
     Variant("page.slivers", "slivers beside lines kept", _off("page", "slivers")),
     Variant(
         "page.bold_ring", "a bold 0 filling its crop taken as a frame", _off("page", "bold_ring")
     ),
     Variant("page.remnants", "frame remnants along the edges kept", _off("page", "remnants")),
-    Variant("glyphs.edge_lines", "page-edge lines kept as glyphs", _off("glyphs", "edge_lines")),
     Variant("glyphs.merge", "a digit's pieces not merged", _off("glyphs", "merge_stacked")),
     Variant("glyphs.fragments", "cut fragments at the edges kept", _off("glyphs", "cut_fragments")),
     Variant("glyphs.connected", "every row and far blob kept", _off("glyphs", "keep_connected")),
