@@ -21,10 +21,6 @@ from service.vision.page import Page
 class GlyphParams:
     """Thresholds of the glyph stage (shares of sizes); a `bool` field turns a rule off."""
 
-    #: A margin line or page edge: spans `edge_span` of the image and is `edge_thin` thin.
-    edge_lines: bool = True
-    edge_span: float = 0.9
-    edge_thin: float = 0.05
     #: A component counts with `min_area` of the biggest's ink and `min_height` of the tallest.
     min_area: float = 0.04
     min_height: float = 0.2
@@ -108,14 +104,13 @@ def _whole(digit: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> Part:
 
 
 def _select_digit(mask: np.ndarray, p: GlyphParams) -> np.ndarray:
-    """Keep the largest ink component and sizeable ones near it; drop specks, far blobs and
-    page-edge lines. The reading of an image known to hold one digit."""
+    """Keep the largest ink component and sizeable ones near it; drop specks and far blobs.
+    The reading of an image known to hold one digit."""
     labels, count = ndimage.label(mask, structure=EIGHT)
     if count <= 1:
         return mask
     areas = np.bincount(labels.ravel())[1:]
     boxes = ndimage.find_objects(labels)
-    _drop_edge_lines(areas, boxes, mask.shape, p)
     order = np.argsort(areas)[::-1]
     main = int(order[0])
     y0, y1 = boxes[main][0].start, boxes[main][0].stop
@@ -141,20 +136,6 @@ def _select_digit(mask: np.ndarray, p: GlyphParams) -> np.ndarray:
                 x0, x1 = min(x0, bx.start), max(x1, bx.stop)
                 changed = True
     return np.isin(labels, np.asarray(keep) + 1)
-
-
-def _drop_edge_lines(
-    areas: np.ndarray, boxes: list, shape: tuple[int, ...], p: GlyphParams
-) -> None:
-    if not p.edge_lines:
-        return
-    h, w = shape
-    for i, (by, bx) in enumerate(boxes):
-        bh, bw = by.stop - by.start, bx.stop - bx.start
-        # A margin line or a page edge: spans (almost) the whole image and is thin.
-        span, thin = p.edge_span, p.edge_thin
-        if (bh > span * h and bw < thin * w) or (bw > span * w and bh < thin * h):
-            areas[i] = 0
 
 
 # ---------------------------------------------------------------- several digits
@@ -198,11 +179,8 @@ def find_digits(
         return []
     areas = np.bincount(labels.ravel())[1:]
     boxes = ndimage.find_objects(labels)
-    _drop_edge_lines(areas, boxes, mask.shape, p)
-    if not areas.any():
-        return []
     biggest = int(areas.max())
-    tallest = max(b[0].stop - b[0].start for b, a in zip(boxes, areas, strict=True) if a)
+    tallest = max(by.stop - by.start for by, _ in boxes)
     groups = [
         _Group(bx.start, by.start, bx.stop, by.stop, [i + 1], int(areas[i]))
         for i, (by, bx) in enumerate(boxes)

@@ -87,9 +87,6 @@ class PageParams:
     #: Put back a line's pixels where a stroke crosses it (ink `mend_reach` px either side).
     mend: bool = True
     mend_reach: int = 2
-    #: Grow a frame line over its blurred edges: rows inked along `fringe_share` of it.
-    fringe: bool = True
-    fringe_share: float = 0.3
     #: Drop ink lying wholly beside removed lines.
     slivers: bool = True
     #: Keep a bold 0 filling a tight crop whole: "lines" at least `bold` of the side thick
@@ -443,9 +440,6 @@ def _remove_structure(mask: np.ndarray, p: PageParams) -> np.ndarray:
                 ruled_rows += _bands(lone, p.lone_thick * h)
                 ruled_cols += _bands(lone_t.T, p.lone_thick * w)
         return _drop_line_slivers(out, ruled_rows, ruled_cols) if p.slivers else out
-    if p.fringe:
-        hb = [_with_fringe(out, lines, a, b, p) for a, b in hb]
-        vb = [_with_fringe(out.T, lines.T, a, b, p) for a, b in vb]
     for a, b in hb:
         lines[a:b] |= out[a:b] & lines[a:b].any(axis=0, keepdims=True)
     for a, b in vb:
@@ -542,34 +536,6 @@ def _drop_line_slivers(kept: np.ndarray, hb: Bands, vb: Bands) -> np.ndarray:
     drop = outside == 0
     drop[0] = False
     return kept & ~drop[labels]
-
-
-def _with_fringe(
-    out: np.ndarray, lines: np.ndarray, a: int, b: int, p: PageParams
-) -> tuple[int, int]:
-    """A line's band of rows [a, b) grown over its blurred edges.
-
-    A photographed line's edges are soft: the rows just outside its band hold a broken
-    trace of it, too short to count as the line, which would survive as a thin frame
-    around the digit (a boxed 5 read as 3). A row next to the band that is inked along
-    much of the line's length is such a trace; a pen stroke touching the line covers only
-    a little of it. Growth stops at half the band's thickness on each side, and only
-    frame lines along the image's edges grow.
-    """
-    size = out.shape[0]
-    if p.edge * size < a and b < (1 - p.edge) * size:
-        return a, b  # only a frame's lines, along the edges: not a digit's stem in the middle
-    extent = lines[a:b].any(axis=0)
-    n = int(extent.sum())
-    if n == 0:
-        return a, b
-    limit = max(1, (b - a) // 2)
-    lo, hi = a, b
-    while lo > max(a - limit, 0) and out[lo - 1, extent].sum() > p.fringe_share * n:
-        lo -= 1
-    while hi < min(b + limit, size) and out[hi, extent].sum() > p.fringe_share * n:
-        hi += 1
-    return lo, hi
 
 
 def _drop_frame_remnants(

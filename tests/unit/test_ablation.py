@@ -9,7 +9,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from evaluation.ablation import Counts, Variant, _off, cost, markdown, run
+from evaluation.ablation import (
+    UPLOADS,
+    Counts,
+    Variant,
+    _off,
+    cost,
+    markdown,
+    real_dev_files,
+    run,
+    upload_files,
+)
 from service.config import Settings
 from service.vision.decode import Decoded, ImageLimits, decode_upload
 from service.vision.reading import READ, Reading
@@ -117,6 +127,43 @@ def test_markdown_has_the_shipped_row_and_changes_in_files() -> None:
     assert "(" not in shipped
     assert "| 70.0 (-2) |" in off
     assert "| bob | 1 of 4 |" in rows
+
+
+def test_markdown_leaves_out_empty_columns_and_lists_refusals_a_variant_moves() -> None:
+    base, off = Counts(), Counts()
+    base.real, off.real = [9, 10], [9, 10]
+    base.refused, off.refused = [1, 10], [2, 10]
+    base.refused_by_source["bob"], off.refused_by_source["bob"] = [1, 4], [2, 4]
+    variants = (Variant("shipped", "as shipped"), Variant("x.off", "x off"))
+    table = markdown({"shipped": base, "x.off": off}, variants, kinds=("plain",), digits="digits")
+    head = table.splitlines()[0]
+    assert head == "| variant | what | digits | refused (lower is better) |", head
+    assert "| x.off | bob 1 -> 2 |" in table
+
+
+def test_real_dev_files_gives_the_part_asked_for(tmp_path) -> None:
+    rows = ["path,label,source,kind,origin,licence,note"]
+    for i in range(20):
+        (tmp_path / f"{i}.png").write_bytes(png(1))
+        rows.append(f"{i}.png,1,alice,photo,pic{i}.jpg,MIT,")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    val, train = (real_dev_files(tmp_path, part, 0) for part in ("validation", "train"))
+    assert len(val) == 6, "30 % of the groups"
+    assert len(train) == 14
+    assert not {it.path for it, _ in val} & {it.path for it, _ in train}
+    assert len(real_dev_files(tmp_path, "all", 0)) == 20
+    assert val[0][1] == png(1)
+
+
+def test_upload_files_makes_every_kind_of_each_digit() -> None:
+    images = np.zeros((2, 28, 28), np.uint8)
+    images[:, 6:22, 12:16] = 255
+    files = upload_files(images, np.array([1, 1]), np.array([7, 9]))
+    assert len(files) == 2 * len(UPLOADS)
+    assert {it.kind for it, _ in files} == set(UPLOADS)
+    assert all(it.source == it.kind and it.label == "1" for it, _ in files)
+    plain = [data for it, data in files if it.kind == "plain"]
+    assert Image.open(io.BytesIO(plain[0])).size == (28, 28)
 
 
 def test_cost_gives_median_and_p99_in_ms() -> None:

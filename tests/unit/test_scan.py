@@ -153,6 +153,24 @@ def test_scan_cell_cut_tight_keeps_the_digit_not_the_border(mnist_sample) -> Non
     assert similarity(only_glyph(cell), only_glyph(paper_digit(digit, 100))) > 0.75
 
 
+@pytest.mark.parametrize("one_digit", [True, False])
+@pytest.mark.parametrize("line", ["margin", "page edge"])
+def test_scan_a_line_along_the_edge_beside_a_digit_is_dropped(
+    mnist_sample, line: str, one_digit: bool
+) -> None:
+    """A margin line or the page's edge, thin and spanning the image, is page structure:
+    the page stage drops it, so only the digit is read."""
+    digit = mnist_sample[0][0]
+    page = np.full((240, 200), 255, np.uint8)
+    page[60:180, 40:160] = paper_digit(digit, 120)
+    alone = only_glyph(page)
+    if line == "margin":
+        page[:, 4:7] = 90
+    else:
+        page[232:235, :] = 90
+    assert similarity(only_glyph(page, one_digit), alone) > 0.95
+
+
 def test_scan_keeps_a_seven_bar_drawn_edge_to_edge() -> None:
     img = Image.new("L", (100, 120), 255)
     draw = ImageDraw.Draw(img)
