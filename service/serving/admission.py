@@ -38,6 +38,10 @@ class AdmissionPolicy:
     headroom: float = 0.25
     #: Files up to this size are costed per image, bigger ones per byte of the upload.
     small_file_bytes: int = 64 * 1024
+    #: A small file that took longer than this to decode is far bigger in pixels than in
+    #: bytes (a 16-megapixel PNG of blank paper is 23 KB): it says nothing about the cost
+    #: of the other small files, and is left out of their mean (a 28x28 PNG: ~0.1 ms).
+    small_file_max_s: float = 0.005
     #: Images (and bytes of big files) the cost means span: older ones fade as newer come.
     horizon_images: int = 1024
     horizon_bytes: int = 64 * 1024 * 1024
@@ -102,7 +106,8 @@ class Admission:
         limit = self.policy.small_file_bytes
         for size, seconds in files:
             if size <= limit:
-                small, small_s = small + 1, small_s + seconds
+                if seconds <= self.policy.small_file_max_s:
+                    small, small_s = small + 1, small_s + seconds
             else:
                 big, big_s = big + size, big_s + seconds
         if small:

@@ -3,6 +3,7 @@ real SQLite file across a restart, and a real PostgreSQL cluster shared by two s
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -232,9 +233,25 @@ def test_feedback_postgres_shared_by_two_servers(tmp_path: Path, postgres: Postg
         assert b.stop() == 0, b.log()
 
 
+def _shadow_turns(url: str) -> float:
+    """Sampled requests the shadow has run, shed or failed so far (all workers)."""
+    found = re.findall(r"^mnist_shadow_requests_total\{[^}]*\} (\S+)$", _scrape(url), re.M)
+    return sum(float(v) for v in found)
+
+
 def _predict_each(url: str, images: list[bytes]) -> list[PredictResult]:
+    """One request after another, each sent once the shadow has had its turn at the one
+    before (its forward runs after the answer: a fast server answers the next request
+    before it is done, and the shadow sheds it)."""
+    results = []
     with Client(url, api_key=KEY) as client:
-        return [client.predict(image) for image in images]
+        for n, image in enumerate(images, 1):
+            results.append(client.predict(image))
+            deadline = time.monotonic() + 10
+            while _shadow_turns(url) < n:
+                assert time.monotonic() < deadline, "the shadow never took its turn"
+                time.sleep(0.02)
+    return results
 
 
 def test_shadow_version_is_compared_never_returned(

@@ -59,6 +59,18 @@ def test_big_photos_do_not_make_the_worker_refuse_small_uploads() -> None:
     assert a.limit() < before / 10
 
 
+def test_a_small_file_that_decodes_slowly_is_left_out_of_the_small_mean() -> None:
+    # Seen in CI: synthetic photos of blank paper are megapixels in a few KB; costed as
+    # small files they made a 28x28 PNG look 5 ms, and 1,536 pending images 7.9 s of work.
+    a = admission(max_images=100_000, max_wait_s=8.0)
+    a.observe_decode([(300, 0.0001)] * 64)
+    a.observe_forward(64, 64 * 0.0001)
+    before = a.limit()
+    a.observe_decode([(23_000, 0.4)] * 20)  # 16-megapixel PNGs of 23 KB
+    assert a.limit() == before
+    a.check(64, "a", 1536, Counter(a=1536))
+
+
 def test_retry_after_grows_with_the_work_ahead() -> None:
     a = admission(max_images=100_000, max_wait_s=0.5)
     a.observe_forward(100, 1.0)  # 10 ms per image: 50 images fit
