@@ -39,8 +39,8 @@ class AdmissionPolicy:
     #: Files up to this size are costed per image, bigger ones per byte of the upload.
     small_file_bytes: int = 64 * 1024
     #: A small file that took longer than this to decode is far bigger in pixels than in
-    #: bytes (a 16-megapixel PNG of blank paper is 23 KB): it says nothing about the cost
-    #: of the other small files, and is left out of their mean (a 28x28 PNG: ~0.1 ms).
+    #: bytes (a megapixel PNG of blank paper): it says nothing about the cost of the other
+    #: small files, and is left out of their mean (docs/limits.md).
     small_file_max_s: float = 0.005
     #: Images (and bytes of big files) the cost means span: older ones fade as newer come.
     horizon_images: int = 1024

@@ -472,7 +472,7 @@ class Batcher:
                 x.shape[0], queue_wait * 1000, forward * 1000,
             )  # fmt: skip
             # The forward's own time, timed in its thread: the wait for the event loop to
-            # pick the result up is not a cost of the images (a busy loop made it 10x).
+            # pick the result up is not a cost of the images (docs/limits.md).
             self.admission.observe_forward(int(x.shape[0]), spent)
             if self.observer is not None:
                 self.observer.observe_batch(int(x.shape[0]), queue_wait, forward, model)

@@ -100,7 +100,7 @@ class MemoryEstimate:
     layouts and warm-up buffers), so each file byte counts `per_file_byte` times and each
     version `fixed_mib` more, which overestimates on purpose. A version with an ONNX graph
     may be served by an ONNX Runtime session too, which holds its weights and an arena sized
-    by the largest batch (measured 9.3 MiB at batch 64): `onnx_mib` more.
+    by the largest batch (measured: docs/limits.md): `onnx_mib` more.
     """
 
     per_file_byte: int = 8

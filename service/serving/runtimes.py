@@ -222,9 +222,9 @@ def load_onnx(
     # With several threads, idle ones would spin waiting for work, taking the core from the
     # event loop and the other worker.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # The CPU arena keeps the largest batch's buffers for good (+805 MiB after one batch of
-    # 4,096); a run over ARENA_BATCH gives them back afterwards, so resident memory stays
-    # what the memory bound counts (docs/limits.md).
+    # The CPU arena keeps the largest batch's buffers for good; a run over ARENA_BATCH
+    # gives them back afterwards, so resident memory stays what the memory bound counts
+    # (measured: docs/limits.md).
     shrink = onnxruntime.RunOptions()
     shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
     try:
